@@ -1,0 +1,9 @@
+"""`deepsynth demo` commands."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the main app (filled in by the demo work)."""

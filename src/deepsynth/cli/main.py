@@ -1,0 +1,34 @@
+"""The ``deepsynth`` command. Subcommands are grouped by job; each group lives in its own module.
+
+Convention: CLI modules import only typer and the standard library at module level and import library code
+inside the command functions, so ``deepsynth --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from deepsynth.cli import data, demo, evaluate, ocr, serve, train
+
+app = typer.Typer(
+    name="deepsynth",
+    help="Fine-tune, evaluate and serve OCR models on your own documents.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for module in (data, train, evaluate, ocr, serve, demo):
+    module.register(app)
+
+
+@app.command()
+def version() -> None:
+    """Print the DeepSynth version."""
+    from deepsynth import __version__
+
+    typer.echo(__version__)
+
+
+if __name__ == "__main__":
+    app()

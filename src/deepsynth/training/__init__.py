@@ -1,0 +1,1 @@
+"""deepsynth.training"""
