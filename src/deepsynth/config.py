@@ -44,15 +44,38 @@ def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(path + k for k in unknown)} for {cls.__name__}; "
-                          f"known: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"unknown key(s) {', '.join(path + k for k in unknown)} for {cls.__name__}; "
+            f"known: {', '.join(sorted(names))}"
+        )
     kwargs = {}
     for key, value in data.items():
         tp = _unwrap_optional(hints[key])
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
             value = from_dict(tp, value, f"{path}{key}.")
+        else:
+            value = _coerce(value, tp, path + key)
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Coerce YAML scalars to the field's type (YAML reads ``5e-5`` as a string); name the key on failure."""
+    if value is None:
+        return None
+    origin = typing.get_origin(tp) or tp
+    try:
+        if tp is float and isinstance(value, (str, int)) and not isinstance(value, bool):
+            return float(value)
+        if tp is int and isinstance(value, str):
+            return int(value)
+        if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if origin is tuple and isinstance(value, list):
+            return tuple(value)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: cannot read {value!r} as {getattr(tp, '__name__', tp)}") from exc
+    return value
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -36,8 +36,10 @@ def load_engine(spec: str, **kwargs: Any) -> OCREngine:
     if name not in ENGINES and Path(spec).is_dir() and (Path(spec) / MODEL_CARD).is_file():
         name, arg = json.loads((Path(spec) / MODEL_CARD).read_text())["family"], spec
     if name not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}; known: {', '.join(available_engines())} "
-                         f"(or a directory saved by DeepSynth)")
+        raise ValueError(
+            f"unknown engine {name!r}; known: {', '.join(available_engines())} "
+            f"(or a directory saved by DeepSynth)"
+        )
     module_name, _, attr = ENGINES[name].partition(":")
     factory = getattr(importlib.import_module(module_name), attr)
     return factory(arg or None, **kwargs)
