@@ -1,0 +1,90 @@
+"""Structured JSON logs with a request id that follows the request through every stage.
+
+``request_id_var`` is a :class:`contextvars.ContextVar`; :class:`RequestIdFilter` copies it onto every log record
+(so any ``logging.getLogger("deepsynth...")`` call inside a request carries it), and :class:`JsonFormatter` writes
+one JSON object per line with the record's ``extra`` fields (durations, stage names, ...).
+
+OCR text never goes into logs: only ids, sizes and timings.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from typing import IO, Any
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "deepsynth_request_id", default=None
+)
+
+LOGGER_NAME = "deepsynth"
+_HANDLER_MARK = "_deepsynth_json_handler"
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=`` and is emitted as a field.
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class RequestIdFilter(logging.Filter):
+    """Put the current request id (if any) on each record as ``record.request_id``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = request_id_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, request_id, then any ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", None)
+        if rid is not None:
+            out["request_id"] = rid
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and key != "request_id" and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def configure_logging(
+    level: str | int = "INFO",
+    fmt: str = "json",
+    stream: IO[str] | None = None,
+    logger_name: str = LOGGER_NAME,
+) -> logging.Logger:
+    """Install (once, idempotently) a handler on the ``deepsynth`` logger; ``fmt`` is ``json`` or ``text``.
+
+    Calling it again replaces the previous DeepSynth handler, so tests and servers can re-point the stream.
+    """
+    if fmt not in ("json", "text"):
+        raise ValueError(f"DEEPSYNTH_LOG_FORMAT must be 'json' or 'text', got {fmt!r}")
+    logger = logging.getLogger(logger_name)
+    for h in list(logger.handlers):
+        if getattr(h, _HANDLER_MARK, False):
+            logger.removeHandler(h)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    setattr(handler, _HANDLER_MARK, True)
+    handler.addFilter(RequestIdFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        )
+    logger.addHandler(handler)
+    logger.setLevel(level.upper() if isinstance(level, str) else level)
+    logger.propagate = False
+    return logger

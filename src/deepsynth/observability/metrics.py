@@ -1,0 +1,157 @@
+"""Prometheus metrics of an OCR service, on a private :class:`~prometheus_client.CollectorRegistry`.
+
+Names follow Prometheus conventions (``deepsynth_`` prefix, base units, ``_total`` counters, ``_seconds``,
+``_bytes``). Each :class:`ServiceMetrics` owns its registry, so several services (or tests) in one process never
+collide; pass ``registry=`` to share one.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYPE
+from prometheus_client.process_collector import ProcessCollector
+
+# OCR latencies run from a few ms (one line on ONNX) to minutes (a VLM page on CPU).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+METRIC_NAMES = (
+    "deepsynth_info",
+    "deepsynth_request_duration_seconds",
+    "deepsynth_requests_total",
+    "deepsynth_requests_in_flight",
+    "deepsynth_stage_duration_seconds",
+    "deepsynth_batch_size",
+    "deepsynth_queue_depth",
+    "deepsynth_errors_total",
+    "deepsynth_pages_processed_total",
+    "deepsynth_lines_processed_total",
+    "deepsynth_tokens_processed_total",
+    "deepsynth_repetitions_total",
+    "deepsynth_truncations_total",
+    "deepsynth_samples_stored_total",
+    "deepsynth_samples_deleted_total",
+)
+
+
+class GpuMemoryCollector:
+    """``deepsynth_gpu_memory_bytes{device,kind}`` read at scrape time; empty unless torch+CUDA are in use.
+
+    It never imports torch itself (that costs seconds): an engine that runs on CUDA has already imported it.
+    """
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        torch = sys.modules.get("torch")
+        if torch is None or not torch.cuda.is_available():
+            return
+        fam = GaugeMetricFamily(
+            "deepsynth_gpu_memory_bytes", "CUDA memory held by this process.", labels=["device", "kind"]
+        )
+        for i in range(torch.cuda.device_count()):
+            fam.add_metric([str(i), "allocated"], float(torch.cuda.memory_allocated(i)))
+            fam.add_metric([str(i), "reserved"], float(torch.cuda.memory_reserved(i)))
+            fam.add_metric([str(i), "max_allocated"], float(torch.cuda.max_memory_allocated(i)))
+        yield fam
+
+    def describe(self) -> list:
+        return []
+
+
+class ServiceMetrics:
+    """All serving metrics of one model; label children for the model are bound once to keep updates cheap."""
+
+    def __init__(self, model_id: str, registry: CollectorRegistry | None = None, version: str = "") -> None:
+        self.model_id = model_id
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        info = Gauge(
+            "deepsynth_info", "Model served by this process (value 1).", ["model", "version"], registry=r
+        )
+        info.labels(model_id, version).set(1)
+        self.request_duration = Histogram(
+            "deepsynth_request_duration_seconds",
+            "Time from request start to response, by route and model.",
+            ["route", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "deepsynth_requests",
+            "Finished requests by route, model and status.",
+            ["route", "model", "status"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "deepsynth_requests_in_flight", "Requests being handled now.", ["route", "model"], registry=r
+        )
+        self.stage_duration = Histogram(
+            "deepsynth_stage_duration_seconds",
+            "Time per request stage (preprocess, queue, model, postprocess).",
+            ["stage", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "deepsynth_batch_size", "Images per model batch.", ["model"], buckets=BATCH_BUCKETS, registry=r
+        ).labels(model_id)
+        self.queue_depth = Gauge(
+            "deepsynth_queue_depth", "Items waiting in the batching queue.", ["model"], registry=r
+        ).labels(model_id)
+        self.errors = Counter("deepsynth_errors", "Errors by type.", ["type", "model"], registry=r)
+        self.pages = Counter("deepsynth_pages_processed", "Pages read.", ["model"], registry=r).labels(
+            model_id
+        )
+        self.lines = Counter("deepsynth_lines_processed", "Text lines read.", ["model"], registry=r).labels(
+            model_id
+        )
+        self.tokens = Counter(
+            "deepsynth_tokens_processed", "Output tokens generated.", ["model"], registry=r
+        ).labels(model_id)
+        self.repetitions = Counter(
+            "deepsynth_repetitions", "Outputs flagged as degenerate repetition.", ["model"], registry=r
+        ).labels(model_id)
+        self.truncations = Counter(
+            "deepsynth_truncations", "Outputs cut at the length limit (no end token).", ["model"], registry=r
+        ).labels(model_id)
+        self.samples_stored = Counter(
+            "deepsynth_samples_stored", "Requests persisted by the sample store.", ["model"], registry=r
+        ).labels(model_id)
+        self.samples_deleted = Counter(
+            "deepsynth_samples_deleted", "Stored samples deleted by retention.", ["reason"], registry=r
+        )
+        self._route_children: dict[str, tuple] = {}
+        self._stage_children: dict[str, Histogram] = {}
+        self._error_children: dict[str, Counter] = {}
+        if registry is None:  # process_* metrics only on our own registry (they are per process)
+            ProcessCollector(registry=r)
+        r.register(GpuMemoryCollector())
+
+    def route(self, route: str) -> tuple:
+        """(duration histogram, in-flight gauge) children for a route, cached."""
+        child = self._route_children.get(route)
+        if child is None:
+            child = (
+                self.request_duration.labels(route, self.model_id),
+                self.in_flight.labels(route, self.model_id),
+            )
+            self._route_children[route] = child
+        return child
+
+    def stage(self, name: str) -> Histogram:
+        child = self._stage_children.get(name)
+        if child is None:
+            child = self._stage_children[name] = self.stage_duration.labels(name, self.model_id)
+        return child
+
+    def error(self, kind: str) -> Counter:
+        child = self._error_children.get(kind)
+        if child is None:
+            child = self._error_children[kind] = self.errors.labels(kind, self.model_id)
+        return child
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE
