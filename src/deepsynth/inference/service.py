@@ -1,0 +1,266 @@
+"""OCRService: one model, loaded once, warmed up, read through a guard, batched across concurrent callers.
+
+The service is the library; the HTTP server, the batch CLI and the web demo are thin callers of it.
+
+    service = OCRService("rapidocr", max_batch_size=8, max_wait_ms=10)
+    preds = service.recognize([image])                  # direct, blocking (offline batches)
+    await service.start(); preds = await service.recognize_async([image])   # batched across callers
+
+Preprocessing is the engine's own (the same function the trainer used); the service never resizes or
+normalises images itself. Generative outputs pass through a repetition guard and, when
+``GenerationConfig.retry_truncated`` > 0, an olmOCR-style retry (see :mod:`deepsynth.inference.guard`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from deepsynth.inference.batcher import AsyncBatcher, QueueFull, Ticket
+from deepsynth.inference.guard import find_repetition, retry_generation, trim_tail_loop
+from deepsynth.models.base import OCREngine, Prediction
+from deepsynth.models.generation import GenerationConfig
+
+log = logging.getLogger("deepsynth.inference")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec that cannot be loaded; the message says why and what to do."""
+
+
+def _looks_like_hub_id(arg: str) -> bool:
+    return bool(_HUB_ID.match(arg)) and not Path(arg).exists()
+
+
+def load_model(spec: str, **kwargs: Any) -> OCREngine:
+    """Build an engine from a registry spec (``rapidocr``, ``ppocr:runs/x/best``), a saved model directory or
+    ``FAMILY:org/name`` hub id. Hub ids fail offline with a message that says how to get the weights."""
+    from deepsynth.models.registry import available_engines, load_engine
+
+    name, _, arg = spec.partition(":")
+    if name not in available_engines() and _looks_like_hub_id(spec):
+        raise ModelLoadError(
+            f"{spec!r} looks like a Hugging Face hub id without a model family; write it as FAMILY:{spec} "
+            f"(families: {', '.join(available_engines())})"
+        )
+    if name not in available_engines() and not Path(spec).exists() and ":" not in spec and "/" in spec:
+        raise ModelLoadError(f"model path {spec!r} does not exist")
+    try:
+        return load_engine(spec, **kwargs)
+    except ModelLoadError:
+        raise
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    except Exception as exc:
+        if arg and _looks_like_hub_id(arg):
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+            why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached or the id is wrong"
+            raise ModelLoadError(
+                f"could not load hub model {arg!r} for {name!r} ({why}: {type(exc).__name__}: {exc}). "
+                f"Download it where you have network (`hf download {arg} --local-dir DIR`) and pass "
+                f"{name}:DIR instead."
+            ) from exc
+        raise ModelLoadError(f"could not load model {spec!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def _generation_key(gen: GenerationConfig) -> tuple:
+    return tuple(sorted(dataclasses.asdict(gen).items()))
+
+
+def warmup_image() -> Image.Image:
+    """A small line image with dark text on white (exercises preprocessing and the model once)."""
+    img = Image.new("RGB", (320, 48), "white")
+    ImageDraw.Draw(img).text((8, 16), "DeepSynth warm-up 0123", fill="black")
+    return img
+
+
+class OCRService:
+    """One engine + an :class:`AsyncBatcher` + the output guard + observability hooks."""
+
+    def __init__(
+        self,
+        engine: OCREngine | str,
+        *,
+        max_batch_size: int = 8,
+        max_wait_ms: float = 10.0,
+        max_queue: int = 256,
+        timeout_s: float | None = 300.0,
+        generation: GenerationConfig | None = None,
+        trim_repetition: bool = True,
+        model_id: str | None = None,
+        obs: Any = None,
+        engine_kwargs: dict[str, Any] | None = None,
+    ):
+        if isinstance(engine, str):
+            spec = engine
+            engine = load_model(spec, **(engine_kwargs or {}))
+            model_id = model_id or spec
+        self.engine: OCREngine = engine
+        self.model_id = model_id or getattr(engine, "name", type(engine).__name__)
+        self.generation = generation or GenerationConfig()
+        self.trim_repetition = trim_repetition
+        self.timeout_s = timeout_s
+        if obs is None:
+            from deepsynth.observability import Observability
+
+            obs = Observability.from_env(model_id=self.model_id)
+        self.obs = obs
+        self.batcher: AsyncBatcher[tuple[Image.Image, GenerationConfig], Prediction] = AsyncBatcher(
+            self._run_batch,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            timeout_s=timeout_s,
+            on_batch=obs.record_batch,
+            name="ocr-batcher",
+        )
+        self.warmed_up = False
+        self.warmup_seconds: float | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def warmup(self) -> float:
+        """Run the engine once on a small image (first-call costs: lazy init, kernels); returns seconds."""
+        t0 = time.perf_counter()
+        self.engine.recognize([warmup_image()], self.generation)
+        self.warmup_seconds = time.perf_counter() - t0
+        self.warmed_up = True
+        log.info("model warmed up", extra={"model": self.model_id, "seconds": round(self.warmup_seconds, 3)})
+        return self.warmup_seconds
+
+    async def start(self, *, warmup: bool = True) -> None:
+        """Start batching on the running loop; warm the model up in a thread first (when asked)."""
+        if warmup and not self.warmed_up:
+            await asyncio.to_thread(self.warmup)
+        await self.batcher.start()
+
+    async def aclose(self, *, drain: bool = True) -> None:
+        """Stop accepting work, finish (or drop) what was accepted, flush observability."""
+        await self.batcher.close(drain=drain)
+        close = getattr(self.obs, "close", None)
+        if close is not None:
+            close()
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher.running
+
+    def resolve_generation(self, overrides: dict[str, Any] | None = None) -> GenerationConfig:
+        """The service's default generation settings with per-request overrides (unknown keys rejected)."""
+        if not overrides:
+            return self.generation
+        known = {f.name for f in dataclasses.fields(GenerationConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown generation setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return dataclasses.replace(self.generation, **overrides)
+
+    # -- direct (blocking) path ------------------------------------------------------------------------
+    def recognize(
+        self, images: Sequence[Image.Image], generation: GenerationConfig | None = None
+    ) -> list[Prediction]:
+        """Read a batch directly (no queue): engine + repetition guard + retries. Blocking."""
+        gen = generation or self.generation
+        preds = list(self.engine.recognize(list(images), gen))
+        if len(preds) != len(images):
+            raise RuntimeError(f"{self.model_id} returned {len(preds)} predictions for {len(images)} images")
+        return self._guard(list(images), preds, gen)
+
+    def _guard(
+        self, images: list[Image.Image], preds: list[Prediction], gen: GenerationConfig
+    ) -> list[Prediction]:
+        flags = [self._flags(p, gen) for p in preds]
+        for attempt in range(1, max(0, gen.retry_truncated) + 1):
+            todo = [i for i, (trunc, rep) in enumerate(flags) if trunc or rep]
+            if not todo:
+                break
+            # group by what went wrong so each retry batch shares one generation config
+            for rep_flag in (False, True):
+                idx = [i for i in todo if flags[i][1] == rep_flag]
+                if not idx:
+                    continue
+                retry_gen = retry_generation(gen, attempt, repetition=rep_flag)
+                retried = self.engine.recognize([images[i] for i in idx], retry_gen)
+                for i, new in zip(idx, retried, strict=True):
+                    new.meta["retries"] = attempt
+                    new_flags = self._flags(new, gen)
+                    if sum(new_flags) <= sum(flags[i]):
+                        preds[i], flags[i] = new, new_flags
+                    else:
+                        preds[i].meta["retries"] = attempt
+        for p, (trunc, rep) in zip(preds, flags, strict=True):
+            p.meta["truncated"] = trunc
+            p.meta["repetition"] = rep
+            if rep and self.trim_repetition:
+                p.text, trimmed = trim_tail_loop(p.text, gen.repetition_threshold)
+                p.meta["repetition_trimmed"] = trimmed
+        return preds
+
+    @staticmethod
+    def _flags(pred: Prediction, gen: GenerationConfig) -> tuple[bool, bool]:
+        truncated = pred.finished is False
+        repetition = find_repetition(pred.text, gen.repetition_ngram, gen.repetition_threshold)
+        return truncated, repetition
+
+    def _run_batch(self, items: list[tuple[Image.Image, GenerationConfig]]) -> list[Prediction]:
+        """Batch function for the batcher: one engine call per distinct generation config."""
+        out: list[Prediction | None] = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, gen) in enumerate(items):
+            groups.setdefault(_generation_key(gen), []).append(i)
+        for idx in groups.values():
+            gen = items[idx[0]][1]
+            preds = self.recognize([items[i][0] for i in idx], gen)
+            for i, p in zip(idx, preds, strict=True):
+                out[i] = p
+        return out  # type: ignore[return-value]
+
+    # -- batched (async) path --------------------------------------------------------------------------
+    async def recognize_async(
+        self,
+        images: Sequence[Image.Image],
+        generation: GenerationConfig | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> list[Prediction]:
+        """Queue each image (they may join other callers' batches) and return predictions in order.
+
+        Raises QueueFull (nothing of this request was queued), BatcherClosed, TimeoutError, or the engine's
+        error for an image that failed on its own. Records the ``queue`` and ``model`` stages.
+        """
+        gen = generation or self.generation
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        tickets: list[Ticket[Prediction]] = []
+        try:
+            if self.batcher.max_queue - self.batcher.queue_depth < len(images):
+                raise QueueFull(
+                    f"queue has room for {self.batcher.max_queue - self.batcher.queue_depth} images, "
+                    f"request has {len(images)}; retry later"
+                )
+            tickets = [self.batcher.enqueue((img, gen)) for img in images]
+            with self.obs.stage("queue", images=len(images)):
+                for t in tickets:
+                    await self.batcher.wait_started(t, timeout_s=_left(deadline))
+            with self.obs.stage("model", images=len(images)):
+                return [await self.batcher.wait(t, timeout_s=_left(deadline)) for t in tickets]
+        except BaseException:
+            for t in tickets:
+                t.cancel()
+            raise
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.perf_counter()

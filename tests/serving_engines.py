@@ -1,0 +1,69 @@
+"""Small real OCR engines for serving tests (deterministic, instant) — the real models are tested too."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from PIL import Image
+
+from deepsynth.models.base import Prediction
+from deepsynth.models.generation import GenerationConfig
+
+
+def colour_image(rgb: tuple[int, int, int], size: tuple[int, int] = (64, 32)) -> Image.Image:
+    return Image.new("RGB", size, rgb)
+
+
+class ColourEngine:
+    """Reads a solid-colour image as the hex of its mean colour; remembers every batch size it saw.
+
+    An image whose top-left pixel is pure red (255, 0, 1) makes it raise, to test failure isolation.
+    """
+
+    name = "colour"
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.batch_sizes: list[int] = []
+        self.generations: list[GenerationConfig | None] = []
+        self._lock = threading.Lock()
+
+    def recognize(
+        self, images: Sequence[Image.Image], generation: GenerationConfig | None = None
+    ) -> list[Prediction]:
+        import time
+
+        with self._lock:
+            self.batch_sizes.append(len(images))
+            self.generations.append(generation)
+        if self.delay:
+            time.sleep(self.delay)
+        out = []
+        for img in images:
+            px = img.convert("RGB").getpixel((0, 0))
+            if px == (255, 0, 1):
+                raise ValueError("poison pixel")
+            r, g, b = (round(sum(c) / len(c)) for c in zip(*img.convert("RGB").getdata(), strict=True))
+            out.append(Prediction(text=f"#{r:02x}{g:02x}{b:02x}", confidence=1.0, finished=True))
+        return out
+
+
+class LoopingEngine:
+    """A 'generative' engine that loops and stops at the length limit under greedy decoding and finishes
+    cleanly when sampling (like a model rescued by olmOCR-style retries)."""
+
+    name = "looping"
+
+    def __init__(self) -> None:
+        self.calls: list[GenerationConfig | None] = []
+
+    def recognize(
+        self, images: Sequence[Image.Image], generation: GenerationConfig | None = None
+    ) -> list[Prediction]:
+        self.calls.append(generation)
+        if generation is not None and generation.do_sample:
+            return [Prediction(text="Total due: 42 EUR", finished=True, num_tokens=5) for _ in images]
+        return [
+            Prediction(text="Total due: " + "42 EUR " * 40, finished=False, num_tokens=81) for _ in images
+        ]
