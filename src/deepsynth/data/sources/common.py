@@ -27,7 +27,7 @@ def make_sample(row: dict[str, Any], *, sample_id: str, loader: Any, dataset: st
     """Sample from a row: core keys become fields, every other key goes to ``meta``."""
     meta = {k: v for k, v in row.items() if k not in CORE_KEYS and k != "meta"}
     meta.update(parse_meta(row.get("meta")))
-    meta["dataset"] = dataset
+    meta.setdefault("dataset", dataset)
     meta["origin"] = origin
     return Sample(
         id=sample_id,
