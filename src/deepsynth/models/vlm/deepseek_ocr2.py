@@ -1,0 +1,191 @@
+"""DeepSeek-OCR-2 (transformers-native ``deepseek_ocr2``): prompts, image modes, LoRA presets.
+
+Image modes follow DeepSeek's ``base_size`` / ``image_size`` / ``crop_mode`` knobs:
+
+=======  =========  ==========  =========  ==============================================
+mode     base_size  image_size  crop_mode  views
+=======  =========  ==========  =========  ==============================================
+tiny     512        512         False      1 global view (DeepSeek-OCR v1 mode)
+small    640        640         False      1 global view (DeepSeek-OCR v1 mode)
+base     1024       1024        False      1 global view, 256 tokens
+large    1280       1280        False      1 global view (DeepSeek-OCR v1 mode)
+gundam   1024       768         True       global 1024 view + 0-6 local 768 tiles (OCR-2 default)
+=======  =========  ==========  =========  ==============================================
+
+DeepSeek-OCR-2's vision tower emits a *fixed* number of query tokens per view: 144 when the SAM grid after
+its 4x neck has at most 144 cells (768 px), 256 otherwise (1024 px). The processor writes
+``ceil(size / patch / 4)^2`` image tokens per view, so only views of 768 or 1024 px agree;
+:func:`check_image_tokens` raises a clear error for the others instead of the model's shape error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from deepsynth.models.generation import GenerationConfig
+from deepsynth.models.vlm.base import VLMAdapter, make_build
+from deepsynth.models.vlm.lora import LoraPreset
+
+FREE_OCR = "<image>\nFree OCR."
+MARKDOWN = "<image>\n<|grounding|>Convert the document to markdown."
+PROMPTS = {"free_ocr": FREE_OCR, "ocr": FREE_OCR, "markdown": MARKDOWN, "document": MARKDOWN}
+
+
+@dataclass(frozen=True)
+class ImageMode:
+    base_size: int
+    image_size: int
+    crop_mode: bool
+
+
+IMAGE_MODES: dict[str, ImageMode] = {
+    "tiny": ImageMode(512, 512, False),
+    "small": ImageMode(640, 640, False),
+    "base": ImageMode(1024, 1024, False),
+    "large": ImageMode(1280, 1280, False),
+    "gundam": ImageMode(1024, 768, True),
+}
+
+_LM = r"model\.language_model\.layers\.\d+\."
+_LM_LINEAR = (
+    _LM + r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(shared_experts\.)?(gate_proj|up_proj|down_proj))"
+)
+_VISION_LINEAR = (
+    r"model\.vision_tower\.vision_encoder\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+    r"|mlp\.(gate_proj|up_proj|down_proj))"
+    r"|model\.vision_tower\.sam_encoder\.layers\.\d+\.(attn\.(qkv|proj)|mlp\.(lin1|lin2))"
+    r"|model\.multi_modal_projector"
+)
+_EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+
+PRESETS = {
+    "language_model": LoraPreset(_LM_LINEAR, None, "text decoder attention + dense/shared-expert MLPs"),
+    "language_model+experts": LoraPreset(_LM_LINEAR, _EXPERTS, "language_model + routed MoE experts"),
+    "all_linear": LoraPreset(f"{_LM_LINEAR}|{_VISION_LINEAR}", None, "language model + SAM + Qwen2 encoder"),
+    "all_linear+experts": LoraPreset(
+        f"{_LM_LINEAR}|{_VISION_LINEAR}", _EXPERTS, "all_linear + routed experts"
+    ),
+}
+
+
+def view_tokens(size: int, *, processor_patch: int, downsample: int) -> int:
+    """Image tokens the processor writes for one square view of ``size`` px."""
+    return math.ceil(size / processor_patch / downsample) ** 2
+
+
+def model_view_tokens(size: int, *, sam_patch: int, neck_stride: int = 4) -> int:
+    """Query tokens DeepSeek-OCR-2's vision tower emits for one view of ``size`` px (144 or 256)."""
+    cells = (size // sam_patch // neck_stride) ** 2
+    return 144 if cells <= 144 else 256
+
+
+def check_image_tokens(
+    base_size: int, image_size: int, crop_mode: bool, *, processor_patch: int, downsample: int, sam_patch: int
+) -> int:
+    """Raise ValueError unless processor and model agree on tokens per view; returns tokens of the global view."""
+    views = [("global view (base_size)", base_size)]
+    if crop_mode:
+        views.append(("local tiles (image_size)", image_size))
+    for what, size in views:
+        wrote = view_tokens(size, processor_patch=processor_patch, downsample=downsample)
+        emits = model_view_tokens(size, sam_patch=sam_patch)
+        if wrote != emits:
+            ok = [
+                n
+                for n, m in IMAGE_MODES.items()
+                if _consistent(m, processor_patch=processor_patch, downsample=downsample, sam_patch=sam_patch)
+            ]
+            raise ValueError(
+                f"DeepSeek-OCR-2 image mode mismatch: the {what} of {size} px gets {wrote} image tokens from "
+                f"the processor but the vision tower emits {emits} query tokens per view. DeepSeek-OCR-2 only "
+                f"supports views whose token grids are 12x12 or 16x16 (768 / 1024 px on the released model); "
+                f"modes that fit this model: {', '.join(ok) or 'none of the named ones'}"
+                f" (tiny/small/large are DeepSeek-OCR v1 modes: use the deepseek_ocr family for them)."
+            )
+    return view_tokens(base_size, processor_patch=processor_patch, downsample=downsample)
+
+
+def _consistent(mode: ImageMode, **kw: int) -> bool:
+    try:
+        check_image_tokens(mode.base_size, mode.image_size, mode.crop_mode, **kw)
+    except ValueError:
+        return False
+    return True
+
+
+class DeepseekOcr2Adapter(VLMAdapter):
+    """DeepSeek-OCR-2: plain-text prompt (no chat template), answer ends with the tokenizer's EOS."""
+
+    family: ClassVar[str] = "deepseek_ocr2"
+    default_prompt: ClassVar[str] = FREE_OCR
+    lora_presets: ClassVar[dict[str, LoraPreset]] = PRESETS
+    int8_skip_modules: ClassVar[list[str]] = ["model.vision_tower"]
+
+    def __init__(self, model: Any, processor: Any, **kw: Any):
+        super().__init__(model, processor, **kw)
+        self.mode = self._resolve_mode(self.options)
+        self.check_mode(self.mode)
+
+    def resolve_prompt(self, prompt: str | None) -> str:
+        prompt = PROMPTS.get(prompt or "", prompt) or FREE_OCR
+        if "<image>" not in prompt:
+            prompt = "<image>\n" + prompt
+        return prompt
+
+    def _resolve_mode(self, opts: dict[str, Any]) -> ImageMode:
+        ip = self.processor.image_processor
+        default = ImageMode(ip.size["height"], ip.tile_size, bool(ip.crop_to_patches))
+        name = opts.get("image_mode")
+        if name is not None:
+            if name not in IMAGE_MODES:
+                raise ValueError(f"unknown image_mode {name!r}; choose one of {', '.join(IMAGE_MODES)}")
+            default = IMAGE_MODES[name]
+        return ImageMode(
+            int(opts.get("base_size") or default.base_size),
+            int(opts.get("image_size") or default.image_size),
+            bool(default.crop_mode if opts.get("crop_mode") is None else opts["crop_mode"]),
+        )
+
+    def mode_for(self, gen: GenerationConfig | None) -> ImageMode:
+        if gen is None or (gen.base_size is None and gen.image_size is None and gen.crop_mode is None):
+            return self.mode
+        mode = ImageMode(
+            gen.base_size or self.mode.base_size,
+            gen.image_size or self.mode.image_size,
+            self.mode.crop_mode if gen.crop_mode is None else gen.crop_mode,
+        )
+        self.check_mode(mode)
+        return mode
+
+    def check_mode(self, mode: ImageMode) -> int:
+        sam = self.model.config.vision_config.sam_config
+        sam_patch = sam.patch_size if isinstance(sam.patch_size, int) else sam.patch_size[0]
+        return check_image_tokens(
+            mode.base_size,
+            mode.image_size,
+            mode.crop_mode,
+            processor_patch=self.processor.patch_size,
+            downsample=self.processor.downsample_ratio,
+            sam_patch=sam_patch,
+        )
+
+    def image_kwargs(self, generation: GenerationConfig | None = None) -> dict[str, Any]:
+        mode = self.mode_for(generation)
+        # without crop mode the processor sizes the single view by tile_size: keep both equal to base_size
+        tile = mode.image_size if mode.crop_mode else mode.base_size
+        return {
+            "size": {"height": mode.base_size, "width": mode.base_size},
+            "tile_size": tile,
+            "crop_to_patches": mode.crop_mode,
+        }
+
+    @classmethod
+    def load_processor(cls, ref: str, **kw: Any) -> Any:
+        from transformers import DeepseekOcr2Processor
+
+        return DeepseekOcr2Processor.from_pretrained(ref, backend="pil", **kw)
+
+
+build = make_build(DeepseekOcr2Adapter)

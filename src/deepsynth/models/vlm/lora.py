@@ -1,0 +1,161 @@
+"""LoRA for the VLM adapters: presets per family, settings coercion, backend choice (peft | unsloth).
+
+A preset names *where* adapters go. Every family offers at least:
+
+* ``language_model`` — attention + MLP projections of the text decoder only (the adapters vLLM can serve);
+* ``all_linear`` — the same plus the vision tower's linear layers.
+
+DeepSeek-OCR-2 adds ``+experts`` variants that also adapt the routed MoE experts, which are fused 3-D
+parameters rather than Linear layers and are reached through peft's ``target_parameters``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "peft", "unsloth")
+
+
+@dataclass
+class LoraPreset:
+    """Where LoRA goes: a full-match regex over module names and optional fused parameter names."""
+
+    target_modules: str
+    target_parameters: list[str] | None = None
+    description: str = ""
+
+
+@dataclass
+class LoraSpec:
+    """Resolved LoRA settings (what peft needs), built from the trainer's ``LoraSettings`` or a dict."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str | list[str] = ""
+    target_parameters: list[str] | None = None
+    preset: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def lora_enabled(settings: Any) -> bool:
+    """True unless ``settings`` is None or says ``enabled: false``."""
+    return settings is not None and bool(_get(settings, "enabled", True))
+
+
+def resolve_lora(settings: Any, presets: dict[str, LoraPreset], family: str) -> LoraSpec:
+    """Turn ``LoraSettings``/dict (r, alpha, dropout, targets, target_parameters, preset) into a :class:`LoraSpec`.
+
+    ``targets`` may be a preset name (str) or an explicit list of module names; ``preset`` wins when both
+    are given. Unknown preset names raise a ValueError listing the family's presets.
+    """
+    targets = _get(settings, "targets")
+    preset_name = _get(settings, "preset") or (targets if isinstance(targets, str) else None)
+    if preset_name is None and not targets:
+        preset_name = "language_model"
+    spec = LoraSpec(
+        r=int(_get(settings, "r", 16) or 16),
+        alpha=int(_get(settings, "alpha", 32) or 32),
+        dropout=float(_get(settings, "dropout", 0.0) or 0.0),
+        preset=preset_name,
+    )
+    if preset_name is not None:
+        if preset_name not in presets:
+            raise ValueError(
+                f"unknown LoRA preset {preset_name!r} for {family}; known: {', '.join(sorted(presets))} "
+                "(or pass an explicit list in lora.targets)"
+            )
+        p = presets[preset_name]
+        spec.target_modules = p.target_modules
+        spec.target_parameters = list(p.target_parameters) if p.target_parameters else None
+    else:
+        spec.target_modules = list(targets)
+    explicit_params = _get(settings, "target_parameters")
+    if explicit_params:
+        spec.target_parameters = list(explicit_params)
+    return spec
+
+
+def peft_config(spec: LoraSpec) -> Any:
+    """The peft ``LoraConfig`` for a resolved spec."""
+    from peft import LoraConfig
+
+    kw: dict[str, Any] = {}
+    if spec.target_parameters:
+        kw["target_parameters"] = spec.target_parameters
+    return LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.target_modules,
+        bias="none",
+        **kw,
+    )
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a train extra
+        return False
+    return torch.cuda.is_available()
+
+
+def unsloth_available() -> tuple[bool, str]:
+    """Whether the Unsloth backend can run here, and why not."""
+    if not cuda_available():
+        return False, "no CUDA device (Unsloth's FastVisionModel does not support CPU)"
+    if importlib.util.find_spec("unsloth") is None:
+        return False, "the 'unsloth' package is not installed (pip install 'deepsynth[gpu]')"
+    return True, ""
+
+
+def resolve_backend(requested: str | None) -> str:
+    """``auto`` → unsloth when CUDA+unsloth are present, else peft (logged). ``unsloth`` without them raises."""
+    requested = (requested or "auto").lower()
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown training backend {requested!r}; choose one of {', '.join(BACKENDS)}")
+    ok, why = unsloth_available()
+    if requested == "unsloth" and not ok:
+        raise RuntimeError(
+            f"backend 'unsloth' requested but unavailable: {why}. Use backend: peft (or auto)."
+        )
+    if requested == "auto":
+        chosen = "unsloth" if ok else "peft"
+        log.info("training backend: %s%s", chosen, "" if ok else f" (unsloth unavailable: {why})")
+        return chosen
+    return requested
+
+
+def optimizer_name() -> str:
+    """``paged_adamw_8bit`` where CUDA and bitsandbytes exist, else ``adamw``."""
+    if cuda_available() and importlib.util.find_spec("bitsandbytes") is not None:
+        return "paged_adamw_8bit"
+    return "adamw"
+
+
+def build_optimizer(params: Any, *, lr: float, weight_decay: float = 0.0, name: str | None = None) -> Any:
+    """Paged 8-bit AdamW (CUDA + bitsandbytes) or torch AdamW; ``name`` forces one ("adamw"/"paged_adamw_8bit")."""
+    import torch
+
+    name = name or optimizer_name()
+    if name == "paged_adamw_8bit":
+        if not cuda_available():
+            raise RuntimeError("paged_adamw_8bit needs CUDA; use optimizer 'adamw' on CPU")
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(params, lr=lr, weight_decay=weight_decay)
+    if name != "adamw":
+        raise ValueError(f"unknown optimizer {name!r}; choose adamw or paged_adamw_8bit")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
