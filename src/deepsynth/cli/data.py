@@ -1,9 +1,141 @@
-"""`deepsynth data` commands."""
+"""`deepsynth data` commands: prepare (convert + validate), stats, synth (synthetic lines/pages)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+# same as deepsynth.data.images.DEFAULT_MAX_PIXELS, kept literal so --help needs no PIL import
+DEFAULT_MAX_PIXELS = 89_478_485
+
+data_app = typer.Typer(help="Prepare, inspect and synthesise OCR datasets.", no_args_is_help=True)
+
+SourcesArg = Annotated[
+    list[str],
+    typer.Argument(
+        help="Sources: `name=path[:image_root]` or a path. JSONL manifest, Parquet, WebDataset .tar, "
+        "HF save_to_disk folder or a folder of images with .gt.txt sidecars (auto-detected).",
+        show_default=False,
+    ),
+]
+LangOpt = Annotated[list[str] | None, typer.Option("--lang", help="Keep only these languages (repeatable).")]
+SubsetOpt = Annotated[
+    list[str] | None, typer.Option("--subset", help="Keep only these subsets (repeatable).")
+]
+LevelOpt = Annotated[
+    list[str] | None, typer.Option("--level", help="Keep only line / page rows (repeatable).")
+]
+FlagOpt = Annotated[
+    list[str] | None, typer.Option("--exclude-flag", help="Drop rows where this boolean field is true.")
+]
+SplitOpt = Annotated[str | None, typer.Option(help="Keep one split: train, val or test.")]
+SplitKeyOpt = Annotated[str, typer.Option(help="Grouping key for splits (page_id, subset, id, ...).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the split hash.")]
+LimitOpt = Annotated[int | None, typer.Option(help="Stop after this many good samples.")]
+PixelsOpt = Annotated[int, typer.Option(help="Refuse images with more pixels (checked from the header).")]
+
+
+def _filter(lang, subset, level, exclude_flag, split, split_key, seed, limit):  # noqa: ANN001, ANN202
+    from deepsynth.data import SampleFilter
+
+    return SampleFilter(
+        languages=lang or None,
+        subsets=subset or None,
+        levels=level or None,
+        exclude_flags=exclude_flag or None,
+        split=split,
+        split_key=split_key,
+        seed=seed,
+        limit=limit,
+    )
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@data_app.command()
+def prepare(
+    sources: SourcesArg,
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+    to: Annotated[str, typer.Option("--to", help="Output format: parquet, webdataset or jsonl.")] = "parquet",
+    shard_size: Annotated[int, typer.Option(help="Samples per Parquet file / tar shard.")] = 1000,
+    max_pixels: PixelsOpt = DEFAULT_MAX_PIXELS,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace earlier output of the same format in --out.")
+    ] = False,
+    lang: LangOpt = None,
+    subset: SubsetOpt = None,
+    level: LevelOpt = None,
+    exclude_flag: FlagOpt = None,
+    split: SplitOpt = None,
+    split_key: SplitKeyOpt = "page_id",
+    seed: SeedOpt = 0,
+    limit: LimitOpt = None,
+) -> None:
+    """Convert SOURCES to sharded Parquet/WebDataset, validating every image and text.
+
+    Bad samples (corrupt or missing images, empty texts, duplicate ids, paths escaping the data root, images
+    over --max-pixels, invalid JSON lines) are listed by id in OUT/report.json and skipped.
+    """
+    from deepsynth.data.prepare import prepare as run
+    from deepsynth.data.spec import SourceError
+
+    try:
+        flt = _filter(lang, subset, level, exclude_flag, split, split_key, seed, limit)
+        report, info = run(
+            sources, out, to=to, shard_size=shard_size, max_pixels=max_pixels, filter=flt, overwrite=overwrite
+        )
+    except (SourceError, FileExistsError, ValueError) as exc:
+        _fail(exc)
+    report.print_summary()
+    typer.echo(
+        f"wrote {info['n_written']} samples in {len(info['files'])} {to} file(s) to {out}; "
+        f"skipped {report.n_skipped}; report: {out / 'report.json'}"
+    )
+
+
+@data_app.command()
+def stats(
+    sources: SourcesArg,
+    decode: Annotated[
+        bool, typer.Option(help="Decode every image (finds corrupt ones; image sizes).")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the stats as JSON here.")
+    ] = None,
+    max_pixels: PixelsOpt = DEFAULT_MAX_PIXELS,
+    lang: LangOpt = None,
+    subset: SubsetOpt = None,
+    level: LevelOpt = None,
+    exclude_flag: FlagOpt = None,
+    split: SplitOpt = None,
+    split_key: SplitKeyOpt = "page_id",
+    seed: SeedOpt = 0,
+    limit: LimitOpt = None,
+) -> None:
+    """Count samples per dataset / language / subset / level and list bad ones."""
+    from deepsynth.data.spec import SourceError
+    from deepsynth.data.stats import compute_stats
+
+    try:
+        flt = _filter(lang, subset, level, exclude_flag, split, split_key, seed, limit)
+        report, extra = compute_stats(sources, filter=flt, decode=decode, max_pixels=max_pixels)
+    except (SourceError, ValueError) as exc:
+        _fail(exc)
+    report.print_summary()
+    for key, value in extra.items():
+        typer.echo(f"{key}: {value}")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({**extra, **report.to_dict()}, indent=2, ensure_ascii=False) + "\n")
+        typer.echo(f"stats: {json_out}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the main app (filled in by the data work)."""
+    """Add the `data` command group to the main app."""
+    app.add_typer(data_app, name="data")

@@ -80,20 +80,24 @@ class ImageRef:
         try:
             return self.path.read_bytes()
         except FileNotFoundError as exc:
-            raise SampleError(self.sample_id, f"image not found: {self.path}") from exc
+            raise SampleError(self.sample_id, f"image not found: {self.path}", kind="missing_image") from exc
 
     def __call__(self) -> Image.Image:
         if self.path is not None and not self.path.is_file():
-            raise SampleError(self.sample_id, f"image not found: {self.path}")
+            raise SampleError(self.sample_id, f"image not found: {self.path}", kind="missing_image")
         src = self.path if self.path is not None else io.BytesIO(self.data)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 img = Image.open(src)
         except Image.DecompressionBombError as exc:
-            raise SampleError(self.sample_id, f"image over the pixel limit ({exc})") from exc
+            raise SampleError(
+                self.sample_id, f"image over the pixel limit ({exc})", kind="too_many_pixels"
+            ) from exc
         except Exception as exc:
-            raise SampleError(self.sample_id, f"unreadable image ({type(exc).__name__}: {exc})") from exc
+            raise SampleError(
+                self.sample_id, f"unreadable image ({type(exc).__name__}: {exc})", kind="corrupt_image"
+            ) from exc
         w, h = img.size
         if self.max_pixels is not None and w * h > self.max_pixels:
             img.close()
@@ -101,7 +105,7 @@ class ImageRef:
                 self.sample_id, f"image over the pixel limit: {w}x{h} = {w * h} > {self.max_pixels}"
             )
         if w == 0 or h == 0:
-            raise SampleError(self.sample_id, f"unreadable image (size {w}x{h})")
+            raise SampleError(self.sample_id, f"unreadable image (size {w}x{h})", kind="corrupt_image")
         return img
 
 

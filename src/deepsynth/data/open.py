@@ -40,7 +40,7 @@ def open_sources(
 
 def _problem(s: Sample, require_text: bool, decode: bool) -> SampleError | None:
     if require_text and not s.text.strip():
-        return SampleError(s.id, "empty text")
+        return SampleError(s.id, "empty text", kind="empty_text")
     loader = s.image_loader
     if decode:
         try:
@@ -48,7 +48,7 @@ def _problem(s: Sample, require_text: bool, decode: bool) -> SampleError | None:
         except SampleError as exc:
             return exc
     elif isinstance(loader, ImageRef) and loader.path is not None and not loader.path.is_file():
-        return SampleError(s.id, f"image not found: {loader.path}")
+        return SampleError(s.id, f"image not found: {loader.path}", kind="missing_image")
     return None
 
 
@@ -72,7 +72,7 @@ def _stream(
             where = str(s.meta.get("origin", spec.label))
             problem = _problem(s, require_text, decode)
             if problem is not None:
-                sink.skip(s.id, problem.reason, where)
+                sink.skip(s.id, problem.reason, where, problem.kind)
                 continue
             if seen is not None:
                 digest = hashlib.blake2b(s.id.encode(), digest_size=8).digest()

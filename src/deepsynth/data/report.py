@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ SKIP_KINDS = (
 
 
 def _infer_kind(reason: str) -> str:
-    r = reason.lower()
+    r = re.split(r"[:(]", reason, maxsplit=1)[0].lower()  # the words before any path or detail
     for key, kind in (
         ("json", "invalid_json"),
         ("missing field", "missing_field"),

@@ -12,10 +12,11 @@ from PIL import Image
 class SampleError(ValueError):
     """A sample that cannot be used (unreadable image, empty text, ...). Always names the sample id."""
 
-    def __init__(self, sample_id: str, reason: str, source: str = ""):
+    def __init__(self, sample_id: str, reason: str, source: str = "", kind: str | None = None):
         self.sample_id = sample_id
         self.reason = reason
         self.source = source
+        self.kind = kind  # one of deepsynth.data.report.SKIP_KINDS, or None to infer from the reason
         where = f" in {source}" if source else ""
         super().__init__(f"sample {sample_id!r}{where}: {reason}")
 
