@@ -1,0 +1,322 @@
+"""The embedded PP-OCRv6-small recogniser as a trainable DeepSynth model (:class:`ModelAdapter`).
+
+``PPOCRAdapter.from_shipped()`` converts the ONNX recogniser in the rapidocr wheel into transformers'
+``PPOCRV6SmallRecForTextRecognition`` (see convert.py; ~0.3 s plus imports). Training uses CTC on logits
+taken before the model's softmax; every BatchNorm stays in eval mode (:meth:`train_mode`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from deepsynth.data.sample import Sample, SampleError
+from deepsynth.models.base import Prediction
+from deepsynth.models.generation import GenerationConfig
+from deepsynth.models.ppocr import lora as lora_utils
+from deepsynth.models.ppocr.charset import Charset, normalize_text
+from deepsynth.models.ppocr.convert import (
+    REC_ONNX,
+    apply_saved_layer_norm_eps,
+    build_config,
+    convert_shipped,
+    shipped_model_path,
+)
+from deepsynth.models.ppocr.ctc import ctc_loss, min_frames, pack_targets
+from deepsynth.models.ppocr.preprocess import HEIGHT, MIN_WIDTH, batch_width, preprocess_batch, to_bgr
+
+if TYPE_CHECKING:
+    from transformers import PPOCRV6SmallRecForTextRecognition
+
+FAMILY = "ppocr"
+MODEL_CARD = "deepsynth_model.json"  # == deepsynth.models.registry.MODEL_CARD (not imported: avoids a cycle)
+LORA_DIR = "lora"
+
+
+def frames_for_width(width: int) -> int:
+    """CTC frames the recogniser emits for a padded input width (stride 2, 2 and a 2-wide pool)."""
+    return ((width + 1) // 2 + 1) // 2 // 2
+
+
+class PPOCRAdapter:
+    """PP-OCRv6-small recogniser: collate / CTC loss / greedy recognition / save / load / charset / LoRA."""
+
+    family = FAMILY
+
+    def __init__(
+        self,
+        model: PPOCRV6SmallRecForTextRecognition,
+        charset: Charset,
+        *,
+        name: str = "ppocr",
+        batch_size: int = 16,
+        device: str | torch.device = "cpu",
+        added_chars: Sequence[str] = (),
+        source: str = "",
+    ):
+        if model.config.head_out_channels != charset.num_classes:
+            raise ValueError(
+                f"model has {model.config.head_out_channels} output classes, charset {charset.num_classes}"
+            )
+        self.device = torch.device(device)
+        self.model: torch.nn.Module = model.to(self.device).eval()
+        self.charset = charset
+        self.name = name
+        self.batch_size = batch_size
+        self.added_chars: list[str] = list(added_chars)
+        self.source = source
+        self.lora_config: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_shipped(cls, onnx_path: str | Path | None = None, **kwargs: Any) -> PPOCRAdapter:
+        """The PP-OCRv6-small recogniser shipped in the rapidocr wheel, converted to PyTorch."""
+        path = Path(onnx_path) if onnx_path else shipped_model_path(REC_ONNX)
+        model, charset, _ = convert_shipped(path)
+        return cls(model, charset, source=f"onnx:{path.name}", **kwargs)
+
+    @classmethod
+    def tiny_random(cls, charset: str | Sequence[str], seed: int = 0, **kwargs: Any) -> PPOCRAdapter:
+        """A small random-weight model with the same architecture (for fast unit tests; not for OCR)."""
+        from transformers import PPOCRV6SmallRecForTextRecognition
+
+        chars = list(dict.fromkeys(charset))
+        if " " not in chars:
+            chars.append(" ")
+        cs = Charset(chars)
+        backbone = {
+            "model_type": "pp_lcnet_v4",
+            "stem_channels": [3, 8, 16],
+            "block_configs": [
+                [[3, 16, 16, 1, True]],
+                [[3, 16, 16, 1, False]],
+                [[3, 16, 32, [2, 1], False]],
+                [[3, 32, 32, [2, 1], True]],
+            ],
+            "out_features": ["stage4"],
+        }
+        config = build_config(
+            cs.num_classes, hidden_size=16, num_attention_heads=2, depth=1, backbone_config=backbone
+        )
+        torch.manual_seed(seed)
+        model = PPOCRV6SmallRecForTextRecognition(config)
+        return cls(model, cs, name="ppocr-tiny", source=f"tiny_random(seed={seed})", **kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs: Any) -> PPOCRAdapter:
+        """Load a directory written by :meth:`save` (weights, charset, optional LoRA adapter)."""
+        from transformers import PPOCRV6SmallRecForTextRecognition
+
+        path = Path(path)
+        card_path = path / MODEL_CARD
+        if not card_path.is_file():
+            raise FileNotFoundError(f"{card_path} not found: {path} is not a model saved by DeepSynth")
+        card = json.loads(card_path.read_text())
+        if card.get("family") != FAMILY:
+            raise ValueError(f"{path} holds a {card.get('family')!r} model, not {FAMILY!r}")
+        charset = Charset.load(path)
+        model = PPOCRV6SmallRecForTextRecognition.from_pretrained(str(path))
+        apply_saved_layer_norm_eps(model)
+        adapter = cls(
+            model,
+            charset,
+            added_chars=card.get("added_chars", []),
+            source=str(path),
+            name=f"ppocr:{path}",
+            **kwargs,
+        )
+        if (path / LORA_DIR).is_dir():
+            adapter.model = lora_utils.load_lora(adapter.model, path / LORA_DIR)
+            adapter.lora_config = card.get("lora")
+        return adapter
+
+    def save(self, path: str | Path) -> None:
+        """Write weights (``save_pretrained``), ``charset.json``, ``deepsynth_model.json`` and a LoRA adapter."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        core = self.core
+        if lora_utils.has_lora(self.model):
+            core.save_pretrained(str(path), state_dict=lora_utils.base_state_dict(core))
+            lora_utils.save_lora(self.model, path / LORA_DIR)
+        else:
+            core.save_pretrained(str(path))
+        self.charset.save(path)
+        card = {
+            "family": FAMILY,
+            "architecture": "PPOCRV6SmallRecForTextRecognition",
+            "source": self.source,
+            "num_classes": self.charset.num_classes,
+            "added_chars": self.added_chars,
+            "lora": self.lora_config,
+            "preprocess": {"height": HEIGHT, "min_width": MIN_WIDTH, "color": "BGR", "norm": "x/127.5-1"},
+        }
+        (path / MODEL_CARD).write_text(json.dumps(card, ensure_ascii=False, indent=2))
+
+    # ------------------------------------------------------------------ model pieces
+    @property
+    def core(self) -> PPOCRV6SmallRecForTextRecognition:
+        """The transformers model (under a LoRA wrapper if one is applied)."""
+        return lora_utils.unwrap(self.model)
+
+    def preprocess(self, images: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
+        """The one preprocessing for training and inference (rapidocr's resize_norm_img), as a tensor."""
+        return torch.from_numpy(preprocess_batch(images)).to(self.device)
+
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[batch, frames, classes]`` logits: backbone → head encoder → final linear (no softmax)."""
+        core = self.core
+        features = core.model(pixel_values).last_hidden_state
+        hidden = core.head.encoder(features).last_hidden_state
+        return core.head.head(hidden)
+
+    def train_mode(self) -> None:
+        """Train mode with every BatchNorm kept in eval (their folded statistics must not move)."""
+        self.model.train()
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+    def eval_mode(self) -> None:
+        self.model.eval()
+
+    # ------------------------------------------------------------------ training
+    def encode_text(self, sample_id: str, text: str, width: int) -> list[int]:
+        """Class ids for a sample's text; SampleError if nothing is trainable or it cannot fit the frames."""
+        ids, _dropped = self.charset.encode(text)
+        if not ids:
+            reason = "empty text" if not normalize_text(text) else f"no trainable character in {text[:40]!r}"
+            raise SampleError(sample_id, reason)
+        frames = frames_for_width(width)
+        if min_frames(ids) > frames:
+            raise SampleError(
+                sample_id,
+                f"text needs {min_frames(ids)} CTC frames, the image gives {frames} (line too short/wide?)",
+            )
+        return ids
+
+    def collate(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        """Samples → ``pixel_values`` + packed CTC targets. Raises SampleError naming the first bad sample."""
+        if not samples:
+            raise ValueError("collate needs at least one sample")
+        bgrs, targets, dropped = [], [], 0
+        for s in samples:
+            try:
+                bgr = to_bgr(s.image)
+            except SampleError:
+                raise
+            except Exception as exc:
+                raise SampleError(s.id, f"unreadable image ({type(exc).__name__}: {exc})") from exc
+            if min(bgr.shape[:2]) < 2:
+                raise SampleError(s.id, f"image too small ({bgr.shape[1]}x{bgr.shape[0]})")
+            own_width = batch_width([(bgr.shape[1], bgr.shape[0])])
+            ids = self.encode_text(s.id, s.text, own_width)
+            dropped += len(self.charset.encode(s.text)[1])
+            bgrs.append(bgr)
+            targets.append(ids)
+        flat, lengths = pack_targets(targets)
+        return {
+            "pixel_values": self.preprocess(bgrs),
+            "targets": flat,
+            "target_lengths": lengths,
+            "ids": [s.id for s in samples],
+            "dropped_chars": dropped,
+        }
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean CTC loss (blank 0, zero_infinity) on the logits of a :meth:`collate` batch."""
+        logits = self.logits(batch["pixel_values"].to(self.device))
+        return ctc_loss(logits, batch["targets"].to(self.device), batch["target_lengths"].to(self.device))
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def probabilities(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
+        """Softmax probabilities ``[batch, frames, classes]`` for one padded batch (as the ONNX model gives)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return torch.softmax(self.logits(self.preprocess(images)).float(), dim=-1).cpu().numpy()
+        finally:
+            if was_training:
+                self.train_mode()
+
+    def recognize(
+        self, images: Sequence[Image.Image | np.ndarray], generation: GenerationConfig | None = None
+    ) -> list[Prediction]:
+        """Greedy CTC read of line images; batches by similar width (like rapidocr); confidence = mean max prob."""
+        bgrs = [to_bgr(im) for im in images]
+        order = sorted(range(len(bgrs)), key=lambda i: bgrs[i].shape[1] / max(1, bgrs[i].shape[0]))
+        results: list[Prediction | None] = [None] * len(bgrs)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            probs = self.probabilities([bgrs[i] for i in chunk])
+            for i, (text, conf) in zip(chunk, self.charset.decode_greedy(probs), strict=True):
+                results[i] = Prediction(text=text, confidence=conf, finished=True)
+        return [r for r in results if r is not None]
+
+    # ------------------------------------------------------------------ optional trainer hooks
+    def prepare_for_training(self, cfg: Any = None) -> list[str]:
+        """Trainer hook: nothing to do beyond BatchNorm handling (see :meth:`train_mode`)."""
+        return []
+
+    def extend_charset(self, texts_or_chars: Iterable[str] | str, *, bias_offset: float = -4.0) -> list[str]:
+        """Add output classes for characters of ``texts_or_chars`` the charset lacks; returns the added ones.
+
+        A new class starts as a copy of a similar existing class (``ſ`` ← ``s`` via NFKD, combining ``ͤ`` ← ``e``,
+        ``¬`` ← ``-``) or, when there is none, of the mean of all character classes; its bias is lowered by
+        ``bias_offset`` so existing predictions do not change until it is trained.
+        """
+        from deepsynth.models.ppocr.extend import grow_head
+
+        if lora_utils.has_lora(self.model):
+            raise RuntimeError("extend the charset before applying LoRA (the head's shape would change)")
+        texts = [texts_or_chars] if isinstance(texts_or_chars, str) else list(texts_or_chars)
+        new = [ch for ch in self.charset.missing(texts) if ch.strip()]
+        if not new:
+            return []
+        bases = [self.charset.base_class(ch) for ch in new]
+        grow_head(self.core, bases, bias_offset=bias_offset)
+        self.charset = Charset([*self.charset.chars, *new])
+        self.added_chars.extend(new)
+        return new
+
+    def apply_lora(self, lora: Any) -> None:
+        """Wrap the recogniser with peft LoRA (settings duck-typed: r, alpha, dropout, targets)."""
+        if lora_utils.has_lora(self.model):
+            raise RuntimeError("LoRA is already applied to this model")
+        self.model, self.lora_config = lora_utils.apply_lora(
+            self.model, lora, train_head=bool(self.added_chars)
+        )
+
+    def merge_lora(self) -> None:
+        """Fold LoRA weights into the base model (for export / fast inference)."""
+        if lora_utils.has_lora(self.model):
+            self.model = lora_utils.merge(self.model)
+            self.lora_config = None
+
+    def export_onnx(self, path: str | Path, **kwargs: Any) -> Path:
+        """Export logits→softmax to ONNX (dynamic batch + width) with the charset in its metadata."""
+        from deepsynth.models.ppocr.export import export_onnx
+
+        return export_onnx(self, path, **kwargs)
+
+
+_BUILD_OPTIONS = {"batch_size", "device"}
+
+
+def build(arg: str | None = None, **kwargs: Any) -> PPOCRAdapter:
+    """Registry factory: ``ppocr`` → the shipped model; ``ppocr:PATH`` → a saved model directory
+    (or an ``.onnx`` recogniser file to convert). Options: batch_size, device."""
+    unknown = set(kwargs) - _BUILD_OPTIONS
+    if unknown:
+        raise TypeError(f"ppocr: unknown options {sorted(unknown)}; known: {sorted(_BUILD_OPTIONS)}")
+    if not arg or arg in ("shipped", "default"):
+        return PPOCRAdapter.from_shipped(**kwargs)
+    if arg.endswith(".onnx"):
+        return PPOCRAdapter.from_shipped(arg, **kwargs)
+    return PPOCRAdapter.load(arg, **kwargs)

@@ -1,0 +1,31 @@
+"""Grow the recogniser's classifier by new output classes (character-set extension)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+@torch.no_grad()
+def grow_head(model: torch.nn.Module, bases: Sequence[int | None], *, bias_offset: float = -4.0) -> None:
+    """Append one class per entry of ``bases`` to ``model.head.head``.
+
+    Each new row copies the row of its base class (or the mean of all non-blank rows when None); its bias
+    is the base bias + ``bias_offset`` (negative: the new class starts less likely than its base, so
+    current predictions are unchanged). Updates ``config.head_out_channels``.
+    """
+    old: torch.nn.Linear = model.head.head
+    weight, bias = old.weight.data, old.bias.data
+    mean_w, mean_b = weight[1:].mean(dim=0), bias[1:].mean()
+    rows = [weight[b] if b is not None else mean_w for b in bases]
+    biases = [(bias[b] if b is not None else mean_b) + bias_offset for b in bases]
+    new = torch.nn.Linear(
+        old.in_features, old.out_features + len(bases), device=weight.device, dtype=weight.dtype
+    )
+    new.weight.copy_(torch.cat([weight, torch.stack(rows)]))
+    new.bias.copy_(torch.cat([bias, torch.stack(biases)]))
+    new.weight.requires_grad_(old.weight.requires_grad)
+    new.bias.requires_grad_(old.bias.requires_grad)
+    model.head.head = new
+    model.config.head_out_channels = new.out_features

@@ -1,0 +1,95 @@
+"""LoRA (peft) for the PP-OCR recogniser: target presets, apply, save/load, merge.
+
+Presets (``lora.preset`` or ``lora.targets`` as a string):
+``all-linear`` (default) every ``nn.Linear`` and every 1x1 conv (a per-pixel linear layer), ``all`` also the
+3x3/2x2 dense convs, ``linear`` only ``nn.Linear`` (SVTR neck + classifier), ``conv`` only dense convs.
+Depthwise convs are never targeted. A list is passed to peft as module names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PRESETS = ("all-linear", "all", "linear", "conv")
+HEAD = "head.head"
+
+
+def has_lora(model: torch.nn.Module) -> bool:
+    """True for a peft-wrapped model (checked without importing peft)."""
+    return type(model).__module__.startswith("peft.")
+
+
+def unwrap(model: torch.nn.Module) -> Any:
+    """The transformers model inside a PeftModel (LoRA layers are injected in place), or the model itself."""
+    return model.get_base_model() if has_lora(model) else model
+
+
+def resolve_targets(model: torch.nn.Module, targets: Any) -> list[str] | str:
+    """Module names for a preset, or the user's list/regex unchanged."""
+    if isinstance(targets, (list, tuple)):
+        return list(targets)
+    preset = targets or "all-linear"
+    if preset not in PRESETS:
+        return str(preset)  # a regex, passed to peft as-is
+    names: list[str] = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and preset in ("all-linear", "all", "linear"):
+            names.append(name)
+        elif isinstance(mod, torch.nn.Conv2d) and mod.groups == 1 and preset != "linear":
+            pointwise = tuple(mod.kernel_size) == (1, 1)
+            if preset in ("all", "conv") or pointwise:
+                names.append(name)
+    return names
+
+
+def apply_lora(model: torch.nn.Module, lora: Any, *, train_head: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Wrap ``model`` with LoRA adapters; ``lora`` is duck-typed (r, alpha, dropout, targets[, preset]).
+
+    With ``train_head`` (the charset was extended) the classifier is trained in full (peft
+    ``modules_to_save``) so the new classes can learn; it is then not a LoRA target.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    spec = getattr(lora, "preset", None) or getattr(lora, "targets", None)
+    targets = resolve_targets(model, spec)
+    if train_head and isinstance(targets, list):
+        targets = [t for t in targets if t != HEAD]
+    if not targets:
+        raise ValueError(f"LoRA targets {spec!r} match no layer of the PP-OCR recogniser")
+    settings = {
+        "r": int(lora.r),
+        "lora_alpha": int(lora.alpha),
+        "lora_dropout": float(getattr(lora, "dropout", 0.0) or 0.0),
+        "target_modules": targets,
+        "modules_to_save": [HEAD] if train_head else None,
+    }
+    peft_model = get_peft_model(model, LoraConfig(**settings))
+    return peft_model, {k: v for k, v in settings.items()} | {"spec": spec}
+
+
+def base_state_dict(core: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The base model's weights under their original names (LoRA factors and trained head copies left out)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in core.state_dict().items():
+        if "lora_" in key or ".modules_to_save." in key:
+            continue
+        key = key.replace(".base_layer.", ".").replace(".original_module.", ".")
+        out[key] = value
+    return out
+
+
+def save_lora(model: torch.nn.Module, directory: str | Path) -> None:
+    model.save_pretrained(str(directory))
+
+
+def load_lora(base: torch.nn.Module, directory: str | Path) -> Any:
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(directory), is_trainable=True)
+
+
+def merge(model: torch.nn.Module) -> torch.nn.Module:
+    return model.merge_and_unload()

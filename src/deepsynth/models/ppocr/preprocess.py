@@ -1,0 +1,62 @@
+"""The ONE preprocessing of line images for the PP-OCR recogniser, shared by training, PyTorch inference and
+the ONNX engine. It reproduces rapidocr's ``TextRecognizer.resize_norm_img`` exactly: BGR, resize to height 48
+keeping the aspect ratio (width rounded up, bilinear ``cv2.resize``), scale to [-1, 1], pad right with zeros to
+``int(48 * max(320 / 48, widest aspect ratio in the batch))``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+HEIGHT = 48
+MIN_WIDTH = 320
+
+
+def to_bgr(image: Image.Image | np.ndarray) -> np.ndarray:
+    """PIL images (any mode) → uint8 BGR array; numpy arrays are taken as already BGR (HxWx3) or gray (HxW)."""
+    if isinstance(image, Image.Image):
+        rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        return np.ascontiguousarray(rgb[:, :, ::-1])
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        return cv2.cvtColor(arr, cv2.COLOR_GRAY2BGR)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"expected an HxWx3 BGR array, got shape {arr.shape}")
+    return arr[:, :, :3] if arr.shape[2] == 4 else arr
+
+
+def batch_width(sizes: Sequence[tuple[int, int]], height: int = HEIGHT, min_width: int = MIN_WIDTH) -> int:
+    """Padded width of a batch of (width, height) images."""
+    ratio = max([min_width / height] + [w / h for w, h in sizes])
+    return int(height * ratio)
+
+
+def resize_norm(bgr: np.ndarray, width: int, height: int = HEIGHT) -> np.ndarray:
+    """One image → float32 [3, height, width] in [-1, 1], zero-padded on the right."""
+    h, w = bgr.shape[:2]
+    if h == 0 or w == 0:
+        raise ValueError(f"empty image ({w}x{h})")
+    resized_w = min(width, int(math.ceil(height * (w / float(h)))))
+    resized = cv2.resize(bgr, (resized_w, height)).astype("float32")
+    resized = resized.transpose((2, 0, 1)) / 255
+    resized -= 0.5
+    resized /= 0.5
+    out = np.zeros((3, height, width), dtype=np.float32)
+    out[:, :, :resized_w] = resized
+    return out
+
+
+def preprocess_batch(
+    images: Sequence[Image.Image | np.ndarray], height: int = HEIGHT, min_width: int = MIN_WIDTH
+) -> np.ndarray:
+    """Images (PIL RGB or BGR arrays) → float32 [batch, 3, height, width] exactly as rapidocr feeds the model."""
+    if not images:
+        return np.zeros((0, 3, height, min_width), dtype=np.float32)
+    bgrs = [to_bgr(im) for im in images]
+    width = batch_width([(b.shape[1], b.shape[0]) for b in bgrs], height, min_width)
+    return np.stack([resize_norm(b, width, height) for b in bgrs])

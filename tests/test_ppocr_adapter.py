@@ -1,0 +1,162 @@
+"""PP-OCRv6 adapter: conversion parity with onnxruntime, CTC training pieces, save/load, registry."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from deepsynth.data.sample import Sample, SampleError
+from deepsynth.models.ppocr.adapter import PPOCRAdapter, build, frames_for_width
+from deepsynth.models.ppocr.preprocess import preprocess_batch
+from deepsynth.models.registry import load_engine
+from tests.ppocr_helpers import real_lines, synthetic_samples
+
+TINY_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,"
+
+
+@pytest.fixture(scope="module")
+def shipped() -> PPOCRAdapter:
+    return PPOCRAdapter.from_shipped()
+
+
+@pytest.fixture()
+def tiny() -> PPOCRAdapter:
+    return PPOCRAdapter.tiny_random(TINY_CHARS, seed=0)
+
+
+def test_shipped_matches_onnxruntime_on_real_lines(shipped, shared_data):
+    """42 real lines (14 per set): same greedy strings as onnxruntime, probabilities within 1e-3."""
+    import onnxruntime as ort
+
+    from deepsynth.models.ppocr.convert import shipped_model_path
+
+    assert shipped.charset.num_classes == 18710 and shipped.charset.chars[-1] == " "
+    session = ort.InferenceSession(str(shipped_model_path()), providers=["CPUExecutionProvider"])
+    samples = real_lines(shared_data, per_set=14)
+    images = [s.image for s in samples]
+    worst, differing, frames = 0.0, 0, 0
+    for start in range(0, len(images), 6):
+        chunk = images[start : start + 6]
+        ref = session.run(None, {session.get_inputs()[0].name: preprocess_batch(chunk)})[0]
+        got = shipped.probabilities(chunk)
+        assert got.shape == ref.shape
+        worst = max(worst, float(np.abs(ref - got).max()))
+        frames += int((ref.argmax(-1) != got.argmax(-1)).sum())
+        ref_txt = [t for t, _ in shipped.charset.decode_greedy(ref)]
+        got_txt = [t for t, _ in shipped.charset.decode_greedy(got)]
+        differing += sum(a != b for a, b in zip(ref_txt, got_txt, strict=True))
+    print(f"parity: {len(images)} lines, max |dp| = {worst:.2e}, {frames} frames change class")
+    assert differing == 0
+    assert worst <= 1e-3
+
+
+def test_recognize_reads_real_lines(shipped, shared_data):
+    samples = real_lines(shared_data, per_set=4, sets=("fondue_en_print20",))
+    preds = shipped.recognize([s.image for s in samples])
+    from rapidfuzz.distance import Levenshtein
+
+    errors = sum(Levenshtein.distance(s.text, p.text) for s, p in zip(samples, preds, strict=True))
+    assert errors / sum(len(s.text) for s in samples) < 0.05
+    assert all(0.5 < p.confidence <= 1.0 for p in preds)
+
+
+def test_shipped_loss_is_low_and_trains_every_parameter(shipped, shared_data):
+    batch = shipped.collate(real_lines(shared_data, per_set=2, sets=("fondue_en_print20", "tapuscorpus_fr")))
+    shipped.train_mode()
+    try:
+        assert all(not m.training for m in shipped.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        loss = shipped.loss(batch)
+        loss.backward()
+        assert 0 <= loss.item() < 2.0  # a good pretrained model; BatchNorm in train mode gives ~10
+        params = list(shipped.model.parameters())
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    finally:
+        shipped.model.zero_grad(set_to_none=True)
+        shipped.eval_mode()
+
+
+def test_collate_layout_and_targets(tiny):
+    samples = synthetic_samples(["abc", "hello world"])
+    batch = tiny.collate(samples)
+    assert batch["pixel_values"].shape[:3] == (2, 3, 48) and batch["pixel_values"].shape[3] >= 320
+    assert batch["target_lengths"].tolist() == [3, 11]
+    space = tiny.charset.index[" "]
+    assert batch["targets"][3:].tolist()[5] == space and 0 not in batch["targets"].tolist()
+    assert batch["ids"] == ["syn0", "syn1"]
+
+
+def test_collate_rejects_bad_samples_by_id(tiny):
+    with pytest.raises(SampleError, match="'blank'.*empty"):
+        tiny.collate([Sample.from_image("blank", synthetic_samples(["x"])[0].image, "   ")])
+    with pytest.raises(SampleError, match="'greek'.*no trainable"):
+        tiny.collate([Sample.from_image("greek", synthetic_samples(["x"])[0].image, "ΑΒΓ")])
+
+    def broken():
+        raise OSError("truncated file")
+
+    with pytest.raises(SampleError, match="'broken'.*unreadable"):
+        tiny.collate([Sample(id="broken", text="abc", image_loader=broken)])
+    long_text = "ab" * 200  # 400 characters cannot fit a short line's frames
+    with pytest.raises(SampleError, match="'long'.*frames"):
+        tiny.collate([Sample.from_image("long", synthetic_samples(["ab"])[0].image, long_text)])
+
+
+def test_frames_formula_matches_model(tiny):
+    for width in (320, 321, 327, 600, 801):
+        logits = tiny.logits(torch.zeros(1, 3, 48, width))
+        assert logits.shape == (1, frames_for_width(width), tiny.charset.num_classes)
+
+
+def test_tiny_training_steps_lower_loss(tiny):
+    torch.manual_seed(0)
+    batch = tiny.collate(synthetic_samples(["abc", "de fg", "hello", "world 42"] * 2))
+    tiny.train_mode()
+    opt = torch.optim.AdamW(tiny.model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(5):
+        loss = tiny.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_probabilities_match_forward_softmax(tiny):
+    x = tiny.preprocess([synthetic_samples(["abc"])[0].image])
+    with torch.no_grad():
+        ref = tiny.core(x).last_hidden_state
+        mine = torch.softmax(tiny.logits(x), -1)
+    torch.testing.assert_close(mine, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_save_load_roundtrip_and_registry(tiny, tmp_path):
+    images = [s.image for s in synthetic_samples(["abc", "xyz 12"])]
+    before = tiny.probabilities(images)
+    tiny.save(tmp_path / "m")
+    card = json.loads((tmp_path / "m" / "deepsynth_model.json").read_text())
+    assert card["family"] == "ppocr" and card["num_classes"] == tiny.charset.num_classes
+    for engine in (
+        PPOCRAdapter.load(tmp_path / "m"),
+        load_engine(f"ppocr:{tmp_path / 'm'}"),
+        load_engine(str(tmp_path / "m")),
+    ):
+        assert isinstance(engine, PPOCRAdapter)
+        assert engine.charset.chars == tiny.charset.chars
+        np.testing.assert_array_equal(engine.probabilities(images), before)
+    with pytest.raises(TypeError, match="unknown options"):
+        build(str(tmp_path / "m"), beams=3)
+    with pytest.raises(FileNotFoundError, match="not a model saved by DeepSynth"):
+        PPOCRAdapter.load(tmp_path)
+
+
+def test_shipped_save_load_keeps_layer_norm_eps(shipped, tmp_path, shared_data):
+    shipped.save(tmp_path / "s")
+    loaded = PPOCRAdapter.load(tmp_path / "s")
+    assert loaded.core.head.encoder.norm.eps == pytest.approx(1e-6)
+    assert loaded.core.head.encoder.svtr_block[0].layer_norm1.eps == pytest.approx(1e-5)
+    images = [s.image for s in real_lines(shared_data, per_set=2, sets=("tapuscorpus_fr",))]
+    np.testing.assert_array_equal(loaded.probabilities(images), shipped.probabilities(images))
