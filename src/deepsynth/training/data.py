@@ -1,0 +1,182 @@
+"""Training data plumbing: samples from the data layer, a resumable batch order, collate that skips bad samples.
+
+Samples are kept as a list of lazily-decoded :class:`Sample` objects (ids, texts and image loaders; images are
+decoded at collate time and released right after), so an epoch order is a seeded permutation and the data
+position of a resumed run is just ``(epoch, micro_batch_index)``.
+
+With ``W`` processes and per-process batch ``B`` the epoch is cut into global batches of ``W * B`` samples;
+process ``r`` takes slice ``[r*B, (r+1)*B)`` of each. One process with batch ``W*B`` therefore sees exactly the
+same global batches as ``W`` processes with batch ``B``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from deepsynth.data import DataReport, Sample, SampleError, SampleFilter, open_sources
+from deepsynth.training.config import DataSettings
+
+log = logging.getLogger(__name__)
+
+
+def sample_filter(d: DataSettings, split: str | None, limit: int | None) -> SampleFilter:
+    return SampleFilter(
+        languages=d.languages,
+        subsets=d.subsets,
+        levels=d.levels,
+        exclude_flags=d.exclude_flags,
+        split=split,
+        split_key=d.split_key,
+        split_ratios=tuple(d.split_ratios),
+        seed=d.split_seed,
+        limit=limit,
+    )
+
+
+def load_split(d: DataSettings, which: str, report: DataReport) -> list[Sample]:
+    """The training (``which="train"``) or evaluation samples described by ``d``, read with the data layer."""
+    if which == "train":
+        specs, split, limit = d.train, d.train_split, d.limit
+    else:
+        specs, split, limit = (
+            (d.eval, None, d.eval_limit) if d.eval else (d.train, d.eval_split, d.eval_limit)
+        )
+    if not specs:
+        return []
+    return list(open_sources(list(specs), filter=sample_filter(d, split, limit), report=report))
+
+
+def fingerprint(samples: Sequence[Sample]) -> dict[str, Any]:
+    """sha256 over (id, text) in order: changes when any sample, label or the order changes."""
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(s.id.encode())
+        h.update(b"\x00")
+        h.update(s.text.encode())
+        h.update(b"\x01")
+    return {"n": len(samples), "sha256": h.hexdigest()}
+
+
+@dataclass
+class BatchPlan:
+    """Which samples each micro-batch of each epoch holds, for one process."""
+
+    n_samples: int
+    batch_size: int  # per process
+    world_size: int = 1
+    rank: int = 0
+    seed: int = 0
+    shuffle: bool = True
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def batches_per_epoch(self) -> int:
+        if self.world_size > 1:  # every process must get a full slice, or DDP would wait forever
+            return self.n_samples // self.global_batch
+        return math.ceil(self.n_samples / self.global_batch)
+
+    def order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n_samples))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n_samples, generator=g).tolist()
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        order = self.order(epoch)
+        out = []
+        for b in range(self.batches_per_epoch):
+            g = order[b * self.global_batch : (b + 1) * self.global_batch]
+            out.append(g[self.rank * self.batch_size : (self.rank + 1) * self.batch_size])
+        return out
+
+
+def collate_skipping(
+    collate: Callable[[Sequence[Sample]], dict[str, Any]], samples: Sequence[Sample]
+) -> tuple[dict[str, Any] | None, list[tuple[str, str, str]]]:
+    """Collate, dropping samples that raise; return (batch or None if nothing is left, [(id, reason, source)]).
+
+    A :class:`SampleError` names its sample. Any other exception is traced to its sample(s) by collating
+    them one at a time; if each works alone the error is not a sample's fault and is raised.
+    """
+    skipped: list[tuple[str, str, str]] = []
+    remaining = list(samples)
+    while remaining:
+        try:
+            batch = collate(remaining)
+            return batch, skipped
+        except SampleError as exc:
+            bad = [s for s in remaining if s.id == exc.sample_id]
+            if not bad:
+                raise
+            skipped.append((exc.sample_id, exc.reason, exc.source or str(bad[0].meta.get("source", ""))))
+            remaining = [s for s in remaining if s.id != exc.sample_id]
+        except Exception as exc:
+            culprits = []
+            for s in remaining:
+                try:
+                    collate([s])
+                except Exception as one:
+                    culprits.append((s, one))
+            if not culprits:
+                raise
+            for s, err in culprits:
+                skipped.append((s.id, f"{type(err).__name__}: {err}", str(s.meta.get("source", ""))))
+            ids = {s.id for s, _ in culprits}
+            remaining = [s for s in remaining if s.id not in ids]
+            log.debug("collate failed (%s); skipped %d sample(s)", exc, len(ids))
+        finally:
+            for s in samples:
+                s.release()
+    return None, skipped
+
+
+class EpochBatches(torch.utils.data.Dataset):
+    """Map-style dataset whose item ``i`` is the collated micro-batch ``i`` of one epoch (DataLoader-ready)."""
+
+    def __init__(self, samples: Sequence[Sample], batches: list[list[int]], collate: Callable):
+        self.samples, self.batches, self.collate = samples, batches, collate
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, Any] | None, list[tuple[str, str, str]], int]:
+        chosen = [self.samples[j] for j in self.batches[i]]
+        batch, skipped = collate_skipping(self.collate, chosen)
+        return batch, skipped, len(chosen)
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def epoch_loader(
+    samples: Sequence[Sample],
+    plan: BatchPlan,
+    epoch: int,
+    start: int,
+    collate: Callable,
+    num_workers: int = 0,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over micro-batches ``start..`` of ``epoch`` (workers collate ahead of the training step)."""
+    ds = EpochBatches(samples, plan.epoch_batches(epoch), collate)
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=None,
+        sampler=list(range(start, len(ds))),
+        num_workers=num_workers,
+        collate_fn=_identity,
+        # worker seeds come from this generator, not the global RNG, so resuming does not shift the RNG
+        generator=torch.Generator().manual_seed(plan.seed * 7919 + epoch),
+        persistent_workers=False,
+        prefetch_factor=2 if num_workers else None,
+    )

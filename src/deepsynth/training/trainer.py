@@ -1,0 +1,606 @@
+"""The one training loop for every model family (setup → train → cleanup, built on ``accelerate``).
+
+The trainer knows only the :class:`~deepsynth.models.base.ModelAdapter` protocol (``collate``, ``loss``,
+``recognize``, ``save``) plus optional hooks: ``extend_charset(texts)``, ``prepare_for_training(cfg)``,
+``apply_lora(cfg.lora)`` and ``train_mode()`` (train mode with BatchNorm kept in eval).
+
+``python -m deepsynth.cli.main train CONFIG`` runs it on one process; ``accelerate launch --num_processes N
+-m deepsynth.cli.main train CONFIG`` runs data-parallel (DDP; gloo on CPU, NCCL on GPUs): each process takes its
+slice of every global batch (see :mod:`deepsynth.training.data`) and gradients are averaged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deepsynth.config import to_dict
+from deepsynth.data import DataReport, Sample, SampleError
+from deepsynth.training import checkpoint as ckpt
+from deepsynth.training.config import TrainConfig
+from deepsynth.training.data import BatchPlan, epoch_loader, fingerprint, load_split
+from deepsynth.training.schedule import build_optimizer, build_scheduler
+from deepsynth.training.trackers import NullTracker, build_trackers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (also written to ``run_dir/result.json``)."""
+
+    run_dir: str
+    steps: int = 0
+    losses: dict[int, float] = field(default_factory=dict)  # optimizer step -> mean loss
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    best_metric: float | None = None
+    best_step: int | None = None
+    best_dir: str | None = None
+    final_dir: str | None = None
+    stopped: str = ""
+    skipped_samples: int = 0
+    skipped_batches: int = 0
+    wall_seconds: float = 0.0
+
+
+class _LossModule(torch.nn.Module):
+    """Puts ``adapter.loss`` inside ``forward`` so DDP/FSDP/autocast wrap the whole computation.
+
+    Returns ``(loss, ok)``; a batch that is None, has all labels masked or gives a non-finite loss returns a
+    zero loss touching every trainable parameter (so all processes still exchange gradients) and ok=False.
+    """
+
+    def __init__(self, adapter: Any):
+        super().__init__()
+        self.model = adapter.model
+        self._adapter = [adapter]  # a list keeps the adapter out of the module tree
+
+    def _zero(self) -> torch.Tensor:
+        return sum((p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad), torch.zeros(()))
+
+    def forward(self, batch: dict[str, Any] | None) -> tuple[torch.Tensor, str]:
+        if batch is None:
+            return self._zero(), "empty"
+        labels = batch.get("labels") if isinstance(batch, dict) else None
+        if isinstance(labels, torch.Tensor) and not bool((labels != -100).any()):
+            return self._zero(), "all labels masked"
+        loss = self._adapter[0].loss(batch)
+        if not torch.isfinite(loss.detach()).all():
+            return self._zero(), f"non-finite loss ({loss.item()})"
+        return loss, ""
+
+
+def choose_precision(requested: str) -> str:
+    """accelerate's mixed_precision value: bf16/fp16 only with CUDA; 'auto' picks bf16 where supported."""
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    if requested in ("bf16", "fp16") and not cuda:
+        warnings.warn(f"precision={requested} needs CUDA; training in fp32 on CPU", stacklevel=2)
+        return "no"
+    return "no" if requested == "fp32" else requested
+
+
+def build_adapter(cfg: TrainConfig) -> Any:
+    """The model adapter for ``cfg.model`` from the engine registry (must be trainable)."""
+    from deepsynth.models.registry import load_engine
+
+    spec = f"{cfg.model.family}:{cfg.model.path}" if cfg.model.path else cfg.model.family
+    adapter = load_engine(spec, **dict(cfg.model.options))
+    missing = [m for m in ("collate", "loss", "save", "model") if not hasattr(adapter, m)]
+    if missing:
+        raise TypeError(f"model family {cfg.model.family!r} is not trainable (no {', '.join(missing)})")
+    return adapter
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+class Trainer:
+    """``Trainer(cfg).run()``; pass ``adapter``/``train_samples``/``eval_samples`` to skip building them."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        adapter: Any = None,
+        train_samples: list[Sample] | None = None,
+        eval_samples: list[Sample] | None = None,
+        callbacks: list[Callable[[Trainer], None]] | None = None,
+    ):
+        self.cfg = cfg
+        self.callbacks = list(callbacks or [])  # called after every optimizer step with the trainer
+        self._stop_requested = False
+        self.adapter = adapter
+        self.train_samples = train_samples
+        self.eval_samples = eval_samples
+        self.run_dir = Path(cfg.output_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.report = DataReport()
+        self.result = TrainResult(run_dir=str(self.run_dir))
+        # progress state (all of it goes into checkpoints)
+        self.step = 0
+        self.epoch = 0
+        self.position = 0  # micro-batches of `epoch` already consumed
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.bad_evals = 0
+        self._skipped_ids: set[str] = set()
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+        cfg = self.cfg
+        self.t_start = time.perf_counter()
+        precision = choose_precision(cfg.precision)
+        self.acc = Accelerator(
+            mixed_precision=precision,
+            kwargs_handlers=[
+                DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)
+            ],
+        )
+        self.is_main = self.acc.is_main_process
+        self.world = self.acc.num_processes
+        set_seed(cfg.seed)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        resume_from = self._resolve_resume()
+
+        # data
+        if self.train_samples is None:
+            self.train_samples = load_split(cfg.data, "train", self.report)
+        if self.eval_samples is None:
+            self.eval_samples = load_split(cfg.data, "eval", self.report)
+        if not self.train_samples:
+            raise ValueError(
+                f"no training samples (data.train={cfg.data.train}, split={cfg.data.train_split})"
+            )
+
+        # model + hooks
+        if self.adapter is None:
+            self.adapter = build_adapter(cfg)
+        ad = self.adapter
+        self.added_chars: list[str] = []
+        if cfg.model.extend_charset and hasattr(ad, "extend_charset"):
+            self.added_chars = list(ad.extend_charset([s.text for s in self.train_samples]) or [])
+        if hasattr(ad, "prepare_for_training"):
+            ad.prepare_for_training(cfg)
+        if cfg.lora.enabled:
+            if not hasattr(ad, "apply_lora"):
+                raise TypeError(f"model family {cfg.model.family!r} does not support LoRA (no apply_lora)")
+            ad.apply_lora(cfg.lora)
+        model = ad.model
+        if getattr(ad, "device", None) is not None and not isinstance(
+            type(ad).__dict__.get("device"), property
+        ):
+            ad.device = self.acc.device  # adapters that move their batches follow the accelerator
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+
+        # batches, steps, optimizer
+        self.plan = BatchPlan(
+            len(self.train_samples),
+            cfg.batch_size,
+            self.world,
+            self.acc.process_index,
+            cfg.seed,
+            cfg.data.shuffle,
+        )
+        if self.plan.batches_per_epoch == 0:
+            raise ValueError(
+                f"{len(self.train_samples)} training samples are fewer than one global batch "
+                f"({self.plan.global_batch} = batch_size {cfg.batch_size} x {self.world} processes)"
+            )
+        steps_per_epoch = self.plan.batches_per_epoch / cfg.grad_accum
+        limits = [cfg.max_steps] if cfg.max_steps else []
+        epochs = cfg.epochs if cfg.epochs or cfg.max_steps or cfg.max_minutes else 1.0
+        if epochs:
+            limits.append(max(1, math.ceil(epochs * steps_per_epoch)))
+        self.total_steps = min(limits) if limits else None
+        self.optimizer = build_optimizer(model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
+
+        if resume_from is not None:
+            self._load_checkpoint(resume_from)
+        self.loss_module, self.optimizer = self.acc.prepare(_LossModule(ad), self.optimizer)
+        self.tracker = build_trackers(cfg.trackers, self.run_dir) if self.is_main else NullTracker()
+        if self.is_main:
+            from deepsynth.training.run_info import write_run_yaml
+
+            config = to_dict(cfg)
+            self.tracker.log_config(config)
+            write_run_yaml(
+                self.run_dir,
+                config,
+                data={"train": fingerprint(self.train_samples), "eval": fingerprint(self.eval_samples)},
+                world_size=self.world,
+                device=str(self.acc.device),
+                mixed_precision=precision,
+                total_steps=self.total_steps,
+                steps_per_epoch=steps_per_epoch,
+                trainable_parameters=sum(p.numel() for p in self.trainable),
+                added_chars=self.added_chars,
+                resumed_from=str(resume_from) if resume_from else None,
+            )
+            log.info(
+                "training %s on %s (%d process(es), precision %s): %d train / %d eval samples, %s steps",
+                cfg.model.family,
+                self.acc.device,
+                self.world,
+                precision if precision != "no" else "fp32",
+                len(self.train_samples),
+                len(self.eval_samples),
+                self.total_steps or "time-limited",
+            )
+        self.resumed = resume_from is not None
+
+    def _resolve_resume(self) -> Path | None:
+        r = self.cfg.resume
+        if r in (False, None, "", "false", "False"):
+            if ckpt.list_checkpoints(self.ckpt_dir):
+                raise FileExistsError(
+                    f"{self.run_dir} already holds checkpoints: pass resume=true to continue that run, "
+                    f"or choose another output_dir (nothing was overwritten)"
+                )
+            return None
+        if r in (True, "true", "True", "auto", "last"):
+            last = ckpt.latest_checkpoint(self.ckpt_dir)
+            if last is None:
+                warnings.warn(
+                    f"resume=true but no checkpoint in {self.ckpt_dir}: starting fresh", stacklevel=2
+                )
+            return last
+        p = Path(str(r))
+        if not (p / ckpt.MANIFEST).is_file():
+            raise FileNotFoundError(f"resume={r!r}: not a checkpoint directory (no {ckpt.MANIFEST})")
+        return p
+
+    # ------------------------------------------------------------------ checkpoints
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        state = self.adapter.model.state_dict()
+        if self.cfg.lora.enabled:  # the frozen base is rebuilt from the config; keep only what trains
+            names = {n for n, p in self.adapter.model.named_parameters() if p.requires_grad}
+            state = {k: v for k, v in state.items() if k in names}
+        return state
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "position": self.position,
+            "best": self.best,
+            "best_step": self.best_step,
+            "bad_evals": self.bad_evals,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "world_size": self.world,
+            "losses": {int(k): float(v) for k, v in self.result.losses.items()},
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step-N`` atomically (main process) and prune old ones; all processes wait."""
+        path = None
+        if self.is_main:
+            path = ckpt.save_training_checkpoint(
+                ckpt.step_dir(self.ckpt_dir, self.step), self._model_state(), self._trainer_state()
+            )
+            ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.checkpoint.keep_last)
+        self.acc.wait_for_everyone()
+        return path
+
+    def _load_checkpoint(self, path: Path) -> None:
+        model_state, st = ckpt.load_training_checkpoint(path)
+        strict = not self.cfg.lora.enabled
+        missing, unexpected = self.adapter.model.load_state_dict(model_state, strict=False)
+        if unexpected or (strict and missing):
+            raise ckpt.CheckpointError(
+                f"{path}: model state does not fit the model built from the config "
+                f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}); was the config changed?"
+            )
+        if st.get("world_size", 1) != self.world:
+            warnings.warn(
+                f"resuming a {st.get('world_size')}-process run on {self.world} process(es): the data order "
+                "per process changes",
+                stacklevel=2,
+            )
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.step, self.epoch, self.position = st["step"], st["epoch"], st["position"]
+        self.best, self.best_step, self.bad_evals = st["best"], st["best_step"], st["bad_evals"]
+        self.result.losses = dict(st.get("losses", {}))
+        self._pending_rng = st["rng"]
+        log.info(
+            "resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.position
+        )
+
+    def _save_model_dir(self, name: str, metrics: dict[str, Any] | None = None) -> str | None:
+        """Atomically write a servable model directory (``adapter.save``) under the run dir."""
+        if not self.is_main:
+            return None
+        import json
+
+        def write(tmp: Path) -> None:
+            self.adapter.save(tmp)
+            info = {"step": self.step, "metrics": metrics or {}, "config": to_dict(self.cfg)}
+            (tmp / "training_info.json").write_text(
+                json.dumps(info, indent=2, default=str, ensure_ascii=False)
+            )
+
+        return str(ckpt.write_atomic(self.run_dir / name, write))
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, Any]:
+        """CER/WER of ``adapter.recognize`` on the eval samples (main process; the others wait)."""
+        summary: dict[str, Any] = {}
+        if self.is_main and self.eval_samples:
+            from deepsynth.evaluation.metrics import OCRMetrics
+
+            cfg, model = self.cfg, self.adapter.model
+            was_training = model.training
+            model.eval()
+            metrics = OCRMetrics(normalize=cfg.eval.normalize)
+            examples: list[str] = []
+            t0 = time.perf_counter()
+            with torch.no_grad(), self.acc.autocast():
+                for i in range(0, len(self.eval_samples), cfg.eval.batch_size):
+                    chunk, images = [], []
+                    for s in self.eval_samples[i : i + cfg.eval.batch_size]:
+                        try:
+                            images.append(s.image)
+                            chunk.append(s)
+                        except SampleError as exc:
+                            self.report.skip(exc.sample_id, exc.reason, exc.source)
+                    if not chunk:
+                        continue
+                    preds = self.adapter.recognize(images, generation=cfg.generation)
+                    for s, p in zip(chunk, preds, strict=True):
+                        metrics.update(
+                            s.text, p.text, language=s.language, subset=s.subset, finished=p.finished,
+                            sample_id=s.id,
+                        )  # fmt: skip
+                        if len(examples) < cfg.eval.num_examples:
+                            examples.append(f"**{s.id}**  \nref: `{s.text}`  \nhyp: `{p.text}`")
+                        s.release()
+            summary = metrics.summary()
+            summary["seconds"] = round(time.perf_counter() - t0, 2)
+            summary["step"] = self.step
+            if examples:
+                self.tracker.log_text("eval/examples", "\n\n".join(examples), self.step)
+            if was_training:
+                self._train_mode()
+        self.acc.wait_for_everyone()
+        return summary
+
+    def _after_eval(self, summary: dict[str, Any]) -> bool:
+        """Log an evaluation, keep the best model, return True when early stopping says stop."""
+        stop = False
+        if self.is_main and summary:
+            m = self.cfg.eval.metric
+            value = float(summary[m])
+            improved = self.best is None or value < self.best - self.cfg.eval.min_delta
+            if improved:
+                self.best, self.best_step, self.bad_evals = value, self.step, 0
+                if self.cfg.checkpoint.save_best:
+                    self.result.best_dir = self._save_model_dir("best", summary_small(summary))
+            else:
+                self.bad_evals += 1
+            keys = ("cer", "wer", "exact_match", "repetition_rate", "n")
+            logged = {f"eval/{k}": float(summary[k]) for k in keys if k in summary}
+            logged[f"eval/best_{m}"] = float(self.best)
+            self.tracker.log_metrics(logged, self.step)
+            self.result.evals.append(summary_small(summary))
+            patience = self.cfg.eval.patience
+            stop = patience is not None and self.bad_evals >= patience
+            if stop:
+                log.info("early stopping: %s has not improved for %d evaluations", m, self.bad_evals)
+        return self._any_process(stop)
+
+    # ------------------------------------------------------------------ training
+    def _train_mode(self) -> None:
+        if self.cfg.freeze_batchnorm and hasattr(self.adapter, "train_mode"):
+            self.adapter.train_mode()
+        else:
+            self.adapter.model.train()
+
+    def _any_process(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.acc.device)
+        return bool(self.acc.reduce(t, reduction="sum").item() > 0)
+
+    def _micro_batches(self):
+        """Yield (batch, skipped, n_samples) from the saved data position onwards, epoch after epoch."""
+        while True:
+            if self.position >= self.plan.batches_per_epoch:
+                self.epoch, self.position = self.epoch + 1, 0
+            loader = epoch_loader(
+                self.train_samples,
+                self.plan,
+                self.epoch,
+                self.position,
+                self.adapter.collate,
+                self.cfg.num_workers,
+            )
+            for item in loader:
+                self.position += 1
+                yield item
+
+    def _out_of_time(self) -> bool:
+        mm = self.cfg.max_minutes
+        return mm is not None and (time.perf_counter() - self.t_start) / 60 >= mm
+
+    def train(self) -> TrainResult:
+        cfg, acc = self.cfg, self.acc
+        self._train_mode()
+        at_start = cfg.eval.at_start and not self.resumed and self.eval_samples
+        if at_start and self._after_eval(self.evaluate()):
+            self.result.stopped = "early stopping"
+        if getattr(self, "_pending_rng", None) is not None:
+            ckpt.set_rng_state(self._pending_rng)  # exactly where the interrupted run stood
+            self._pending_rng = None
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+            disable=not (self.is_main and cfg.progress),
+        )  # fmt: skip
+        stream = self._micro_batches()
+        last_eval_step = self.step if not self.resumed else -1
+        last_ckpt_step = self.step
+        while not self.result.stopped:
+            if self.total_steps is not None and self.step >= self.total_steps:
+                self.result.stopped = "max steps" if cfg.max_steps == self.total_steps else "epochs"
+                break
+            if self._any_process(self._stop_requested):
+                self.result.stopped = "interrupted"
+                break
+            if self._any_process(self._out_of_time()):
+                self.result.stopped = "time budget"
+                break
+            t0 = time.perf_counter()
+            loss_sum, n_good, n_samples = 0.0, 0, 0
+            for k in range(cfg.grad_accum):
+                batch, skipped, n = next(stream)
+                for sid, reason, source in skipped:
+                    if sid not in self._skipped_ids:  # a bad sample comes back every epoch: report it once
+                        self._skipped_ids.add(sid)
+                        self.report.skip(sid, reason, source)
+                        log.warning("skipped sample %s: %s", sid, reason)
+                n_samples += n - len(skipped)
+                batch = _to_device(batch, acc.device) if batch is not None else None
+                sync = k == cfg.grad_accum - 1
+                ctx = contextlib.nullcontext() if sync or self.world == 1 else acc.no_sync(self.loss_module)
+                with ctx:
+                    loss, problem = self.loss_module(batch)
+                    acc.backward(loss / cfg.grad_accum)
+                if problem:
+                    self.result.skipped_batches += 1
+                    if batch is not None:
+                        log.warning("skipped a batch at step %d: %s", self.step + 1, problem)
+                else:
+                    loss_sum += float(loss.detach().item())
+                    n_good += 1
+            if self.world > 1:
+                t = acc.reduce(
+                    torch.tensor([loss_sum, float(n_good), float(n_samples)], device=acc.device), "sum"
+                )
+                loss_sum, n_good, n_samples = float(t[0]), int(t[1]), int(t[2])
+            if n_good == 0:  # nothing usable in this step anywhere: do not move the weights
+                self.optimizer.zero_grad(set_to_none=True)
+                continue
+            grad_norm = None
+            if cfg.optim.grad_clip:
+                grad_norm = float(acc.clip_grad_norm_(self.trainable, cfg.optim.grad_clip))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            loss_value = loss_sum / n_good
+            self.result.losses[self.step] = loss_value
+            dt = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            if self.step % max(cfg.log_every, 1) == 0:
+                metrics = {
+                    "train/loss": loss_value,
+                    "train/lr": self.scheduler.get_last_lr()[0],
+                    "train/epoch": self.epoch + self.position / self.plan.batches_per_epoch,
+                    "train/step_seconds": dt,
+                    "train/samples_per_second": n_samples / dt if dt > 0 else 0.0,
+                    "train/skipped_samples": float(self.report.n_skipped),
+                }
+                if grad_norm is not None and math.isfinite(grad_norm):
+                    metrics["train/grad_norm"] = grad_norm
+                self.tracker.log_metrics(metrics, self.step)
+            if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.eval_samples:
+                last_eval_step = self.step
+                if self._after_eval(self.evaluate()):
+                    self.result.stopped = "early stopping"
+            if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
+                self.save_checkpoint()
+                last_ckpt_step = self.step
+            for callback in self.callbacks:
+                callback(self)
+        bar.close()
+        if self.result.stopped == "interrupted":  # SIGTERM/SIGINT or request_stop(): checkpoint and leave
+            if last_ckpt_step != self.step:
+                self.save_checkpoint()
+            return self.result
+        # final evaluation / checkpoint / model
+        if self.eval_samples and last_eval_step != self.step and self.step > 0:
+            self._after_eval(self.evaluate())
+        if last_ckpt_step != self.step:
+            self.save_checkpoint()
+        if cfg.checkpoint.save_final:
+            self.result.final_dir = self._save_model_dir(
+                "final", self.result.evals[-1] if self.result.evals else None
+            )
+        return self.result
+
+    # ------------------------------------------------------------------ cleanup
+    def cleanup(self) -> None:
+        import json
+
+        r = self.result
+        r.steps, r.best_metric, r.best_step = self.step, self.best, self.best_step
+        r.skipped_samples = self.report.n_skipped
+        r.wall_seconds = round(time.perf_counter() - self.t_start, 2)
+        if self.is_main:
+            self.report.write_json(self.run_dir / "data_report.json")
+            (self.run_dir / "result.json").write_text(
+                json.dumps(dataclasses.asdict(r), indent=2, default=str, ensure_ascii=False)
+            )
+            if self.report.n_skipped:
+                log.warning(
+                    "%d sample(s) skipped; see %s", self.report.n_skipped, self.run_dir / "data_report.json"
+                )
+        self.tracker.close()
+        self.acc.wait_for_everyone()
+
+    def request_stop(self) -> None:
+        """Stop after the current step, write a checkpoint and return (what SIGTERM/SIGINT do)."""
+        self._stop_requested = True
+
+    def run(self) -> TrainResult:
+        self.setup()
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, lambda *_: self.request_stop())
+        try:
+            return self.train()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.cleanup()
+
+
+def summary_small(summary: dict[str, Any]) -> dict[str, Any]:
+    """The scalar part of an OCRMetrics summary (no per-subset tables)."""
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) or v is None}
+
+
+def train(cfg: TrainConfig, **kwargs: Any) -> TrainResult:
+    """Run one training job (see :class:`Trainer`)."""
+    return Trainer(cfg, **kwargs).run()
