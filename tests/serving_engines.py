@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections.abc import Sequence
 
 from PIL import Image
@@ -32,8 +34,6 @@ class ColourEngine:
     def recognize(
         self, images: Sequence[Image.Image], generation: GenerationConfig | None = None
     ) -> list[Prediction]:
-        import time
-
         with self._lock:
             self.batch_sizes.append(len(images))
             self.generations.append(generation)
@@ -67,3 +67,38 @@ class LoopingEngine:
         return [
             Prediction(text="Total due: " + "42 EUR " * 40, finished=False, num_tokens=81) for _ in images
         ]
+
+
+@contextlib.contextmanager
+def running_server(app, *, ready: bool = True, timeout_s: float = 60.0):
+    """Run a FastAPI app under a real uvicorn server on a free loopback port (in a thread); yields its URL."""
+    import socket
+
+    import httpx
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        while ready and httpx.get(f"{url}/readyz").status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not become ready")
+            time.sleep(0.05)
+        server.url = url  # type: ignore[attr-defined]
+        yield server
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
