@@ -1,0 +1,48 @@
+"""LightOnOCR (transformers-native ``lighton_ocr``: Pixtral vision + Qwen3 text), ChatML prompt."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from deepsynth.models.vlm.base import VLMAdapter, make_build
+from deepsynth.models.vlm.lora import LoraPreset
+from deepsynth.models.vlm.qwen_vl import chatml
+
+_LM_LINEAR = (
+    r"model\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+    r"|mlp\.(gate_proj|up_proj|down_proj))"
+)
+_VISION_LINEAR = (
+    r"model\.vision_encoder\.transformer\.layers\.\d+\.(attention\.(q_proj|k_proj|v_proj|o_proj)"
+    r"|feed_forward\.(gate_proj|up_proj|down_proj))|model\.vision_projection\.linear_\d"
+)
+PRESETS = {
+    "language_model": LoraPreset(_LM_LINEAR, None, "text decoder attention + MLP"),
+    "all_linear": LoraPreset(
+        f"{_LM_LINEAR}|{_VISION_LINEAR}", None, "language model + Pixtral encoder + projector"
+    ),
+}
+
+
+class LightOnOcrAdapter(VLMAdapter):
+    """LightOnOCR: the image alone in a user turn (its default), answer ends with <|im_end|>."""
+
+    family: ClassVar[str] = "lighton_ocr"
+    default_prompt: ClassVar[str] = ""
+    lora_presets: ClassVar[dict[str, LoraPreset]] = PRESETS
+    int8_skip_modules: ClassVar[list[str]] = ["model.vision_encoder", "model.vision_projection"]
+
+    def prompt_text(self, prompt: str, n_images: int = 1) -> str:
+        return chatml(prompt, self.processor.image_token)
+
+    def end_token_ids(self) -> list[int]:
+        return [self.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+    @classmethod
+    def load_processor(cls, ref: str, **kw: Any) -> Any:
+        from transformers import LightOnOcrProcessor
+
+        return LightOnOcrProcessor.from_pretrained(ref, backend="pil", **kw)
+
+
+build = make_build(LightOnOcrAdapter)
