@@ -190,13 +190,15 @@ class PPOCRAdapter:
         """Class ids for a sample's text; SampleError if nothing is trainable or it cannot fit the frames."""
         ids, _dropped = self.charset.encode(text)
         if not ids:
-            reason = "empty text" if not normalize_text(text) else f"no trainable character in {text[:40]!r}"
-            raise SampleError(sample_id, reason)
+            if not normalize_text(text):
+                raise SampleError(sample_id, "empty text", kind="empty_text")
+            raise SampleError(sample_id, f"no trainable character in {text[:40]!r}", kind="other")
         frames = frames_for_width(width)
         if min_frames(ids) > frames:
             raise SampleError(
                 sample_id,
                 f"text needs {min_frames(ids)} CTC frames, the image gives {frames} (line too short/wide?)",
+                kind="other",
             )
         return ids
 
@@ -211,9 +213,13 @@ class PPOCRAdapter:
             except SampleError:
                 raise
             except Exception as exc:
-                raise SampleError(s.id, f"unreadable image ({type(exc).__name__}: {exc})") from exc
+                raise SampleError(
+                    s.id, f"unreadable image ({type(exc).__name__}: {exc})", kind="corrupt_image"
+                ) from exc
             if min(bgr.shape[:2]) < 2:
-                raise SampleError(s.id, f"image too small ({bgr.shape[1]}x{bgr.shape[0]})")
+                raise SampleError(
+                    s.id, f"image too small ({bgr.shape[1]}x{bgr.shape[0]})", kind="corrupt_image"
+                )
             own_width = batch_width([(bgr.shape[1], bgr.shape[0])])
             ids = self.encode_text(s.id, s.text, own_width)
             dropped += len(self.charset.encode(s.text)[1])
@@ -260,10 +266,6 @@ class PPOCRAdapter:
         return [r for r in results if r is not None]
 
     # ------------------------------------------------------------------ optional trainer hooks
-    def prepare_for_training(self, cfg: Any = None) -> list[str]:
-        """Trainer hook: nothing to do beyond BatchNorm handling (see :meth:`train_mode`)."""
-        return []
-
     def extend_charset(self, texts_or_chars: Iterable[str] | str, *, bias_offset: float = -4.0) -> list[str]:
         """Add output classes for characters of ``texts_or_chars`` the charset lacks; returns the added ones.
 
