@@ -136,6 +136,75 @@ def stats(
         typer.echo(f"stats: {json_out}")
 
 
+@data_app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+    to: Annotated[str, typer.Option("--to", help="parquet, webdataset, jsonl or folder.")] = "parquet",
+    n: Annotated[int, typer.Option("--n", help="Number of samples.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same images.")] = 0,
+    text_file: Annotated[
+        Path | None, typer.Option("--text-file", help="UTF-8 text, one line per sample (else built-in text).")
+    ] = None,
+    lang: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--lang",
+            help="Built-in text languages (repeatable; en fr de es el ru pl cs). "
+            "With --text-file: the language tag of its lines.",
+        ),
+    ] = None,
+    level: Annotated[str, typer.Option(help="line or page.")] = "line",
+    lines_per_page: Annotated[int, typer.Option(help="Lines per page with --level page.")] = 8,
+    augment: Annotated[
+        bool, typer.Option(help="Seeded blur/noise/rotation/perspective/binarise/JPEG.")
+    ] = True,
+    font: Annotated[
+        Path | None, typer.Option(help="Preferred font file (replaced when it lacks a glyph of a text).")
+    ] = None,
+    shard_size: Annotated[int, typer.Option(help="Samples per Parquet file / tar shard.")] = 1000,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace earlier output of the same format in --out.")
+    ] = False,
+) -> None:
+    """Render synthetic text lines or pages with installed Unicode fonts (never tofu: texts no font covers
+    are listed and skipped)."""
+    from tqdm import tqdm
+
+    from deepsynth.data import DataReport
+    from deepsynth.data.synth import synthetic_samples
+    from deepsynth.data.writers import open_writer
+
+    texts = None
+    if text_file is not None:
+        if not text_file.is_file():
+            _fail(FileNotFoundError(f"--text-file {text_file} does not exist"))
+        texts = [t.strip() for t in text_file.read_text(encoding="utf-8").splitlines() if t.strip()]
+    report = DataReport()
+    try:
+        stream = synthetic_samples(
+            texts,
+            n,
+            seed,
+            languages=None if texts is not None else lang,
+            language=(lang[0] if lang else None) if texts is not None else None,
+            level=level,
+            lines_per_page=lines_per_page,
+            augment=augment,
+            font=font,
+            report=report,
+        )
+        with open_writer(to, out, shard_size=shard_size, overwrite=overwrite) as writer:
+            for sample in tqdm(stream, total=n, desc=f"synth -> {to}", unit="sample"):
+                writer.write(sample)
+                report.count(sample)
+                sample.release()
+    except (ValueError, FileExistsError) as exc:
+        _fail(exc)
+    report.write_json(out / "report.json", format=to, n_written=writer.n, seed=seed, level=level)
+    report.print_summary()
+    typer.echo(f"wrote {writer.n} synthetic samples to {out} ({to}); skipped {report.n_skipped}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the `data` command group to the main app."""
     app.add_typer(data_app, name="data")
