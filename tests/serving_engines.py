@@ -102,3 +102,24 @@ def running_server(app, *, ready: bool = True, timeout_s: float = 60.0):
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def build_colour(arg: str | None = None, **kwargs) -> ColourEngine:
+    """Registry-style factory for ColourEngine (tests register it under a test-only name)."""
+    return ColourEngine(delay=float(arg) if arg else 0.0)
+
+
+def fondue_lines(shared_data, n: int) -> list[tuple[Image.Image, str]]:
+    """The first n real printed line crops of fondue_en_print20 with their transcriptions."""
+    import json
+
+    root = shared_data / "fondue_en_print20"
+    out = []
+    with (root / "manifest.jsonl").open() as fh:
+        for line in fh:
+            rec = json.loads(line)
+            if rec["level"] == "line" and len(rec["text"]) > 20:
+                out.append((Image.open(root / rec["image"]).convert("RGB"), rec["text"]))
+                if len(out) == n:
+                    break
+    return out

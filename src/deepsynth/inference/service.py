@@ -173,7 +173,9 @@ class OCRService:
     ) -> list[Prediction]:
         """Read a batch directly (no queue): engine + repetition guard + retries. Blocking."""
         gen = generation or self.generation
-        preds = list(self.engine.recognize(list(images), gen))
+        # the service owns retries (one policy for every engine): the engine itself must not retry again
+        engine_gen = dataclasses.replace(gen, retry_truncated=0) if gen.retry_truncated else gen
+        preds = list(self.engine.recognize(list(images), engine_gen))
         if len(preds) != len(images):
             raise RuntimeError(f"{self.model_id} returned {len(preds)} predictions for {len(images)} images")
         return self._guard(list(images), preds, gen)
@@ -191,7 +193,9 @@ class OCRService:
                 idx = [i for i in todo if flags[i][1] == rep_flag]
                 if not idx:
                     continue
-                retry_gen = retry_generation(gen, attempt, repetition=rep_flag)
+                retry_gen = dataclasses.replace(
+                    retry_generation(gen, attempt, repetition=rep_flag), retry_truncated=0
+                )
                 retried = self.engine.recognize([images[i] for i in idx], retry_gen)
                 for i, new in zip(idx, retried, strict=True):
                     new.meta["retries"] = attempt

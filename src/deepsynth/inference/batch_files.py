@@ -1,0 +1,229 @@
+"""Batch OCR of files on disk (what ``deepsynth ocr`` runs): images, multi-page TIFFs and PDFs → JSONL.
+
+Resumable: inputs that already have an ``"status": "ok"`` record in the output JSONL are skipped; inputs that
+failed are tried again (readers should take the last record per input). Pages of several small files are
+batched together; a failing batch is retried file by file so one bad file only fails its own record.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepsynth.inference.inputs import InputError, InputLimits, PageInput, decode_file
+
+IMAGE_EXTS = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".bmp",
+    ".gif",
+    ".jp2",
+    ".pbm",
+    ".pgm",
+    ".ppm",
+}
+INPUT_EXTS = IMAGE_EXTS | {".pdf"}
+
+
+def expand_paths(patterns: Sequence[str]) -> list[Path]:
+    """Files, folders (recursively: images and PDFs) and globs → a sorted, de-duplicated list of files.
+
+    Raises FileNotFoundError naming an argument that matches nothing.
+    """
+    found: dict[str, Path] = {}
+    for pattern in patterns:
+        p = Path(pattern).expanduser()
+        if p.is_file():
+            candidates: Iterable[Path] = [p]
+        elif p.is_dir():
+            candidates = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in INPUT_EXTS)
+        else:
+            matches = sorted(glob.glob(str(p), recursive=True))
+            candidates = [
+                Path(m) for m in matches if Path(m).is_file() and Path(m).suffix.lower() in INPUT_EXTS
+            ]
+            if not matches:
+                raise FileNotFoundError(f"no such file, folder or glob match: {pattern}")
+        for c in candidates:
+            found.setdefault(str(c.resolve()), c.resolve())
+    return [found[k] for k in sorted(found)]
+
+
+def load_done(out: Path) -> tuple[set[str], int]:
+    """Inputs already done in an existing JSONL (status ok) and the number of unreadable lines skipped."""
+    done: set[str] = set()
+    bad = 0
+    if not out.is_file():
+        return done, bad
+    with out.open(encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1  # e.g. a line cut short by a crash; that input is simply done again
+                continue
+            if rec.get("status") == "ok":
+                done.add(rec["input"])
+            else:
+                done.discard(rec.get("input"))
+    return done, bad
+
+
+@dataclass
+class BatchSummary:
+    total: int = 0
+    skipped_done: int = 0
+    ok: int = 0
+    failed: int = 0
+    pages: int = 0
+    seconds: float = 0.0
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "skipped_done": self.skipped_done,
+            "ok": self.ok,
+            "failed": self.failed,
+            "pages": self.pages,
+            "seconds": round(self.seconds, 3),
+            "pages_per_second": round(self.pages / self.seconds, 3) if self.seconds else None,
+            "errors": self.errors,
+        }
+
+
+def _output_name(path: Path, root: Path | None) -> Path:
+    rel = path.relative_to(root) if root is not None else Path(path.name)
+    return rel.with_suffix("")
+
+
+def ocr_files(
+    recognize: Any,
+    paths: Sequence[Path],
+    out: Path,
+    *,
+    model_id: str,
+    txt_dir: Path | None = None,
+    md_dir: Path | None = None,
+    batch_pages: int = 8,
+    limits: InputLimits | None = None,
+    progress: bool = True,
+) -> BatchSummary:
+    """Read ``paths`` with ``recognize(images) -> list[Prediction]`` and append one JSONL record per file."""
+    from tqdm import tqdm
+
+    limits = limits or InputLimits(max_pages=10_000, max_pixels=200_000_000, max_upload_bytes=2**40)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done, _ = load_done(out)
+    summary = BatchSummary(total=len(paths))
+    todo = [p for p in paths if str(p) not in done]
+    summary.skipped_done = len(paths) - len(todo)
+    root = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else None
+    t_start = time.perf_counter()
+    pending: list[tuple[Path, list[PageInput], float]] = []
+
+    with (
+        out.open("a", encoding="utf-8") as fh,
+        tqdm(total=len(todo), disable=not progress, unit="file") as bar,
+    ):
+
+        def write(rec: dict[str, Any]) -> None:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            fh.flush()
+            bar.update(1)
+
+        def fail(path: Path, message: str) -> None:
+            summary.failed += 1
+            summary.errors.append({"input": str(path), "error": message})
+            write({"input": str(path), "model": model_id, "status": "error", "error": message})
+
+        def finish(path: Path, pages: list[PageInput], preds: list[Any], t0: float) -> None:
+            page_recs = [
+                {
+                    "page": pg.page,
+                    "text": pr.text,
+                    "confidence": pr.confidence,
+                    "finished": pr.finished,
+                    "num_tokens": pr.num_tokens,
+                    **({"repetition": True} if pr.meta.get("repetition") else {}),
+                }
+                for pg, pr in zip(pages, preds, strict=True)
+            ]
+            text = "\n\n".join(r["text"] for r in page_recs)
+            name = _output_name(path, root)
+            if txt_dir is not None:
+                _write_text(txt_dir / name.with_suffix(".txt"), text + "\n")
+            if md_dir is not None:
+                if len(page_recs) == 1:
+                    md = text
+                else:
+                    md = "\n\n".join(f"<!-- page {r['page']} -->\n\n{r['text']}" for r in page_recs)
+                _write_text(md_dir / name.with_suffix(".md"), md + "\n")
+            summary.ok += 1
+            summary.pages += len(pages)
+            rec = {"input": str(path), "model": model_id, "status": "ok", "n_pages": len(pages), "text": text}
+            rec.update(pages=page_recs, seconds=round(time.perf_counter() - t0, 4))
+            write(rec)
+
+        def flush() -> None:
+            if not pending:
+                return
+            images = [pg.image for _, pages, _ in pending for pg in pages]
+            try:
+                preds = []
+                for i in range(0, len(images), batch_pages):
+                    preds.extend(recognize(images[i : i + batch_pages]))
+            except Exception:
+                preds = None
+            if preds is not None:
+                k = 0
+                for path, pages, t0 in pending:
+                    finish(path, pages, preds[k : k + len(pages)], t0)
+                    k += len(pages)
+            else:  # isolate: file by file
+                for path, pages, t0 in pending:
+                    try:
+                        file_preds = []
+                        for i in range(0, len(pages), batch_pages):
+                            file_preds.extend(recognize([pg.image for pg in pages[i : i + batch_pages]]))
+                        finish(path, pages, file_preds, t0)
+                    except Exception as exc:
+                        fail(path, f"model error: {type(exc).__name__}: {exc}")
+            pending.clear()
+
+        for path in todo:
+            t0 = time.perf_counter()
+            try:
+                data = path.read_bytes()
+                pages = decode_file(data, path.name, None, limits)
+            except InputError as exc:
+                fail(path, str(exc))
+                continue
+            except OSError as exc:
+                fail(path, f"cannot read {path}: {exc}")
+                continue
+            pending.append((path, pages, t0))
+            if sum(len(p) for _, p, _ in pending) >= batch_pages:
+                flush()
+        flush()
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
