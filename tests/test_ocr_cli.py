@@ -1,0 +1,140 @@
+"""`deepsynth ocr`: files, folders, globs, PDFs; JSONL + txt/md; resumable; --server; a real model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from deepsynth.cli.main import app
+from deepsynth.inference.batch_files import expand_paths
+from deepsynth.inference.server import create_app
+from deepsynth.inference.service import OCRService
+from deepsynth.models import registry
+from deepsynth.observability import Observability
+from tests.serving_engines import ColourEngine, colour_image, fondue_lines, running_server
+
+runner = CliRunner()
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> Path:
+    import pypdfium2 as pdfium
+
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    colour_image((10, 20, 30)).save(root / "a.png")
+    colour_image((40, 50, 60)).save(root / "sub" / "b.jpg", quality=100, subsampling=0)
+    doc = pdfium.PdfDocument.new()
+    doc.new_page(100, 50)
+    doc.new_page(100, 50)
+    doc.save(str(root / "doc.pdf"))
+    (root / "notes.txt").write_text("not an image, ignored when scanning folders")
+    return root
+
+
+@pytest.fixture
+def colour_spec(monkeypatch) -> str:
+    monkeypatch.setitem(registry.ENGINES, "colour-test", "tests.serving_engines:build_colour")
+    return "colour-test"
+
+
+def test_expand_paths_files_folders_globs(inputs: Path):
+    got = expand_paths(
+        [str(inputs / "sub"), str(inputs / "*.pdf"), str(inputs / "a.png"), str(inputs / "a.png")]
+    )
+    assert [p.name for p in got] == ["a.png", "doc.pdf", "b.jpg"]  # sorted by path, duplicates dropped
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        expand_paths([str(inputs / "nothing-here")])
+
+
+def test_ocr_folder_writes_jsonl_txt_md_and_resumes(inputs: Path, tmp_path: Path, colour_spec: str):
+    out = tmp_path / "results.jsonl"
+    args = ["ocr", str(inputs), "--model", colour_spec, "--out", str(out), "--no-progress"]
+    args += ["--txt-dir", str(tmp_path / "txt"), "--md-dir", str(tmp_path / "md"), "--dpi", "72"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    recs = {Path(x["input"]).name: x for x in records(out)}
+    assert set(recs) == {"a.png", "b.jpg", "doc.pdf"}
+    assert recs["a.png"]["text"] == "#0a141e" and recs["a.png"]["status"] == "ok"
+    assert (
+        recs["doc.pdf"]["n_pages"] == 2 and [p["text"] for p in recs["doc.pdf"]["pages"]] == ["#ffffff"] * 2
+    )
+    assert (tmp_path / "txt" / "sub" / "b.txt").read_text().startswith("#")
+    assert "<!-- page 2 -->" in (tmp_path / "md" / "doc.md").read_text()
+    summary = json.loads(r.output.strip().splitlines()[-1])
+    assert summary["ok"] == 3 and summary["pages"] == 4
+
+    # second run: everything is done, nothing is appended
+    r2 = runner.invoke(app, args)
+    assert r2.exit_code == 0
+    assert json.loads(r2.output.strip().splitlines()[-1])["skipped_done"] == 3
+    assert len(records(out)) == 3
+
+
+def test_bad_file_fails_alone_and_is_retried_on_the_next_run(inputs: Path, tmp_path: Path, colour_spec: str):
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    out = tmp_path / "r.jsonl"
+    args = [
+        "ocr",
+        str(inputs / "*.png"),
+        str(inputs / "doc.pdf"),
+        "-m",
+        colour_spec,
+        "-o",
+        str(out),
+        "--no-progress",
+    ]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1
+    assert "broken.png" in r.output and "not a readable image" in r.output
+    status = {Path(x["input"]).name: x["status"] for x in records(out)}
+    assert status == {"a.png": "ok", "broken.png": "error", "doc.pdf": "ok"}
+    colour_image((1, 1, 1)).save(inputs / "broken.png")  # the user fixes the file
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    last = records(out)[-1]
+    assert Path(last["input"]).name == "broken.png" and last["text"] == "#010101"
+    assert len(records(out)) == 4
+
+
+def test_ocr_against_a_running_server(inputs: Path, tmp_path: Path):
+    app_ = create_app(OCRService(ColourEngine(), obs=Observability("colour")))
+    out = tmp_path / "remote.jsonl"
+    with running_server(app_) as s:
+        r = runner.invoke(
+            app, ["ocr", str(inputs / "a.png"), "--server", s.url, "-o", str(out), "--no-progress"]
+        )
+    assert r.exit_code == 0, r.output
+    (rec,) = records(out)
+    assert rec["text"] == "#0a141e" and rec["model"] == f"server:{s.url}"
+
+
+def test_unknown_model_and_missing_inputs_fail_clearly(inputs: Path, tmp_path: Path):
+    r = runner.invoke(app, ["ocr", str(inputs / "a.png"), "-m", "nosuch", "-o", str(tmp_path / "x.jsonl")])
+    assert r.exit_code == 2 and "unknown engine 'nosuch'" in r.output
+    r = runner.invoke(app, ["ocr", str(tmp_path / "missing*.png"), "-o", str(tmp_path / "x.jsonl")])
+    assert r.exit_code == 2 and "no such file" in r.output
+
+
+def test_real_rapidocr_reads_real_lines(shared_data, tmp_path: Path):
+    from deepsynth.evaluation.metrics import cer
+
+    folder = tmp_path / "lines"
+    folder.mkdir()
+    refs = {}
+    for i, (img, text) in enumerate(fondue_lines(shared_data, 4)):
+        img.save(folder / f"line{i}.png")
+        refs[f"line{i}.png"] = text
+    out = tmp_path / "real.jsonl"
+    r = runner.invoke(app, ["ocr", str(folder), "-m", "rapidocr", "-o", str(out), "--no-progress", "-b", "4"])
+    assert r.exit_code == 0, r.output
+    hyps = {Path(x["input"]).name: x["text"] for x in records(out)}
+    names = sorted(refs)
+    assert cer([refs[n] for n in names], [hyps[n] for n in names]) < 0.05
