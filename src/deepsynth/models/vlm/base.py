@@ -127,6 +127,12 @@ class VLMAdapter:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @device.setter
+    def device(self, value: Any) -> None:
+        """Move the model (the trainer sets this to the accelerator's device); quantised models stay put."""
+        if not is_quantized(self.model) and str(value) != str(self.device):
+            self.model.to(value)
+
     def _target_ids(self, sample: Sample) -> list[int]:
         text = sample.text
         if not text or not text.strip():

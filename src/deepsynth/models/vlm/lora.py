@@ -62,6 +62,8 @@ def resolve_lora(settings: Any, presets: dict[str, LoraPreset], family: str) -> 
     """
     targets = _get(settings, "targets")
     preset_name = _get(settings, "preset") or (targets if isinstance(targets, str) else None)
+    if preset_name is not None:
+        preset_name = preset_name.replace("-", "_")  # "all-linear" == "all_linear"
     if preset_name is None and not targets:
         preset_name = "language_model"
     spec = LoraSpec(
