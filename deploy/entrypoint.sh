@@ -1,8 +1,9 @@
 #!/bin/sh
 # DeepSynth container entrypoint.
-#   serve [SPEC] [options]   HTTP OCR server (default model: $DEEPSYNTH_MODEL, else rapidocr) on 0.0.0.0:$DEEPSYNTH_PORT
+#   serve [options]          HTTP OCR server: --model $DEEPSYNTH_MODEL (default rapidocr) on 0.0.0.0:$DEEPSYNTH_PORT
+#                            unless --model/--host/--port are given (see deepsynth serve --help)
 #   train CONFIG [k=v ...]   fine-tune (deepsynth train)
-#   ocr SPEC FILES... [opts] read images / PDFs (deepsynth ocr)
+#   ocr FILES... [options]   read images / PDFs into JSONL (deepsynth ocr)
 #   any other deepsynth subcommand (evaluate, data, demo, version), or a program to run (bash, python, ...)
 set -eu
 export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
@@ -12,9 +13,10 @@ if [ "$#" -gt 0 ]; then shift; fi
 
 case "$cmd" in
   serve)
-    if [ "$#" -eq 0 ] || [ "${1#-}" != "$1" ]; then
-      set -- "${DEEPSYNTH_MODEL:-rapidocr}" "$@"
-    fi
+    case " $* " in
+      *" --model "* | *" --model="* | *" -m "*) ;;
+      *) set -- --model "${DEEPSYNTH_MODEL:-rapidocr}" "$@" ;;
+    esac
     case " $* " in
       *" --host "* | *" --host="*) ;;
       *) set -- "$@" --host "${DEEPSYNTH_HOST:-0.0.0.0}" ;;

@@ -123,18 +123,19 @@ def test_entrypoint_passes_shellcheck_and_dispatches(tmp_path):
         assert out.returncode == 0, out.stderr
         return out.stdout.split()
 
-    assert argv() == ["serve", "ppocr:runs/demo/best", "--host", "0.0.0.0", "--port", "8000"]
-    assert argv("serve", "rapidocr", "--port", "9000") == [
+    assert argv() == ["serve", "--model", "ppocr:runs/demo/best", "--host", "0.0.0.0", "--port", "8000"]
+    assert argv("serve", "-m", "rapidocr", "--port", "9000") == [
+        "serve", "-m", "rapidocr", "--port", "9000", "--host", "0.0.0.0"
+    ]  # fmt: skip
+    assert argv("serve", "--max-batch-size", "8")[:5] == [
         "serve",
-        "rapidocr",
-        "--port",
-        "9000",
-        "--host",
-        "0.0.0.0",
+        "--model",
+        "ppocr:runs/demo/best",
+        "--max-batch-size",
+        "8",
     ]
-    assert argv("serve", "--max-batch-size", "8")[:2] == ["serve", "ppocr:runs/demo/best"]
     assert argv("train", "configs/x.yaml", "epochs=1") == ["train", "configs/x.yaml", "epochs=1"]
-    assert argv("ocr", "rapidocr", "a.png") == ["ocr", "rapidocr", "a.png"]
+    assert argv("ocr", "a.png", "--model", "rapidocr") == ["ocr", "a.png", "--model", "rapidocr"]
     assert _run("sh", script, "echo", "hi", env=env).stdout.strip() == "hi"  # any other program
 
 

@@ -216,3 +216,12 @@ def test_env_configuration_and_background_writer(tmp_path):
 def test_bad_settings_name_the_variable(tmp_path, key, value):
     with pytest.raises(ValueError, match=key):
         SampleSettings.from_env({"DEEPSYNTH_SAMPLES_DIR": str(tmp_path), key: value})
+
+
+def test_pages_of_one_request_in_the_same_microsecond_are_all_kept_in_order(tmp_path):
+    store = _store(tmp_path, image_mode="omit")  # the fake clock does not move between pages
+    for page in range(3):
+        store.maybe_store("multi-page", None, f"page {page}", {}, "m")
+    recs = store.list_samples()
+    assert [r["text"] for r in recs] == ["page 0", "page 1", "page 2"]
+    assert len({r["sample_id"] for r in recs}) == 3

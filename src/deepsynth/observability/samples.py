@@ -267,9 +267,15 @@ class SampleStore:
     ) -> None:
         s = self.settings
         rid = _SAFE.sub("_", str(request_id))[:64] or "request"
-        sample_id = (
-            time.strftime(_STAMP, time.gmtime(created)) + f"{int(created * 1e6) % 1_000_000:06d}Z_{rid}"
-        )
+        micros = int(round(created * 1e6))
+        while (
+            True
+        ):  # several pages of one request can arrive within one microsecond: keep ids unique + ordered
+            sec, us = divmod(micros, 1_000_000)
+            sample_id = f"{time.strftime(_STAMP, time.gmtime(sec))}{us:06d}Z_{rid}"
+            if not (self.records_dir / f"{sample_id}.json").exists():
+                break
+            micros += 1
         counts: dict[str, int] = {}
         if s.redact:
             text, counts = redact(text)
