@@ -1,9 +1,222 @@
-"""`deepsynth evaluate` commands."""
+"""`deepsynth eval`: run an engine over datasets (predictions.jsonl, metrics.json, report.html) and
+`deepsynth eval compare RUN_A RUN_B` (paired deltas with bootstrap confidence intervals)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+eval_app = typer.Typer(
+    help="Evaluate an OCR engine on datasets (CER/WER, breakdowns, HTML report) and compare runs.",
+    invoke_without_command=True,
+    no_args_is_help=True,
+)
+
+
+def _fail(exc: Exception | str) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _parse_opts(items: list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--engine-opt expects key=value, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+@eval_app.callback()
+def evaluate(
+    ctx: typer.Context,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            "--engine",
+            "-e",
+            help="Engine spec: rapidocr, tesseract, rapidocr:page, ppocr:runs/x/best, server:http://...",
+        ),
+    ] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option("--data", "-d", help="Dataset source (repeatable): `name=path[:image_root]` or a path."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (rerun to resume).")] = None,
+    normalize: Annotated[
+        str,
+        typer.Option(
+            "--normalize",
+            "-n",
+            help="Normalisation profile: none, nfc, "
+            "ocr_standard, jiwer, omnidocbench, olmocr, paddleocr, or "
+            "steps joined by '+' (nfkc+casefold+collapse).",
+        ),
+    ] = "none",
+    level: Annotated[str, typer.Option(help="Rows to evaluate: line, page or all.")] = "line",
+    split: Annotated[str | None, typer.Option(help="Only this split: train, val or test.")] = None,
+    split_key: Annotated[
+        str, typer.Option(help="Grouping key of the split hash (page_id, subset, ...).")
+    ] = "page_id",
+    seed: Annotated[int, typer.Option(help="Seed of the split hash.")] = 0,
+    lang: Annotated[
+        list[str] | None, typer.Option("--lang", help="Only these languages (repeatable).")
+    ] = None,
+    subset: Annotated[
+        list[str] | None, typer.Option("--subset", help="Only these subsets (repeatable).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="At most this many samples from each --data source.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per engine call.")] = 8,
+    include_flagged: Annotated[
+        bool,
+        typer.Option(
+            "--include-flagged", help="Also score rows flagged has_untranscribed (excluded by default)."
+        ),
+    ] = False,
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples for confidence intervals (0: none).")
+    ] = 1000,
+    engine_opt: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--engine-opt", help="key=value passed to the engine factory (repeatable), e.g. threads=1."
+        ),
+    ] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Generative engines: output limit.")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Evaluate ENGINE on --data sources into --out: predictions.jsonl, metrics.json, report.html."""
+    if ctx.invoked_subcommand is not None:
+        return
+    missing = [name for name, v in (("--engine", engine), ("--data", data), ("--out", out)) if not v]
+    if missing:
+        _fail(f"missing {', '.join(missing)} (see `deepsynth eval --help`)")
+    if level not in ("line", "page", "all"):
+        _fail(f"--level must be line, page or all, got {level!r}")
+    import itertools
+
+    from deepsynth.data import DataReport, SampleFilter, open_sources
+    from deepsynth.evaluation.harness import RunDirError, evaluate_engine
+    from deepsynth.evaluation.normalize import get_normalizer
+    from deepsynth.models.generation import GenerationConfig
+    from deepsynth.models.registry import load_engine
+
+    try:
+        get_normalizer(normalize)
+        report = DataReport()
+        streams = []
+        for spec in data or []:
+            flt = SampleFilter(languages=lang or None, subsets=subset or None,
+                               levels=None if level == "all" else [level], split=split, split_key=split_key,
+                               seed=seed, limit=limit)  # fmt: skip
+            streams.append(open_sources([spec], filter=flt, report=report))
+        eng = load_engine(engine, **_parse_opts(engine_opt))
+    except (ValueError, OSError, RuntimeError) as exc:
+        _fail(exc)
+    generation = GenerationConfig(max_new_tokens=max_new_tokens) if max_new_tokens else None
+    total = limit * len(data) if limit else None
+    try:
+        result = evaluate_engine(
+            eng, itertools.chain.from_iterable(streams), out, normalize=normalize, batch_size=batch_size,
+            generation=generation, progress=progress, dataset=list(data or []), total=total,
+            exclude_flags=() if include_flagged else ("has_untranscribed",), bootstrap=bootstrap,
+        )  # fmt: skip
+    except RunDirError as exc:
+        _fail(exc)
+    _print_summary(result, out)
+    if report.n_skipped:
+        report.print_summary()
+
+
+def _print_summary(result: dict[str, Any], out: Path | None) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(f"{result['engine']} · normalize={result['normalize']} · n={result['n']}"))
+    for col in ("", "CER", "WER", "NED", "exact", "repetition", "truncation"):
+        table.add_column(col, justify="right" if col else "left")
+
+    def row(name: str, g: dict[str, Any]) -> None:
+        table.add_row(name, _pct(g.get("cer")), _pct(g.get("wer")), _pct(g.get("ned")),
+                      _pct(g.get("exact_match")), _pct(g.get("repetition_rate")), _pct(g.get("truncation_rate")))  # fmt: skip
+
+    row("all", result)
+    for name, g in sorted((result.get("per_subset") or {}).items()):
+        row(escape(f"  {name}"), g)
+    console = Console()
+    console.print(table)
+    if result.get("cer_ci"):
+        lo, hi = result["cer_ci"]
+        console.print(f"CER 95% CI {_pct(lo)} – {_pct(hi)}; WER 95% CI {_pct(result['wer_ci'][0])} – "
+                      f"{_pct(result['wer_ci'][1])}")  # fmt: skip
+    bad = len(result.get("unreadable") or []) + len(result.get("engine_errors") or [])
+    excluded = sum((result.get("excluded") or {}).get("counts", {}).values())
+    console.print(f"not scored: {bad} failed (see metrics.json), {excluded} excluded by flag; "
+                  f"resumed {result['resumed']}, new {result['new']}")  # fmt: skip
+    console.print(escape(f"wrote {out}/predictions.jsonl, metrics.json, report.html"))
+
+
+@eval_app.command("compare")
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="Baseline run directory (A).")],
+    run_b: Annotated[Path, typer.Argument(help="Candidate run directory (B).")],
+    normalize: Annotated[
+        str | None, typer.Option("--normalize", "-n", help="Profile (default: run A's).")
+    ] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
+    json_out: Annotated[
+        str | None,
+        typer.Option("--json", help="Write the comparison JSON here ('-': stdout only, no table)."),
+    ] = None,
+) -> None:
+    """Paired comparison of two runs on their common samples: B - A with 95% bootstrap CIs."""
+    from deepsynth.evaluation.harness import RunDirError, compare_runs
+
+    try:
+        result = compare_runs(run_a, run_b, normalize=normalize, n_resamples=resamples)
+    except (RunDirError, ValueError) as exc:
+        _fail(exc)
+    text = json.dumps(result, indent=2, ensure_ascii=False)
+    if json_out == "-":
+        typer.echo(text)
+        return
+    if json_out:
+        Path(json_out).write_text(text + "\n", encoding="utf-8")
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"B - A on {result['n_common']} common samples · normalize={result['normalize']}")
+    for col in ("metric", "A", "B", "Δ (B-A)", "95% CI", "p"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name, m in result["metrics"].items():
+        delta = m.get("delta")
+        ci = f"[{_pct(m['ci_low'])}, {_pct(m['ci_high'])}]" if "ci_low" in m else ""
+        p = ("<0.001" if m["p_value"] < 0.001 else f"{m['p_value']:.3f}") if "p_value" in m else ""
+        sign = "" if delta is None or delta < 0 else "+"
+        table.add_row(
+            name, _pct(m["a"]), _pct(m["b"]), "–" if delta is None else sign + _pct(delta), escape(ci), p
+        )
+    console = Console()
+    console.print(escape(f"A = {result['engine_a']} ({run_a})\nB = {result['engine_b']} ({run_b})"))
+    console.print(table)
+    if result["only_a"] or result["only_b"]:
+        console.print(f"not compared: {result['only_a']} samples only in A, {result['only_b']} only in B")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the main app (filled in by the evaluate work)."""
+    """Add `deepsynth eval` (and `eval compare`) to the main app."""
+    app.add_typer(eval_app, name="eval")
