@@ -81,10 +81,10 @@ def model_view_tokens(size: int, *, sam_patch: int, neck_stride: int = 4) -> int
     return 144 if cells <= 144 else 256
 
 
-def check_image_tokens(
+def _mismatch(
     base_size: int, image_size: int, crop_mode: bool, *, processor_patch: int, downsample: int, sam_patch: int
-) -> int:
-    """Raise ValueError unless processor and model agree on tokens per view; returns tokens of the global view."""
+) -> tuple[str, int, int, int] | None:
+    """(view, size, processor tokens, model tokens) of the first inconsistent view, or None."""
     views = [("global view (base_size)", base_size)]
     if crop_mode:
         views.append(("local tiles (image_size)", image_size))
@@ -92,27 +92,31 @@ def check_image_tokens(
         wrote = view_tokens(size, processor_patch=processor_patch, downsample=downsample)
         emits = model_view_tokens(size, sam_patch=sam_patch)
         if wrote != emits:
-            ok = [
-                n
-                for n, m in IMAGE_MODES.items()
-                if _consistent(m, processor_patch=processor_patch, downsample=downsample, sam_patch=sam_patch)
-            ]
-            raise ValueError(
-                f"DeepSeek-OCR-2 image mode mismatch: the {what} of {size} px gets {wrote} image tokens from "
-                f"the processor but the vision tower emits {emits} query tokens per view. DeepSeek-OCR-2 only "
-                f"supports views whose token grids are 12x12 or 16x16 (768 / 1024 px on the released model); "
-                f"modes that fit this model: {', '.join(ok) or 'none of the named ones'}"
-                f" (tiny/small/large are DeepSeek-OCR v1 modes: use the deepseek_ocr family for them)."
-            )
+            return what, size, wrote, emits
+    return None
+
+
+def check_image_tokens(
+    base_size: int, image_size: int, crop_mode: bool, *, processor_patch: int, downsample: int, sam_patch: int
+) -> int:
+    """Raise ValueError unless processor and model agree on tokens per view; returns tokens of the global view."""
+    geometry = {"processor_patch": processor_patch, "downsample": downsample, "sam_patch": sam_patch}
+    bad = _mismatch(base_size, image_size, crop_mode, **geometry)
+    if bad is not None:
+        what, size, wrote, emits = bad
+        ok = [
+            n
+            for n, m in IMAGE_MODES.items()
+            if _mismatch(m.base_size, m.image_size, m.crop_mode, **geometry) is None
+        ]
+        raise ValueError(
+            f"DeepSeek-OCR-2 image mode mismatch: the {what} of {size} px gets {wrote} image tokens from "
+            f"the processor but the vision tower emits {emits} query tokens per view. DeepSeek-OCR-2 only "
+            f"supports views whose token grids are 12x12 or 16x16 (768 / 1024 px on the released model); "
+            f"modes that fit this model: {', '.join(ok) or 'none of the named ones'}"
+            f" (tiny/small/large are DeepSeek-OCR v1 modes: use the deepseek_ocr family for them)."
+        )
     return view_tokens(base_size, processor_patch=processor_patch, downsample=downsample)
-
-
-def _consistent(mode: ImageMode, **kw: int) -> bool:
-    try:
-        check_image_tokens(mode.base_size, mode.image_size, mode.crop_mode, **kw)
-    except ValueError:
-        return False
-    return True
 
 
 class DeepseekOcr2Adapter(VLMAdapter):

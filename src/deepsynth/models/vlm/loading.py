@@ -89,7 +89,9 @@ def from_pretrained_kwargs(
 ) -> dict[str, Any]:
     """Keyword arguments for ``Auto*.from_pretrained`` covering device, dtype, quantization and attention."""
     dev = pick_device(device)
-    kw: dict[str, Any] = {"dtype": pick_dtype(dtype, dev), "device_map": {"": dev}}
+    kw: dict[str, Any] = {"dtype": pick_dtype(dtype, dev)}
+    if dev != "cpu" or quantization:
+        kw["device_map"] = {"": dev}
     qc = quantization_config(quantization, skip_modules=skip_modules)
     if qc is not None:
         kw["quantization_config"] = qc
