@@ -203,3 +203,13 @@ def test_ocrmetrics_exact_match_and_empty_reference_sample():
     assert s["truncation_rate"] is None
     with pytest.raises(TypeError, match="sample 'x1'"):
         m.update("a", None, sample_id="x1")
+
+
+def test_every_unicode_whitespace_tokenises_like_jiwer():
+    import sys
+
+    spaces = [chr(i) for i in range(sys.maxunicode + 1) if chr(i).isspace()]
+    for ws in spaces:
+        for ref, hyp in [(f"a{ws}b c", "a b c"), (f"a {ws}b", f"{ws}a b{ws}"), (f"{ws}{ws}x", "x")]:
+            assert wer(ref, hyp) == pytest.approx(jiwer.wer(ref, hyp), abs=1e-12), repr(ws)
+            assert cer(ref, hyp) == pytest.approx(jiwer.cer(ref, hyp), abs=1e-12), repr(ws)

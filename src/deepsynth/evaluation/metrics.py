@@ -33,6 +33,8 @@ def char_units(text: str) -> str:
 
 def word_units(text: str) -> list[str]:
     """The word sequence WER compares (jiwer ``wer_default``: collapse 2+ whitespace, strip, split on space)."""
+    if text.isprintable():  # no whitespace but " ": jiwer's tokenisation is exactly str.split()
+        return text.split()
     return [w for w in _MULTI_WS.sub(" ", text).strip().split(" ") if w]
 
 
@@ -43,11 +45,16 @@ def _pairs(refs: str | Sequence[str], hyps: str | Sequence[str]) -> tuple[Sequen
         hyps = [hyps]
     if len(refs) != len(hyps):
         raise ValueError(f"got {len(refs)} references but {len(hyps)} hypotheses; they must pair up")
-    for kind, seq in (("reference", refs), ("hypothesis", hyps)):
-        if not all(isinstance(s, str) for s in seq):
-            bad = next(i for i, s in enumerate(seq) if not isinstance(s, str))
-            raise TypeError(f"{kind} #{bad} is {type(seq[bad]).__name__}, expected str")
     return refs, hyps
+
+
+def _type_error(refs: Sequence[object], hyps: Sequence[object]) -> TypeError | None:
+    """The TypeError naming the first non-str input (checked only after a failure, to keep loops lean)."""
+    for kind, seq in (("reference", refs), ("hypothesis", hyps)):
+        for i, s in enumerate(seq):
+            if not isinstance(s, str):
+                return TypeError(f"{kind} #{i} is {type(s).__name__}, expected str")
+    return None
 
 
 def rate(errors: int, ref_units: int, hyp_units: int) -> float:
@@ -61,12 +68,15 @@ def char_counts(refs: str | Sequence[str], hyps: str | Sequence[str]) -> tuple[i
     """(edit distance, reference chars, hypothesis chars) summed over the corpus."""
     refs, hyps = _pairs(refs, hyps)
     errors = n_ref = n_hyp = 0
-    for r, h in zip(refs, hyps, strict=True):
-        r = r.strip()
-        h = h.strip()
-        errors += _distance(r, h)
-        n_ref += len(r)
-        n_hyp += len(h)
+    try:
+        for r, h in zip(refs, hyps, strict=True):
+            r = r.strip()
+            h = h.strip()
+            errors += _distance(r, h)
+            n_ref += len(r)
+            n_hyp += len(h)
+    except (AttributeError, TypeError) as exc:
+        raise (_type_error(refs, hyps) or exc) from None
     return errors, n_ref, n_hyp
 
 
@@ -74,13 +84,15 @@ def word_counts(refs: str | Sequence[str], hyps: str | Sequence[str]) -> tuple[i
     """(word edit distance, reference words, hypothesis words) summed over the corpus."""
     refs, hyps = _pairs(refs, hyps)
     errors = n_ref = n_hyp = 0
-    sub = _MULTI_WS.sub
-    for r, h in zip(refs, hyps, strict=True):
-        rw = [w for w in sub(" ", r).strip().split(" ") if w]
-        hw = [w for w in sub(" ", h).strip().split(" ") if w]
-        errors += _distance(rw, hw)
-        n_ref += len(rw)
-        n_hyp += len(hw)
+    try:
+        for r, h in zip(refs, hyps, strict=True):
+            rw = r.split() if r.isprintable() else word_units(r)
+            hw = h.split() if h.isprintable() else word_units(h)
+            errors += _distance(rw, hw)
+            n_ref += len(rw)
+            n_hyp += len(hw)
+    except (AttributeError, TypeError) as exc:
+        raise (_type_error(refs, hyps) or exc) from None
     return errors, n_ref, n_hyp
 
 
