@@ -116,3 +116,28 @@ def test_multi_image_request_larger_than_free_queue_is_rejected_whole():
         return ok
 
     assert len(asyncio.run(main())) == 2
+
+
+@pytest.mark.slow
+def test_hub_id_fails_offline_with_instructions(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(
+        ModelLoadError, match=r"(?s)HF_HUB_OFFLINE is set.*hf download deepseek-ai/DeepSeek-OCR-2"
+    ):
+        load_model("deepseek_ocr2:deepseek-ai/DeepSeek-OCR-2")
+
+
+def test_real_rapidocr_through_the_service_matches_the_engine(shared_data):
+    from tests.serving_engines import fondue_lines
+
+    lines = [img for img, _ in fondue_lines(shared_data, 3)]
+    service = OCRService("rapidocr", obs=obs("rapidocr"))
+    assert service.model_id == "rapidocr"
+
+    async def main():
+        await service.start()
+        out = await asyncio.gather(*(service.recognize_async([img]) for img in lines))
+        await service.aclose()
+        return [o[0].text for o in out]
+
+    assert asyncio.run(main()) == [p.text for p in service.engine.recognize(lines)]

@@ -63,6 +63,8 @@ def load_model(spec: str, **kwargs: Any) -> OCREngine:
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from exc
     except Exception as exc:
+        if arg and _looks_like_hub_id(arg) and isinstance(exc, FileNotFoundError):
+            raise ModelLoadError(f"could not load {spec!r}: {exc}") from exc
         if arg and _looks_like_hub_id(arg):
             offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
             why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached or the id is wrong"
