@@ -39,6 +39,8 @@ def _png(fig: Any) -> str:
 
 
 def _plots(per_sample: Sequence[float], summary: dict[str, Any]) -> list[tuple[str, str]]:
+    if not per_sample:
+        return []
     try:
         import matplotlib
 
@@ -66,6 +68,15 @@ def _plots(per_sample: Sequence[float], summary: dict[str, Any]) -> list[tuple[s
         out.append((title, _png(fig)))
         plt.close(fig)
     return out
+
+
+def _char_cell(ch: str) -> str:
+    """A confusion-table cell: the character, plus its code point when it is not plain ASCII."""
+    if not ch:
+        return "<i>(none)</i>"
+    shown = "␣" if ch == " " else html.escape(ch)
+    code = "" if ch.isascii() and ch.isprintable() and ch != " " else f" <small>U+{ord(ch):04X}</small>"
+    return f"<code>{shown}</code>{code}"
 
 
 def diff_html(ref: str, hyp: str) -> str:
@@ -162,7 +173,7 @@ def render_report(
         f"<h3>{t}</h3><img alt='{t}' src='{uri}'>" for t, uri in _plots([c for c, _ in per_sample], result)
     )
     conf_rows = "".join(
-        f"<tr><td class=l><code>{esc(repr(r))}</code></td><td class=l><code>{esc(repr(h))}</code></td><td>{c}</td></tr>"
+        f"<tr><td class=l>{_char_cell(r)}</td><td class=l>{_char_cell(h)}</td><td>{c}</td></tr>"
         for r, h, c in result.get("top_confusions") or []
     )
     confusions = (
