@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -156,7 +157,7 @@ class WandbTracker:
         self._wandb = wandb
         self.dir = Path(run_dir).resolve()
         id_file = self.dir / "wandb_run_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)
         self.run = wandb.init(
             project=project,

@@ -162,6 +162,8 @@ class Trainer:
         )
         self.is_main = self.acc.is_main_process
         self.world = self.acc.num_processes
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
         set_seed(cfg.seed)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)

@@ -1,0 +1,173 @@
+"""The trainer on a tiny PP-OCRv6 model and real Fraktur line crops: resume, checkpoints, bad samples, stopping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from deepsynth.config import load_config
+from deepsynth.data import Sample
+from deepsynth.training import checkpoint as ckpt
+from deepsynth.training.config import TrainConfig
+from deepsynth.training.schedule import WarmupDecay
+from deepsynth.training.trainer import Trainer
+from tests._train_data import real_lines, tiny_adapter
+
+BASE = [
+    "batch_size=2", "eval.at_start=false", "eval.every_steps=0", "checkpoint.every_steps=0",
+    "trackers=[jsonl]", "progress=false", "num_threads=1", "optim.warmup_steps=2", "model.extend_charset=false",
+]  # fmt: skip
+
+
+def make_cfg(out, *overrides: str) -> TrainConfig:
+    return load_config(TrainConfig, None, [*BASE, f"output_dir={out}", *overrides])
+
+
+def run(out, *overrides: str, samples=None, eval_samples=None, callbacks=None, adapter=None):
+    samples = samples if samples is not None else real_lines(8)
+    trainer = Trainer(
+        make_cfg(out, *overrides),
+        adapter=adapter or tiny_adapter(real_lines(8)),
+        train_samples=samples,
+        eval_samples=eval_samples or [],
+        callbacks=callbacks,
+    )
+    return trainer.run(), trainer
+
+
+def test_resume_gives_identical_losses(tmp_path):
+    # 8 samples, batch 2, grad_accum 2 -> 2 optimizer steps per epoch: 6 steps cross two epoch boundaries
+    opts = ["max_steps=6", "grad_accum=2"]
+    full, t_full = run(tmp_path / "full", *opts)
+    part, _ = run(tmp_path / "cut", *opts, callbacks=[lambda t: t.request_stop() if t.step == 3 else None])
+    assert part.stopped == "interrupted" and sorted(part.losses) == [1, 2, 3]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "cut" / "checkpoints")] == ["step-0000003"]
+    rest, t_rest = run(tmp_path / "cut", *opts, "resume=true")
+    assert sorted(full.losses) == list(range(1, 7))
+    assert rest.losses == full.losses  # exactly equal floats, steps 1..6
+    for (name, a), b in zip(
+        t_full.adapter.model.state_dict().items(), t_rest.adapter.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    history = yaml.safe_load((tmp_path / "cut" / "run.yaml").read_text())
+    assert history["resumed_from"].endswith("step-0000003") and len(history["history"]) == 1
+
+
+def test_refuses_to_mix_runs_without_resume(tmp_path):
+    run(tmp_path, "max_steps=1")
+    with pytest.raises(FileExistsError, match="resume=true"):
+        run(tmp_path, "max_steps=1")
+
+
+def test_bad_samples_are_skipped_and_reported(tmp_path):
+    good = real_lines(8)
+
+    def broken_loader():
+        raise OSError("truncated PNG")
+
+    bad = [
+        Sample(id="unreadable-1", text="abc", image_loader=broken_loader),
+        Sample.from_image(
+            "no-trainable-char", good[0].image.copy(), text="\u2603\u2603"
+        ),  # snowmen: not in charset
+    ]
+    result, _ = run(tmp_path, "epochs=2", samples=[*good[:4], bad[0], *good[4:], bad[1]])
+    assert result.steps == 10 and result.skipped_samples == 2  # each bad sample reported once, not per epoch
+    report = json.loads((tmp_path / "data_report.json").read_text())
+    reasons = {s["id"]: s["reason"] for s in report["skipped"]}
+    assert "truncated PNG" in reasons["unreadable-1"]
+    assert "no trainable character" in reasons["no-trainable-char"]
+    assert all(v == v and v < 100 for v in result.losses.values())
+
+
+def test_non_finite_batch_is_skipped_with_warning(tmp_path, caplog):
+    adapter = tiny_adapter(real_lines(8))
+    real_loss = adapter.loss
+    poisoned = real_lines(8)[3].id
+
+    def loss(batch):  # a numerically broken batch (cannot be produced on demand by a real model)
+        value = real_loss(batch)
+        return value * float("nan") if poisoned in batch["ids"] else value
+
+    adapter.loss = loss
+    result, trainer = run(tmp_path, "max_steps=4", "data.shuffle=false", adapter=adapter)
+    assert result.skipped_batches == 1 and result.steps == 4
+    assert all(torch.isfinite(p).all() for p in trainer.adapter.model.parameters())
+    assert any("non-finite loss" in r.message for r in caplog.records)
+
+
+def test_eval_early_stopping_and_best_model(tmp_path):
+    lines = real_lines(10)
+    result, trainer = run(
+        tmp_path, "max_steps=20", "optim.lr=0", "optim.weight_decay=0", "eval.every_steps=2",
+        "eval.patience=2", "eval.at_start=true", "checkpoint.keep_last=1",
+        samples=lines[:8], eval_samples=lines[8:],
+    )  # fmt: skip
+    # lr 0: CER never improves after the start evaluation -> stop after 2 evaluations without improvement
+    assert result.stopped == "early stopping" and result.steps == 4
+    assert [e["step"] for e in result.evals] == [0, 2, 4] and result.best_step == 0
+    from deepsynth.models.registry import load_engine
+
+    best = load_engine(str(tmp_path / "best"))  # a servable model directory, found by its model card
+    images = [s.image for s in lines[8:]]
+    assert [p.text for p in best.recognize(images)] == [p.text for p in trainer.adapter.recognize(images)]
+    ckpt.verify(tmp_path / "best")
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/cer" in r] == [0, 2, 4]
+    assert "ref:" in (tmp_path / "texts.jsonl").read_text(encoding="utf-8")
+
+
+def test_run_yaml_records_what_reproduces_the_run(tmp_path):
+    lines = real_lines(8)
+    run(tmp_path, "max_steps=1", samples=lines)
+    info = yaml.safe_load((tmp_path / "run.yaml").read_text())
+    assert info["config"]["batch_size"] == 2 and info["packages"]["torch"] == torch.__version__
+    assert len(info["git"]["commit"] or "") in (0, 40)
+    assert info["data"]["train"]["n"] == 8 and len(info["data"]["train"]["sha256"]) == 64
+    run(
+        tmp_path / "other",
+        "max_steps=1",
+        samples=lines[:7] + [Sample.from_image("x", lines[7].image, lines[7].text + "!")],
+    )
+    other = yaml.safe_load((tmp_path / "other" / "run.yaml").read_text())
+    assert other["data"]["train"]["sha256"] != info["data"]["train"]["sha256"]
+
+
+def test_checkpoints_are_atomic_verified_and_pruned(tmp_path):
+    root = tmp_path / "checkpoints"
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    for step in (1, 2, 3):
+        ckpt.save_training_checkpoint(ckpt.step_dir(root, step), state, {"step": step})
+    ckpt.prune_checkpoints(root, keep_last=2)
+    assert [p.name for p in ckpt.list_checkpoints(root)] == ["step-0000002", "step-0000003"]
+    model_state, trainer_state = ckpt.load_training_checkpoint(ckpt.latest_checkpoint(root))
+    assert torch.equal(model_state["w"], state["w"]) and trainer_state["step"] == 3
+
+    # a crash while writing leaves neither a partial directory nor a temp dir behind
+    def crash(tmp):
+        (tmp / "half.bin").write_bytes(b"xx")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        ckpt.write_atomic(ckpt.step_dir(root, 4), crash)
+    assert sorted(p.name for p in root.iterdir()) == ["step-0000002", "step-0000003"]
+
+    # a flipped byte is caught by the manifest
+    f = ckpt.step_dir(root, 3) / ckpt.MODEL_STATE
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match="sha256"):
+        ckpt.load_training_checkpoint(ckpt.step_dir(root, 3))
+
+
+def test_warmup_then_cosine_schedule():
+    f = WarmupDecay(warmup=4, total=14, kind="cosine", min_ratio=0.1)
+    assert [round(f(s), 4) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(9) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert f(14) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
+    lin = WarmupDecay(warmup=0, total=10, kind="linear", min_ratio=0.0)
+    assert lin(5) == pytest.approx(0.5)
