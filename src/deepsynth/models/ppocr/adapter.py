@@ -20,6 +20,7 @@ from deepsynth.data.sample import Sample, SampleError
 from deepsynth.models.base import Prediction
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.models.ppocr import lora as lora_utils
+from deepsynth.models.ppocr.batching import recognize_in_batches
 from deepsynth.models.ppocr.charset import Charset, normalize_text
 from deepsynth.models.ppocr.convert import (
     REC_ONNX,
@@ -258,15 +259,7 @@ class PPOCRAdapter:
         self, images: Sequence[Image.Image | np.ndarray], generation: GenerationConfig | None = None
     ) -> list[Prediction]:
         """Greedy CTC read of line images; batches by similar width (like rapidocr); confidence = mean max prob."""
-        bgrs = [to_bgr(im) for im in images]
-        order = sorted(range(len(bgrs)), key=lambda i: bgrs[i].shape[1] / max(1, bgrs[i].shape[0]))
-        results: list[Prediction | None] = [None] * len(bgrs)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            probs = self.probabilities([bgrs[i] for i in chunk])
-            for i, (text, conf) in zip(chunk, self.charset.decode_greedy(probs), strict=True):
-                results[i] = Prediction(text=text, confidence=conf, finished=True)
-        return [r for r in results if r is not None]
+        return recognize_in_batches(images, self.probabilities, self.charset, self.batch_size)
 
     # ------------------------------------------------------------------ optional trainer hooks
     def extend_charset(self, texts_or_chars: Iterable[str] | str, *, bias_offset: float = -4.0) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 CHARSET_FILE = "charset.json"
+ONNX_CHARSET_KEY = "deepsynth_charset"  # exact class list (JSON) in an exported ONNX file's metadata
 
 # Characters without a Unicode decomposition whose glyph is closest to a letter already in the list.
 _BASE_LETTER = {
