@@ -4,7 +4,7 @@
 #                            unless --model/--host/--port are given (see deepsynth serve --help)
 #   train CONFIG [k=v ...]   fine-tune (deepsynth train)
 #   ocr FILES... [options]   read images / PDFs into JSONL (deepsynth ocr)
-#   any other deepsynth subcommand (evaluate, data, demo, version), or a program to run (bash, python, ...)
+#   any other deepsynth subcommand (eval, data, demo, demo-ui, version), or a program to run (bash, python, ...)
 set -eu
 export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
 
@@ -27,7 +27,7 @@ case "$cmd" in
     esac
     exec deepsynth serve "$@"
     ;;
-  train | ocr | evaluate | data | demo | version)
+  train | ocr | eval | data | demo | demo-ui | version)
     exec deepsynth "$cmd" "$@"
     ;;
   *)
