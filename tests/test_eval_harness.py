@@ -177,3 +177,12 @@ def test_compare_runs_paired_delta(tmp_path):
     )
     with pytest.raises(RunDirError, match="references differ"):
         compare_runs(tmp_path / "a", tmp_path / "c")
+
+
+def test_corrupt_middle_line_is_a_clear_error(tmp_path):
+    evaluate_engine(InfoEngine(), _corpus(3), tmp_path, progress=False, bootstrap=0, report=False)
+    pred = tmp_path / "predictions.jsonl"
+    lines = pred.read_text().splitlines(keepends=True)
+    pred.write_text(lines[0] + "{oops\n" + "".join(lines[1:]))
+    with pytest.raises(RunDirError, match=r"predictions.jsonl:2: invalid JSON"):
+        evaluate_engine(InfoEngine(), _corpus(3), tmp_path, progress=False, bootstrap=0, report=False)

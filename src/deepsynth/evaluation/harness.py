@@ -38,24 +38,29 @@ class RunDirError(ValueError):
     """An output directory that holds a different run (other engine) or unreadable predictions."""
 
 
-def read_predictions(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a predictions.jsonl; a torn last line (interrupted write) is ignored."""
+def iter_predictions(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Stream the records of a predictions.jsonl; a torn last line (interrupted write) is skipped."""
     path = Path(path)
     if not path.is_file():
-        return []
-    records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if i == len(lines):
-                log.warning("%s: ignoring torn last line %d", path, i)
+        return
+    with path.open(encoding="utf-8") as fh:
+        pending: tuple[int, str] | None = None
+        for i, line in enumerate(fh, 1):
+            if pending is not None:  # only the final line may be torn
+                raise RunDirError(f"{path}:{pending[0]}: invalid JSON ({pending[1]})")
+            if not line.strip():
                 continue
-            raise RunDirError(f"{path}:{i}: invalid JSON ({exc.msg})") from exc
-    return records
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                pending = (i, exc.msg)
+        if pending is not None:
+            log.warning("%s: ignoring torn last line %d", path, pending[0])
+
+
+def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a predictions.jsonl (see :func:`iter_predictions`)."""
+    return list(iter_predictions(path))
 
 
 def _repair_tail(path: Path) -> None:
@@ -198,7 +203,7 @@ def evaluate_engine(
     datasets = [dataset] if isinstance(dataset, str) else list(dataset or [])
     info_path.write_text(json.dumps({"engine": engine_name, "dataset": datasets}, indent=2) + "\n")
     _repair_tail(pred_path)
-    done = {r["id"] for r in read_predictions(pred_path)}
+    done = {r["id"] for r in iter_predictions(pred_path)}
     excluded: Counter[str] = Counter()
     excluded_ids: list[str] = []
     flags = tuple(exclude_flags)
@@ -247,16 +252,27 @@ def evaluate_engine(
     if bar is not None:
         bar.close()
 
-    records = read_predictions(pred_path)
-    summary, _ = score_records(records, normalize, bootstrap=bootstrap)
-    errors = [{"id": r["id"], "error": r["error"]} for r in records if r.get("error")]
-    seconds = [r["seconds"] for r in records if isinstance(r.get("seconds"), int | float)]
+    errors: list[dict[str, str]] = []
+    seconds: list[float] = []
+    n_records = 0
+
+    def scan() -> Iterator[dict[str, Any]]:
+        nonlocal n_records
+        for r in iter_predictions(pred_path):
+            n_records += 1
+            if r.get("error"):
+                errors.append({"id": r["id"], "error": r["error"]})
+            if isinstance(r.get("seconds"), int | float):
+                seconds.append(r["seconds"])
+            yield r
+
+    summary, _ = score_records(scan(), normalize, bootstrap=bootstrap)
     result: dict[str, Any] = {
         "engine": engine_name,
         "dataset": datasets,
         "normalize": normalize,
         **summary,
-        "n_predictions": len(records),
+        "n_predictions": n_records,
         "unreadable": [e for e in errors if e["error"].startswith("unreadable")],
         "engine_errors": [e for e in errors if not e["error"].startswith("unreadable")],
         "excluded": {"flags": list(flags), "counts": dict(excluded), "ids": excluded_ids[:1000]},
@@ -273,7 +289,8 @@ def evaluate_engine(
         from deepsynth.evaluation.report import write_report
 
         thumbs = {sid: jpeg for _, sid, jpeg in worst_heap}
-        write_report(out / REPORT, result, records, normalize=normalize, thumbnails=thumbs, worst=worst)
+        write_report(out / REPORT, result, iter_predictions(pred_path), normalize=normalize, thumbnails=thumbs,
+                     worst=worst)  # fmt: skip
     return result
 
 

@@ -15,6 +15,7 @@ Per-sample CER follows the same rule and can be clipped at 1.
 from __future__ import annotations
 
 import re
+from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -201,10 +202,12 @@ class OCRMetrics:
         self.reset()
 
     def reset(self) -> None:
-        self._cols: dict[str, list[int]] = {k: [] for k in _FIELDS}
-        self._ned: list[float] = []
-        self._language: list[str | None] = []
-        self._subset: list[str | None] = []
+        # compact per-sample columns (~90 bytes/sample): int64 counts, float ned, interned group codes
+        self._cols: dict[str, array[int]] = {k: array("q") for k in _FIELDS}
+        self._ned: array[float] = array("d")
+        self._codes: dict[str, dict[str | None, int]] = {"language": {}, "subset": {}}
+        self._language: array[int] = array("i")
+        self._subset: array[int] = array("i")
         self.ids: list[str | None] = []
         self.confusions: Counter[tuple[str, str]] = Counter()
         self.ops = Counter({"substitutions": 0, "deletions": 0, "insertions": 0})
@@ -246,8 +249,8 @@ class OCRMetrics:
             self._cols[k].append(row[k])
         sample_ned = c_err / max(c_ref, c_hyp) if c_err else 0.0
         self._ned.append(sample_ned)
-        self._language.append(language)
-        self._subset.append(subset)
+        self._language.append(self._codes["language"].setdefault(language, len(self._codes["language"])))
+        self._subset.append(self._codes["subset"].setdefault(subset, len(self._codes["subset"])))
         self.ids.append(sample_id)
         return {
             "cer": rate(c_err, c_ref, c_hyp), "wer": rate(w_err, w_ref, w_hyp), "ned": sample_ned,
@@ -257,8 +260,8 @@ class OCRMetrics:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Per-sample columns as numpy arrays (c_err, c_ref, c_hyp, w_err, ..., ned)."""
-        out = {k: np.asarray(v, dtype=np.int64) for k, v in self._cols.items()}
-        out["ned"] = np.asarray(self._ned, dtype=np.float64)
+        out = {k: np.frombuffer(v, dtype=np.int64).copy() for k, v in self._cols.items()}
+        out["ned"] = np.frombuffer(self._ned, dtype=np.float64).copy()
         return out
 
     @staticmethod
@@ -286,11 +289,15 @@ class OCRMetrics:
             "word_errors": int(a["w_err"].sum()),
         }
 
-    def _groups(self, keys: list[str | None], a: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-        if all(k is None for k in keys):
+    def _groups(self, kind: str, codes: array[int], a: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+        names = self._codes[kind]
+        if not names or list(names) == [None]:
             return {}
-        labels = np.asarray(["unknown" if k is None else str(k) for k in keys], dtype=object)
-        return {str(g): self._aggregate(a, labels == g) for g in sorted(set(labels.tolist()))}
+        col = np.frombuffer(codes, dtype=np.int32)
+        merged: dict[str, list[int]] = {}
+        for name, code in names.items():
+            merged.setdefault("unknown" if name is None else str(name), []).append(code)
+        return {label: self._aggregate(a, np.isin(col, ids)) for label, ids in sorted(merged.items())}
 
     def summary(self, *, bootstrap: int = 0, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
         """All metrics as a JSON-ready dict; ``bootstrap=B`` adds ``cer_ci``/``wer_ci`` from B resamples."""
@@ -299,8 +306,8 @@ class OCRMetrics:
         out.update(
             normalize=self.profile,
             **{k: int(v) for k, v in self.ops.items()},
-            per_language=self._groups(self._language, a),
-            per_subset=self._groups(self._subset, a),
+            per_language=self._groups("language", self._language, a),
+            per_subset=self._groups("subset", self._subset, a),
             top_confusions=[[r, h, c] for (r, h), c in self.confusions.most_common(self.top_k)],
         )
         if bootstrap and len(self):

@@ -7,9 +7,10 @@ attached to a CI run. Plots use matplotlib's Agg backend; without matplotlib the
 from __future__ import annotations
 
 import base64
+import heapq
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,7 @@ def _image_uri(record: dict[str, Any], thumbnails: dict[str, bytes]) -> str | No
 
 def render_report(
     result: dict[str, Any],
-    records: Sequence[dict[str, Any]],
+    records: Iterable[dict[str, Any]],
     *,
     normalize: str = "none",
     thumbnails: dict[str, bytes] | None = None,
@@ -139,8 +140,15 @@ def render_report(
     """The HTML text of a report."""
     thumbnails = thumbnails or {}
     norm = get_normalizer(normalize)
-    scored = [r for r in records if r.get("error") is None and r.get("hyp") is not None]
-    per_sample = [(sample_cer(norm(r["ref"]), norm(r["hyp"]), clip=True), r) for r in scored]
+    scores: list[float] = []
+    worst_heap: list[tuple[float, int, dict[str, Any]]] = []  # bounded: records stream from disk
+    for i, r in enumerate(records):
+        if r.get("error") is not None or r.get("hyp") is None:
+            continue
+        score = sample_cer(norm(r["ref"]), norm(r["hyp"]), clip=True)
+        scores.append(score)
+        if worst and (len(worst_heap) < worst or score > worst_heap[0][0]):
+            (heapq.heappush if len(worst_heap) < worst else heapq.heapreplace)(worst_heap, (score, -i, r))
     esc = html.escape
     ci = ""
     if result.get("cer_ci"):
@@ -169,9 +177,7 @@ def render_report(
         + _table(result.get("per_language") or {}, "language")
         + _table(result.get("per_subset") or {}, "subset")
     )
-    plots = "".join(
-        f"<h3>{t}</h3><img alt='{t}' src='{uri}'>" for t, uri in _plots([c for c, _ in per_sample], result)
-    )
+    plots = "".join(f"<h3>{t}</h3><img alt='{t}' src='{uri}'>" for t, uri in _plots(scores, result))
     conf_rows = "".join(
         f"<tr><td class=l>{_char_cell(r)}</td><td class=l>{_char_cell(h)}</td><td>{c}</td></tr>"
         for r, h, c in result.get("top_confusions") or []
@@ -191,9 +197,8 @@ def render_report(
             f"<h2>Not scored</h2><p>{len(bad)} samples failed (unreadable image or engine error); "
             f"excluded by flag: {esc(str(excl.get('counts') or {}))}.</p><ul>{items}</ul>"
         )
-    worst_items = sorted(per_sample, key=lambda t: -t[0])[:worst]
     blocks = []
-    for score, r in worst_items:
+    for score, _, r in sorted(worst_heap, key=lambda t: (-t[0], -t[1])):
         uri = _image_uri(r, thumbnails)
         img = f"<img alt='{esc(r['id'])}' src='{uri}'>" if uri else "<p class=meta>(image not available)</p>"
         blocks.append(
