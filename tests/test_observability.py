@@ -241,3 +241,11 @@ def test_otlp_http_export_from_env():
     names = sorted(s.name for ss in rs.scope_spans for s in ss.spans)
     assert service == "deepsynth-test"
     assert names == sorted([*STAGES, "request"])
+
+
+def test_from_env_keeps_other_loggers_visible_to_caplog(caplog):
+    """Building a service's Observability must not hide deepsynth.* records from the root logger (caplog)."""
+    Observability.from_env(model_id="m", env={})
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("deepsynth.training.trainer").warning("non-finite loss, batch skipped")
+    assert any("non-finite loss" in r.message for r in caplog.records)

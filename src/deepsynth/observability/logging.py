@@ -68,6 +68,7 @@ def configure_logging(
     """Install (once, idempotently) a handler on the ``deepsynth`` logger; ``fmt`` is ``json`` or ``text``.
 
     Calling it again replaces the previous DeepSynth handler, so tests and servers can re-point the stream.
+    Records still propagate to the root logger (a no-op unless the application configured root handlers).
     """
     if fmt not in ("json", "text"):
         raise ValueError(f"DEEPSYNTH_LOG_FORMAT must be 'json' or 'text', got {fmt!r}")
@@ -86,5 +87,6 @@ def configure_logging(
         )
     logger.addHandler(handler)
     logger.setLevel(level.upper() if isinstance(level, str) else level)
-    logger.propagate = False
+    # propagation stays on: an application (or pytest's caplog) that configured the root logger keeps seeing
+    # deepsynth records; set logging.getLogger("deepsynth").propagate = False to avoid seeing them twice.
     return logger
