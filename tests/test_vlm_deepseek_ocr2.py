@@ -92,7 +92,7 @@ def test_generation_mode_override_is_checked(tiny):
 
 
 def test_gundam_tiles_plus_global_view():
-    ad = build_tiny("deepseek_ocr2", crop_mode=True)  # 96 px global view + 96 px tiles on the tiny model
+    ad = build_tiny("deepseek_ocr2", image_mode="gundam")  # tiny scale: 96 px global view + 96 px tiles
     batch = ad.collate([Sample.from_image("wide", line_image("wide line", 300, 40), "wide line")])
     n_tiles = int(batch["num_local_patches"][0])
     assert n_tiles >= 2 and batch["pixel_values_local"].shape[0] == n_tiles

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -219,7 +220,11 @@ class VLMAdapter:
         if is_quantized(self.model) and not self._kbit_prepared:
             from peft import prepare_model_for_kbit_training
 
-            self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=gc)
+            self.model = prepare_model_for_kbit_training(
+                self.model,
+                use_gradient_checkpointing=gc,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
             self._kbit_prepared = True
         elif gc:
             self.enable_gradient_checkpointing()
@@ -464,7 +469,8 @@ class VLMAdapter:
         )
         model = cls.model_class().from_pretrained(ref, **kw)
         processor = cls.load_processor(ref)
-        return cls.create(model, processor, source={"kind": "pretrained", "ref": ref}, **options)
+        source = options.pop("source", None) or {"kind": "pretrained", "ref": ref}
+        return cls.create(model, processor, source=source, **options)
 
     @classmethod
     def _from_pretrained_unsloth(cls, ref: str, **options: Any) -> VLMAdapter:  # pragma: no cover - GPU only
@@ -552,7 +558,10 @@ def _find(obj: Any, name: str) -> Any:
 
 
 def make_build(adapter_cls: type[VLMAdapter]) -> Any:
-    """Registry factory ``build(arg, **options)``: ``tiny`` → random tiny model, saved dir or hub id → load."""
+    """Registry factory ``build(arg, **options)``: ``tiny`` → random tiny model, saved dir or hub id → load.
+
+    ``smoke`` → the checkpoint named by ``DEEPSYNTH_SMOKE_MODEL`` when set, else ``tiny``.
+    """
 
     def build(arg: str | None = None, **options: Any) -> VLMAdapter:
         if arg is None:
@@ -560,6 +569,8 @@ def make_build(adapter_cls: type[VLMAdapter]) -> Any:
                 f"{adapter_cls.family}: give a checkpoint, e.g. {adapter_cls.family}:PATH_OR_HUB_ID "
                 f"(or {adapter_cls.family}:tiny for a random tiny model)"
             )
+        if arg == "smoke":  # the smoke recipe: a real checkpoint from the environment, else a tiny model
+            arg = os.environ.get("DEEPSYNTH_SMOKE_MODEL") or "tiny"
         if arg == "tiny" or arg.startswith("tiny@"):
             from deepsynth.models.vlm.tiny import build_tiny
 

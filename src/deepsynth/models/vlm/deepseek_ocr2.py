@@ -48,6 +48,10 @@ IMAGE_MODES: dict[str, ImageMode] = {
     "gundam": ImageMode(1024, 768, True),
 }
 
+# The tiny random model (tests, smoke) has one consistent view size, 96 px (144 tokens): its "base" and
+# "gundam" keep the structure (one global view; global view + tiles) at that size.
+TINY_IMAGE_MODES: dict[str, ImageMode] = {"base": ImageMode(96, 96, False), "gundam": ImageMode(96, 96, True)}
+
 _LM = r"model\.language_model\.layers\.\d+\."
 _LM_LINEAR = (
     _LM + r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(shared_experts\.)?(gate_proj|up_proj|down_proj))"
@@ -145,7 +149,8 @@ class DeepseekOcr2Adapter(VLMAdapter):
         if name is not None:
             if name not in IMAGE_MODES:
                 raise ValueError(f"unknown image_mode {name!r}; choose one of {', '.join(IMAGE_MODES)}")
-            default = IMAGE_MODES[name]
+            table = TINY_IMAGE_MODES if self.source.get("kind") == "tiny" else IMAGE_MODES
+            default = table.get(name, IMAGE_MODES[name])
         return ImageMode(
             int(opts.get("base_size") or default.base_size),
             int(opts.get("image_size") or default.image_size),

@@ -380,8 +380,9 @@ def build_tiny(family: str, seed: int = 0, **options: Any) -> Any:
     cls = adapter_class(family)
     source = {"kind": "tiny", "ref": "tiny", "seed": seed}
     if options.get("quantization"):
-        adapter = cls.from_pretrained(str(tiny_checkpoint(family, seed)), **{**options, "backend": "peft"})
-        adapter.source = source
+        adapter = cls.from_pretrained(
+            str(tiny_checkpoint(family, seed)), **{**options, "backend": "peft", "source": source}
+        )
         adapter.name = f"{family}:tiny"
         return adapter
     model, proc = _BUILDERS[family](seed)
