@@ -25,8 +25,9 @@ class ColourEngine:
 
     name = "colour"
 
-    def __init__(self, delay: float = 0.0):
+    def __init__(self, delay: float = 0.0, gate: threading.Event | None = None):
         self.delay = delay
+        self.gate = gate  # when given, every call waits until it is set (to hold the model "busy")
         self.batch_sizes: list[int] = []
         self.generations: list[GenerationConfig | None] = []
         self._lock = threading.Lock()
@@ -37,6 +38,8 @@ class ColourEngine:
         with self._lock:
             self.batch_sizes.append(len(images))
             self.generations.append(generation)
+        if self.gate is not None:
+            self.gate.wait(30)
         if self.delay:
             time.sleep(self.delay)
         out = []

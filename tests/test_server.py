@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import re
+import threading
 
 import httpx
 import openai
@@ -97,30 +98,37 @@ def _truncated_png() -> bytes:
     return data[: len(data) // 2]
 
 
-BAD_FILES = [
-    ("zero bytes", b"", "image/png", 400, "empty_file", "is empty"),
+BAD_FILES = [  # (label, bytes factory, declared content type, status, error type, phrase in message)
+    ("zero bytes", lambda: b"", "image/png", 400, "empty_file", "is empty"),
     (
         "corrupt image",
-        b"\x89PNG\r\n\x1a\n" + b"garbage" * 20,
+        lambda: b"\x89PNG\r\n\x1a\n" + b"garbage" * 20,
         "image/png",
         400,
         "invalid_image",
         "not a readable",
     ),
-    ("truncated image", _truncated_png(), "image/png", 400, "invalid_image", "corrupt"),
-    ("huge image", _huge_png(), "image/png", 413, "image_too_large", "the limit is 40.0 MP"),
-    ("large image", png(Image.new("1", (9000, 9000))), "image/png", 413, "image_too_large", "81.0 MP"),
+    ("truncated image", lambda: _truncated_png(), "image/png", 400, "invalid_image", "corrupt"),
+    ("huge image", lambda: _huge_png(), "image/png", 413, "image_too_large", "the limit is 40.0 MP"),
+    (
+        "large image",
+        lambda: png(Image.new("1", (9000, 9000))),
+        "image/png",
+        413,
+        "image_too_large",
+        "81.0 MP",
+    ),
     (
         "pdf without pages",
-        b"%PDF-1.7\n" + b"x" * 10,
+        lambda: b"%PDF-1.7\n" + b"x" * 10,
         "application/pdf",
         400,
         "corrupt_pdf",
         "not a readable PDF",
     ),
-    ("too many pdf pages", pdf_bytes(6), "application/pdf", 413, "too_many_pages", "limit is 5"),
-    ("wrong content type", b"hello world", "text/plain", 415, "unsupported_media_type", "text/plain"),
-    ("tiny image", png(colour_image((1, 1, 1), (1, 1))), "image/png", 400, "image_too_small", "1x1"),
+    ("too many pdf pages", lambda: pdf_bytes(6), "application/pdf", 413, "too_many_pages", "limit is 5"),
+    ("wrong content type", lambda: b"hello world", "text/plain", 415, "unsupported_media_type", "text/plain"),
+    ("tiny image", lambda: png(colour_image((1, 1, 1), (1, 1))), "image/png", 400, "image_too_small", "1x1"),
 ]
 
 
@@ -136,7 +144,7 @@ def _empty_pdf() -> bytes:
     return out + b"trailer\n<< /Size 3 /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % xref
 
 
-BAD_FILES.append(("empty page tree", _empty_pdf(), "application/pdf", 400, "no_pages", "has no pages"))
+BAD_FILES.append(("empty page tree", _empty_pdf, "application/pdf", 400, "no_pages", "has no pages"))
 
 
 @pytest.mark.parametrize(
@@ -377,3 +385,28 @@ def test_shutdown_drains_accepted_requests():
         results = asyncio.run(main())
     assert [r.status_code for r in results] == [200] * 4
     assert [r.json()["pages"][0]["text"] for r in results] == [f"#{i:02x}{i:02x}{i:02x}" for i in range(4)]
+
+
+def test_not_ready_while_warming_up_then_ready():
+    gate = threading.Event()
+    engine = ColourEngine(gate=gate)  # the warm-up call blocks until the gate opens
+    with running_server(make_app(engine), ready=False) as s:
+        assert httpx.get(f"{s.url}/healthz").status_code == 200
+        ready = httpx.get(f"{s.url}/readyz")
+        assert ready.status_code == 503 and ready.json()["reason"] == "loading"
+        r = httpx.post(f"{s.url}/v1/ocr", json={"images": [data_uri(colour_image((1, 1, 1)))]})
+        assert r.status_code == 503 and "warming up" in r.json()["error"]["message"]
+        gate.set()
+        for _ in range(200):
+            if httpx.get(f"{s.url}/readyz").status_code == 200:
+                break
+            asyncio.run(asyncio.sleep(0.05))
+        r = httpx.post(f"{s.url}/v1/ocr", json={"images": [data_uri(colour_image((1, 1, 1)))]}, timeout=10)
+        assert r.status_code == 200
+
+
+def test_request_timeout_is_a_504():
+    engine = ColourEngine(delay=0.5)
+    with running_server(make_app(engine, timeout_s=0.2, max_batch_size=1)) as s:
+        r = httpx.post(f"{s.url}/v1/ocr", json={"images": [data_uri(colour_image((1, 1, 1)))]}, timeout=10)
+    assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"

@@ -141,3 +141,16 @@ def test_real_rapidocr_through_the_service_matches_the_engine(shared_data):
         return [o[0].text for o in out]
 
     assert asyncio.run(main()) == [p.text for p in service.engine.recognize(lines)]
+
+
+def test_guard_leaves_non_generative_outputs_alone():
+    class Leaders:
+        name = "leaders"
+
+        def recognize(self, images, generation=None):
+            from deepsynth.models.base import Prediction
+
+            return [Prediction(text="Contents " + ". " * 40 + "12", finished=None) for _ in images]
+
+    (pred,) = OCRService(Leaders(), obs=obs()).recognize([colour_image((0, 0, 0))])
+    assert pred.text.count(".") == 40 and pred.meta["repetition"] is False

@@ -253,7 +253,8 @@ def create_app(service: OCRService, settings: ServerSettings | None = None) -> F
             cid = f"chatcmpl-{ctx.request_id}"
             if stream:
                 return StreamingResponse(
-                    _sse_chunks(cid, created, service.model_id, text, finish), media_type="text/event-stream"
+                    _sse_chunks(cid, int(time.time()), service.model_id, text, finish),
+                    media_type="text/event-stream",
                 )
             return JSONResponse(
                 {

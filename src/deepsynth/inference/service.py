@@ -216,6 +216,10 @@ class OCRService:
 
     @staticmethod
     def _flags(pred: Prediction, gen: GenerationConfig) -> tuple[bool, bool]:
+        """(truncated, repetition). Only generative outputs are checked (``finished`` is not None): a CTC
+        recogniser or a page engine cannot loop, and legitimate repeats ("....", table rows) must stay."""
+        if pred.finished is None:
+            return False, False
         truncated = pred.finished is False
         repetition = find_repetition(pred.text, gen.repetition_ngram, gen.repetition_threshold)
         return truncated, repetition
