@@ -230,6 +230,8 @@ def test_otlp_http_export_from_env():
         assert obs.tracing.enabled
         _serve_one(obs, request_id="otlp-1")
         obs.close()
+        assert not obs.tracing.enabled  # the provider we built was shut down (exporter thread stopped)
+        _serve_one(obs)  # and requests after shutdown still work (untraced)
     finally:
         server.shutdown()
     assert _OTLPReceiver.received, "no OTLP request arrived"

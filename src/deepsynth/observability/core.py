@@ -109,28 +109,27 @@ class Observability:
         """Build from ``DEEPSYNTH_*`` / ``OTEL_*`` variables (``env`` defaults to ``os.environ``)."""
         from deepsynth import __version__
         from deepsynth.observability.samples import sample_store_from_env
-        from deepsynth.observability.tracing import build_tracer_provider, tracing_requested
 
         env = os.environ if env is None else env
         fmt = env.get("DEEPSYNTH_LOG_FORMAT", "json").strip().lower()
         configure_logging(env.get("DEEPSYNTH_LOG_LEVEL", "INFO"), fmt)
         metrics = env.get("DEEPSYNTH_METRICS", "1").strip().lower() in _TRUE
-        provider = build_tracer_provider(env) if tracing_requested(env) else None
+        tracing = Tracing.from_env(env)
         obs = cls(
             model_id,
             registry=registry,
             metrics=metrics,
-            tracer_provider=provider,
             sample_store=None,
             version=__version__,
         )
+        obs.tracing = tracing
         obs.samples = sample_store_from_env(env, on_store=obs._count_stored, on_delete=obs._count_deleted)
         log.info(
             "observability configured",
             extra={
                 "model": model_id,
                 "metrics": metrics,
-                "tracing": provider is not None,
+                "tracing": tracing.enabled,
                 "samples": bool(getattr(obs.samples, "enabled", False)),
             },
         )

@@ -37,8 +37,9 @@ def tracing_requested(env: Mapping[str, str] | None = None) -> bool:
     return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
-def build_tracer_provider(env: Mapping[str, str] | None = None) -> Any:
-    """The global SDK TracerProvider if one is installed, else a new one exporting as the env says."""
+def build_tracer_provider(env: Mapping[str, str] | None = None) -> tuple[Any, bool]:
+    """(provider, owned): the global SDK TracerProvider if one is installed (not owned), else a new one
+    exporting as the env says (owned: :meth:`Tracing.shutdown` shuts it down)."""
     from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -46,7 +47,7 @@ def build_tracer_provider(env: Mapping[str, str] | None = None) -> Any:
 
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
-        return current
+        return current, False
     env = os.environ if env is None else env
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or "deepsynth"})
     provider = TracerProvider(resource=resource)
@@ -75,20 +76,24 @@ def build_tracer_provider(env: Mapping[str, str] | None = None) -> Any:
         else:
             raise ValueError(f"OTEL_TRACES_EXPORTER={name!r} is not supported (use otlp, console or none)")
         provider.add_span_processor(BatchSpanProcessor(exporter))
-    return provider
+    return provider, True
 
 
 class Tracing:
     """Thin wrapper: ``span(name, **attrs)`` and ``span_at(name, start_ns, end_ns)``; no-ops when disabled."""
 
-    def __init__(self, tracer_provider: Any = None) -> None:
+    def __init__(self, tracer_provider: Any = None, *, owned: bool = False) -> None:
         self.enabled = tracer_provider is not None
         self.provider = tracer_provider
+        self.owned = owned
         self._tracer = tracer_provider.get_tracer(INSTRUMENTATION_NAME) if self.enabled else None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Tracing:
-        return cls(build_tracer_provider(env) if tracing_requested(env) else None)
+        if not tracing_requested(env):
+            return cls(None)
+        provider, owned = build_tracer_provider(env)
+        return cls(provider, owned=owned)
 
     def span(self, name: str, attributes: dict[str, Any] | None = None, context: Any = None):
         """Context manager opening a span that becomes current (child of the current span or ``context``)."""
@@ -114,5 +119,11 @@ class Tracing:
         span.end(end_time=end_ns)
 
     def shutdown(self) -> None:
-        if self.provider is not None and hasattr(self.provider, "force_flush"):
+        """Export pending spans; stop the exporter threads of a provider we built (not a borrowed global one)."""
+        if self.provider is None:
+            return
+        if self.owned:
+            self.provider.shutdown()
+            self.provider, self._tracer, self.enabled = None, None, False
+        elif hasattr(self.provider, "force_flush"):
             self.provider.force_flush()
