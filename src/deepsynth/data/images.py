@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -34,11 +35,25 @@ def sniff_ext(data: bytes) -> str | None:
     return None
 
 
-def resolve_inside(root: Path, rel: str) -> Path | None:
-    """``root/rel`` resolved, or None when it escapes ``root`` (``../``, absolute paths, symlinks out)."""
-    root = root.resolve()
-    target = (root / rel).resolve()
-    return target if target.is_relative_to(root) else None
+@functools.lru_cache(maxsize=4096)
+def _real_dir(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def resolve_inside(root: Path | str, rel: str) -> Path | None:
+    """``root/rel`` resolved, or None when it escapes ``root`` (``../``, absolute paths, symlinks out).
+
+    Directory resolutions are cached, so this costs about one ``lstat`` per file on long manifests.
+    """
+    real_root = _real_dir(str(root))
+    joined = os.path.normpath(os.path.join(real_root, rel))
+    parent, name = os.path.split(joined)
+    target = os.path.join(_real_dir(parent), name)
+    if os.path.islink(target):
+        target = os.path.realpath(target)
+    if target != real_root and not target.startswith(real_root.rstrip(os.sep) + os.sep):
+        return None
+    return Path(target)
 
 
 class ImageRef:
@@ -83,13 +98,13 @@ class ImageRef:
             raise SampleError(self.sample_id, f"image not found: {self.path}", kind="missing_image") from exc
 
     def __call__(self) -> Image.Image:
-        if self.path is not None and not self.path.is_file():
-            raise SampleError(self.sample_id, f"image not found: {self.path}", kind="missing_image")
         src = self.path if self.path is not None else io.BytesIO(self.data)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 img = Image.open(src)
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise SampleError(self.sample_id, f"image not found: {self.path}", kind="missing_image") from exc
         except Image.DecompressionBombError as exc:
             raise SampleError(
                 self.sample_id, f"image over the pixel limit ({exc})", kind="too_many_pixels"

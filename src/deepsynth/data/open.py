@@ -81,6 +81,7 @@ def _stream(
                     sink.skip(s.id, f"duplicate id (first seen in {first})", where, "duplicate_id")
                     continue
                 seen[digest] = spec_index
-            sink.count(s)
+            if report is not None:
+                report.count(s)
             n += 1
             yield s

@@ -15,6 +15,7 @@ from typing import Any
 from deepsynth.data.images import sample_image_bytes
 from deepsynth.data.sample import Sample
 
+TAR_MTIME = 1_700_000_000
 WRITE_FORMATS = ("parquet", "webdataset", "jsonl", "folder")
 _OWN_FILES = {
     "parquet": ("*.parquet",),
@@ -155,7 +156,11 @@ class WebDatasetShardWriter(_Writer):
         super().__init__(out_dir, shard_size=shard_size, overwrite=overwrite)
         import webdataset as wds
 
-        self._sink = wds.ShardWriter(str(self.out_dir / "shard-%06d.tar"), maxcount=shard_size, verbose=0)
+        # an integer mtime keeps tar members free of PAX headers (a float mtime adds one per member, which
+        # doubles header parsing on read) and makes shards reproducible
+        self._sink = wds.ShardWriter(
+            str(self.out_dir / "shard-%06d.tar"), maxcount=shard_size, verbose=0, mtime=TAR_MTIME
+        )
         self._closed = False
 
     def write(self, sample: Sample) -> None:
