@@ -214,3 +214,32 @@ def test_unsloth_fast_vision_model_path():
     if not ok:
         pytest.skip(f"Unsloth backend not available here: {why}")
     assert lora_mod.resolve_backend("auto") == "unsloth"  # pragma: no cover - GPU machines only
+
+
+# ---------------------------------------------------------------- smoke model choice, v1, memory
+def test_smoke_spec_uses_env_checkpoint(monkeypatch):
+    from deepsynth.models.registry import load_engine
+
+    monkeypatch.delenv("DEEPSYNTH_SMOKE_MODEL", raising=False)
+    assert load_engine("deepseek_ocr2:smoke").source["kind"] == "tiny"
+    path = str(tiny_checkpoint("deepseek_ocr2"))
+    monkeypatch.setenv("DEEPSYNTH_SMOKE_MODEL", path)  # a real checkpoint directory (here: a saved tiny one)
+    ad = load_engine("deepseek_ocr2:smoke")
+    assert ad.source == {"kind": "pretrained", "ref": path}
+
+
+def test_deepseek_ocr_v1_needs_explicit_trust_remote_code():
+    from deepsynth.models.registry import load_engine
+
+    with pytest.raises(ValueError, match="trust_remote_code=true.*network access"):
+        load_engine("deepseek_ocr:deepseek-ai/DeepSeek-OCR")
+
+
+def test_memory_estimate_counts_real_parameters(tiny):
+    from deepsynth.models.vlm.memory import estimate
+
+    est = estimate(tiny.model.config, lora_r=4)
+    assert est["parameters"]["total"] == sum(p.numel() for p in tiny.model.parameters())
+    lora = build_tiny("deepseek_ocr2")
+    lora.apply_lora({"r": 4, "alpha": 8, "preset": "language_model"})
+    assert est["lora_parameters"] == sum(p.numel() for p in lora.trainable_parameters())
