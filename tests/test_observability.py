@@ -251,3 +251,26 @@ def test_from_env_keeps_other_loggers_visible_to_caplog(caplog):
     with caplog.at_level(logging.WARNING):
         logging.getLogger("deepsynth.training.trainer").warning("non-finite loss, batch skipped")
     assert any("non-finite loss" in r.message for r in caplog.records)
+
+
+def test_cancelled_request_is_counted_as_cancelled_not_as_failure():
+    obs = Observability("m")
+
+    async def handler() -> None:
+        with obs.request("/v1/ocr"):
+            await asyncio.sleep(10)
+
+    async def main() -> None:
+        task = asyncio.create_task(handler())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    s = _samples(obs.exposition()[0])
+    assert (
+        s[("deepsynth_requests_total", (("model", "m"), ("route", "/v1/ocr"), ("status", "cancelled")))] == 1
+    )
+    assert s[("deepsynth_errors_total", (("model", "m"), ("type", "cancelled")))] == 1
+    assert s[("deepsynth_requests_in_flight", (("model", "m"), ("route", "/v1/ocr")))] == 0

@@ -166,10 +166,11 @@ class Observability:
                 try:
                     yield ctx
                 except BaseException as exc:
+                    cancelled = type(exc).__name__ == "CancelledError"  # the client went away
                     if ctx.status == "ok":
                         code = getattr(exc, "status_code", None)  # e.g. fastapi.HTTPException
-                        ctx.status = str(code) if code else "error"
-                    self.record_error(type(exc).__name__)
+                        ctx.status = "cancelled" if cancelled else str(code) if code else "error"
+                    self.record_error("cancelled" if cancelled else type(exc).__name__)
                     raise
                 finally:
                     if span is not None:
