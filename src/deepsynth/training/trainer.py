@@ -513,7 +513,8 @@ class Trainer:
                 continue
             grad_norm = None
             if cfg.optim.grad_clip:
-                grad_norm = float(acc.clip_grad_norm_(self.trainable, cfg.optim.grad_clip))
+                norm = acc.clip_grad_norm_(self.trainable, cfg.optim.grad_clip)  # None under DeepSpeed
+                grad_norm = float(norm) if norm is not None else None
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
