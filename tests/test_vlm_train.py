@@ -58,19 +58,27 @@ def test_every_recipe_starts_with_its_command():
 
 @pytest.mark.slow
 def test_deepseek_ocr2_smoke_recipe_end_to_end(tmp_path, monkeypatch):
+    """What `make deepseek-ocr-smoke` runs: `deepsynth train configs/deepseek_ocr2_smoke.yaml`."""
+    from typer.testing import CliRunner
+
+    from deepsynth.cli.main import app
+
     monkeypatch.chdir(ROOT)  # the recipe names examples/ relative to the repository
     monkeypatch.delenv("DEEPSYNTH_SMOKE_MODEL", raising=False)
-    cfg, result = _train(CONFIGS / "deepseek_ocr2_smoke.yaml", [f"output_dir={tmp_path / 'run'}"])
-    final = _final_dir(cfg, result)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "configs/deepseek_ocr2_smoke.yaml", f"output_dir={run}"])
+    assert res.exit_code == 0, res.output
+    result = json.loads((run / "result.json").read_text())
+    assert result["steps"] == 4 and len(result["losses"]) == 4
+    assert all(v == v and v > 0 for v in result["losses"].values())  # finite, non-zero (answer-only labels)
+    assert result["evals"] and "cer" in result["evals"][-1]
+    final = Path(result["final_dir"])
     card = json.loads((final / "deepsynth_model.json").read_text())
     assert card["family"] == "deepseek_ocr2" and card["format"] == "lora"
-    assert result.steps == 4 and len(result.losses) == 4
-    assert all(v == v and v > 0 for v in result.losses.values())  # finite, non-zero (answer-only labels)
-    assert result.evals and "cer" in result.evals[-1]
     from deepsynth.models.registry import load_engine
 
     engine = load_engine(str(final))  # the saved run serves as an engine
-    assert engine.family == "deepseek_ocr2"
+    assert engine.family == "deepseek_ocr2" and engine.has_lora
 
 
 @pytest.mark.slow

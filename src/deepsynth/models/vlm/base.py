@@ -216,7 +216,9 @@ class VLMAdapter:
     # ------------------------------------------------------------------ LoRA / k-bit / optimizer
     def prepare_for_training(self, cfg: Any = None) -> None:
         """k-bit preparation for quantised models and gradient checkpointing when asked (idempotent)."""
-        gc = bool(self.options.get("gradient_checkpointing")) or bool(_find(cfg, "gradient_checkpointing"))
+        gc = as_bool(self.options.get("gradient_checkpointing")) or as_bool(
+            _find(cfg, "gradient_checkpointing")
+        )
         if is_quantized(self.model) and not self._kbit_prepared:
             from peft import prepare_model_for_kbit_training
 
@@ -465,7 +467,7 @@ class VLMAdapter:
             device=options.get("device"),
             attn=options.get("attn_implementation"),
             skip_modules=cls.int8_skip_modules,
-            trust_remote_code=bool(options.get("trust_remote_code")),
+            trust_remote_code=as_bool(options.get("trust_remote_code")),
         )
         model = cls.model_class().from_pretrained(ref, **kw)
         processor = cls.load_processor(ref)
@@ -496,10 +498,10 @@ class VLMAdapter:
             processor,
             source=source,
             prompt=options.get("prompt"),
-            max_length=options.get("max_length") or 4096,
+            max_length=int(options.get("max_length") or 4096),
             options=options,
         )
-        if options.get("gradient_checkpointing") and not is_quantized(model):
+        if as_bool(options.get("gradient_checkpointing")) and not is_quantized(model):
             adapter.enable_gradient_checkpointing()
         return adapter
 
@@ -541,6 +543,18 @@ class VLMAdapter:
         if not ref:
             raise ValueError(f"saved adapter has no base reference: {source}")
         return cls.from_pretrained(ref, **options)
+
+
+def as_bool(value: Any) -> bool:
+    """Booleans from YAML, CLI strings ("true", "1", "yes", "false", "0", "no") or None."""
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("1", "true", "yes", "on"):
+            return True
+        if v in ("", "0", "false", "no", "off", "none", "null"):
+            return False
+        raise ValueError(f"expected a boolean, got {value!r}")
+    return bool(value)
 
 
 def _find(obj: Any, name: str) -> Any:

@@ -4,7 +4,7 @@ DeepSeek-OCR v1 is not part of transformers: its modelling code lives in the hub
 ``deepseek-ai/DeepSeek-OCR`` and runs with ``trust_remote_code=True`` through its own ``infer()`` API (which
 reads image files). Users with network access can evaluate and serve it here::
 
-    deepsynth ocr --engine deepseek_ocr:deepseek-ai/DeepSeek-OCR page.png   # with trust_remote_code: true
+    DEEPSYNTH_TRUST_REMOTE_CODE=1 deepsynth ocr --model deepseek_ocr:deepseek-ai/DeepSeek-OCR page.png
 
 This path is *not exercised* by DeepSynth's tests (no network, no weights here). For fine-tuning use
 DeepSeek-OCR-2 (``deepseek_ocr2``), which transformers supports natively and which every test covers.
@@ -13,6 +13,7 @@ DeepSeek-OCR-2 (``deepseek_ocr2``), which transformers supports natively and whi
 from __future__ import annotations
 
 import inspect
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from PIL import Image
 
 from deepsynth.models.base import Prediction
 from deepsynth.models.generation import GenerationConfig
+from deepsynth.models.vlm.base import as_bool
 from deepsynth.models.vlm.deepseek_ocr2 import FREE_OCR, IMAGE_MODES, PROMPTS
 
 V1_IMAGE_MODES = {**IMAGE_MODES, "gundam": IMAGE_MODES["gundam"].__class__(1024, 640, True)}
@@ -76,10 +78,11 @@ def build(
 ) -> DeepseekOcrRemoteEngine:
     """``deepseek_ocr:HUB_ID_OR_PATH`` with ``trust_remote_code=True`` (runs code downloaded from the hub)."""
     ref = arg or "deepseek-ai/DeepSeek-OCR"
+    trust_remote_code = as_bool(trust_remote_code) or as_bool(os.environ.get("DEEPSYNTH_TRUST_REMOTE_CODE"))
     if not trust_remote_code:
         raise ValueError(
             "DeepSeek-OCR (v1) only exists as hub remote code: pass trust_remote_code=true "
-            "(model.options.trust_remote_code: true, or --option trust_remote_code=true) to run the code from "
+            "(--engine-opt trust_remote_code=true, or DEEPSYNTH_TRUST_REMOTE_CODE=1) to run the code from "
             f"{ref}, which needs network access. For fine-tuning use deepseek_ocr2 (native in transformers)."
         )
     import torch

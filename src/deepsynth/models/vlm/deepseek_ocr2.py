@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from deepsynth.models.generation import GenerationConfig
-from deepsynth.models.vlm.base import VLMAdapter, make_build
+from deepsynth.models.vlm.base import VLMAdapter, as_bool, make_build
 from deepsynth.models.vlm.lora import LoraPreset
 
 FREE_OCR = "<image>\nFree OCR."
@@ -154,7 +154,7 @@ class DeepseekOcr2Adapter(VLMAdapter):
         return ImageMode(
             int(opts.get("base_size") or default.base_size),
             int(opts.get("image_size") or default.image_size),
-            bool(default.crop_mode if opts.get("crop_mode") is None else opts["crop_mode"]),
+            default.crop_mode if opts.get("crop_mode") is None else as_bool(opts["crop_mode"]),
         )
 
     def mode_for(self, gen: GenerationConfig | None) -> ImageMode:
