@@ -142,3 +142,21 @@ def test_report_summary_and_dict(shared_data):
     assert d["by_language"] == {"de": report.n_ok} and d["skipped_by_kind"] == {"empty_text": 1}
     text = report.summary()
     assert "gt4histocr_dta19_lines" in text and "x1" in text and "empty_text" in text
+
+
+def test_sample_stream_epochs_shuffle_and_shards(shared_data):
+    from deepsynth.data import SampleStream
+
+    spec = [str(shared_data / "gt4histocr_dta19_lines")]
+    plain = SampleStream(spec, decode=False)
+    ids = [s.id for s in plain]
+    assert ids == [s.id for s in plain] and len(ids) == len(_rows(shared_data / "gt4histocr_dta19_lines"))
+    shuffled = SampleStream(spec, decode=False, shuffle_buffer=64, seed=1)
+    epoch0 = [s.id for s in shuffled]
+    assert epoch0 == [s.id for s in shuffled] and epoch0 != ids and sorted(epoch0) == sorted(ids)
+    shuffled.set_epoch(1)
+    assert [s.id for s in shuffled] != epoch0
+    shards = [[s.id for s in SampleStream(spec, decode=False, num_shards=3, shard_index=i)] for i in range(3)]
+    assert sorted(sum(shards, [])) == sorted(ids) and all(len(s) >= len(ids) // 3 for s in shards)
+    first = next(iter(SampleStream(spec, filter=SampleFilter(limit=1))))
+    assert first._image is not None  # decode=True by default: images arrive decoded

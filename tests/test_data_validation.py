@@ -62,7 +62,10 @@ def bad_corpus(tmp_path):
     ]
     lines = [json.dumps(r) for r in rows]
     lines.insert(4, '{"id": "broken", "image": ')  # invalid JSON on line 5
-    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    data = (
+        "\n".join(lines) + "\n"
+    ).encode() + b'{"id": "latin1", "image": "images/good1.png", "text": "caf\xe9"}\n'
+    (root / "manifest.jsonl").write_bytes(data)  # the last line is Latin-1, not UTF-8
     return root
 
 
@@ -79,6 +82,7 @@ EXPECTED_KINDS = {
     "good1": "duplicate_id",
     "notext": "missing_field",
     "bad:line5": "invalid_json",
+    "bad:line15": "invalid_json",
 }
 
 
@@ -118,7 +122,7 @@ def test_cli_prepare_and_stats(bad_corpus, tmp_path):
         app, ["data", "prepare", f"bad={bad_corpus}", "--to", "webdataset", "--out", str(out)]
     )
     assert res.exit_code == 0, res.output
-    assert "wrote 2 samples" in res.output and "skipped 12" in res.output and "path_escape" in res.output
+    assert "wrote 2 samples" in res.output and "skipped 13" in res.output and "path_escape" in res.output
     assert len(list(out.glob("*.tar"))) == 1
     res = runner.invoke(app, ["data", "prepare", str(bad_corpus), "--out", str(out), "--to", "webdataset"])
     assert res.exit_code == 2 and "already holds" in res.output

@@ -1,6 +1,7 @@
 """Data layer: one sample type, streaming sources, filters, splits, synthetic rendering."""
 
 from deepsynth.data.augment import Augment
+from deepsynth.data.dataset import SampleStream
 from deepsynth.data.filters import SampleFilter, group_key, split_of
 from deepsynth.data.images import DEFAULT_MAX_PIXELS, ImageRef
 from deepsynth.data.open import open_sources
@@ -45,6 +46,7 @@ __all__ = [
     "Sample",
     "SampleError",
     "SampleFilter",
+    "SampleStream",
     "SourceError",
     "SourceSpec",
     "group_key",

@@ -18,13 +18,21 @@ IMAGE_KEYS = ("image", "image_path", "file_name")
 def read(spec: SourceSpec, report: DataReport, max_pixels: int | None) -> Iterator[Sample]:
     manifest = spec.path / "manifest.jsonl" if spec.path.is_dir() else spec.path
     root = spec.image_root or manifest.parent
-    with manifest.open("r", encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+    with manifest.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
             where = f"{manifest}:{lineno}"
             try:
-                row = json.loads(line)
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                report.skip(
+                    f"{spec.name}:line{lineno}",
+                    f"invalid JSON on line {lineno}: not UTF-8 ({exc.reason})",
+                    where,
+                    "invalid_json",
+                )
+                continue
             except json.JSONDecodeError as exc:
                 report.skip(f"{spec.name}:line{lineno}", f"invalid JSON on line {lineno}: {exc.msg}", where)
                 continue
