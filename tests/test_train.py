@@ -38,9 +38,10 @@ def run(out, *overrides: str, samples=None, eval_samples=None, callbacks=None, a
     return trainer.run(), trainer
 
 
-def test_resume_gives_identical_losses(tmp_path):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_resume_gives_identical_losses(tmp_path, lora):
     # 8 samples, batch 2, grad_accum 2 -> 2 optimizer steps per epoch: 6 steps cross two epoch boundaries
-    opts = ["max_steps=6", "grad_accum=2"]
+    opts = ["max_steps=6", "grad_accum=2", f"lora.enabled={str(lora).lower()}", "optim.lr=1e-3"]
     full, t_full = run(tmp_path / "full", *opts)
     part, _ = run(tmp_path / "cut", *opts, callbacks=[lambda t: t.request_stop() if t.step == 3 else None])
     assert part.stopped == "interrupted" and sorted(part.losses) == [1, 2, 3]
@@ -171,3 +172,26 @@ def test_warmup_then_cosine_schedule():
     assert f(14) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
     lin = WarmupDecay(warmup=0, total=10, kind="linear", min_ratio=0.0)
     assert lin(5) == pytest.approx(0.5)
+
+
+def test_lora_trains_only_adapters_and_checkpoints_only_them(tmp_path):
+    result, trainer = run(tmp_path, "max_steps=2", "lora.enabled=true", "lora.r=4", "optim.lr=1e-2")
+    trainable = {n for n, p in trainer.adapter.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    saved, _ = ckpt.load_training_checkpoint(ckpt.latest_checkpoint(tmp_path / "checkpoints"))
+    assert set(saved) == trainable
+
+
+def test_optimizer_choice_and_config_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from deepsynth.cli.main import app
+    from deepsynth.training.config import OptimSettings
+    from deepsynth.training.schedule import optimizer_name
+
+    if not torch.cuda.is_available():
+        assert optimizer_name(OptimSettings()) == "adamw"  # paged 8-bit AdamW needs CUDA + bitsandbytes
+    res = CliRunner().invoke(app, ["train", "configs/ppocr_demo.yaml", "optim.lrr=1e-4"])
+    assert res.exit_code == 2 and "optim.lrr" in res.output
+    res = CliRunner().invoke(app, ["train", "configs/ppocr_demo.yaml", "max_steps=3", "--print-config"])
+    assert res.exit_code == 0 and "max_steps: 3" in res.output

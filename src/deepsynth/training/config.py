@@ -50,6 +50,9 @@ class DataSettings:
 class OptimSettings:
     """AdamW with linear warmup then cosine/linear/constant decay to ``min_lr_ratio * lr``."""
 
+    name: str = (
+        "auto"  # auto (paged 8-bit AdamW with CUDA + bitsandbytes, else AdamW) | adamw | paged_adamw_8bit
+    )
     lr: float = 1e-4
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
@@ -60,6 +63,8 @@ class OptimSettings:
     grad_clip: float | None = 1.0  # max global grad norm; None = off
 
     def __post_init__(self) -> None:
+        if self.name not in ("auto", "adamw", "paged_adamw_8bit"):
+            raise ConfigError(f"optim.name must be auto|adamw|paged_adamw_8bit, got {self.name!r}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ConfigError(f"optim.schedule must be cosine|linear|constant, got {self.schedule!r}")
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import math
 from dataclasses import dataclass
 
 import torch
 
 from deepsynth.training.config import OptimSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,8 +33,17 @@ class WarmupDecay:
         return self.min_ratio + (1 - self.min_ratio) * shape
 
 
-def build_optimizer(model: torch.nn.Module, o: OptimSettings) -> torch.optim.AdamW:
-    """AdamW over trainable parameters; 1-D tensors (biases, norm scales) get no weight decay."""
+def optimizer_name(o: OptimSettings) -> str:
+    """The optimizer ``o.name`` resolves to: ``auto`` = paged 8-bit AdamW where CUDA + bitsandbytes exist."""
+    if o.name != "auto":
+        return o.name
+    if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None:
+        return "paged_adamw_8bit"
+    return "adamw"
+
+
+def build_optimizer(model: torch.nn.Module, o: OptimSettings) -> torch.optim.Optimizer:
+    """AdamW (or paged 8-bit AdamW) over trainable parameters; 1-D tensors (biases, norms) get no weight decay."""
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
@@ -41,7 +54,16 @@ def build_optimizer(model: torch.nn.Module, o: OptimSettings) -> torch.optim.Ada
         {"params": decay, "weight_decay": o.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    groups = [g for g in groups if g["params"]]
+    name = optimizer_name(o)
+    log.info("optimizer: %s (lr %g, weight decay %g)", name, o.lr, o.weight_decay)
+    if name == "paged_adamw_8bit":
+        if not torch.cuda.is_available():
+            raise ValueError("optim.name=paged_adamw_8bit needs CUDA and bitsandbytes; use adamw on CPU")
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
 
 
 def build_scheduler(
