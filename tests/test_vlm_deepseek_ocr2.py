@@ -243,3 +243,21 @@ def test_memory_estimate_counts_real_parameters(tiny):
     lora = build_tiny("deepseek_ocr2")
     lora.apply_lora({"r": 4, "alpha": 8, "preset": "language_model"})
     assert est["lora_parameters"] == sum(p.numel() for p in lora.trainable_parameters())
+
+
+def test_export_merged_with_parity_report(tmp_path):
+    import json
+
+    from deepsynth.models.vlm.export import export_merged, probe_samples
+
+    ad = build_tiny("deepseek_ocr2")
+    ad.apply_lora({"r": 4, "alpha": 8, "preset": "language_model+experts"})
+    train_steps(ad, ad.collate(probe_samples()), steps=2)
+    ad.save(tmp_path / "run")
+    report = export_merged(tmp_path / "run", tmp_path / "merged")
+    assert report["ok"] and report["max_abs_diff_exported_vs_trained"] < 1e-4
+    assert json.loads((tmp_path / "merged" / "parity.json").read_text())["ok"]
+    card = json.loads((tmp_path / "merged" / "deepsynth_model.json").read_text())
+    assert card["format"] == "full" and (tmp_path / "merged" / "config.json").is_file()
+    with pytest.raises(ValueError, match="no LoRA"):
+        export_merged(tmp_path / "merged", tmp_path / "again")

@@ -97,3 +97,30 @@ def test_family_recipe_runs_on_tiny_model(name, tmp_path, monkeypatch):
     card = json.loads((final / "deepsynth_model.json").read_text())
     assert card["family"] == cfg.model.family and card["format"] == "lora"
     assert result.steps == 2 and all(v == v for v in result.losses.values())
+
+
+@pytest.mark.slow
+def test_lora_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
+    """A LoRA run stopped at step 2 and resumed gives the same step-3/4 losses as one run of 4 steps."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("DEEPSYNTH_SMOKE_MODEL", raising=False)
+    common = [
+        "checkpoint.every_steps=2",
+        "eval.every_steps=0",
+        "data.eval_limit=1",
+        "generation.max_new_tokens=2",
+    ]
+    _, full = _train(CONFIGS / "deepseek_ocr2_smoke.yaml", [*common, f"output_dir={tmp_path / 'a'}"])
+    _train(CONFIGS / "deepseek_ocr2_smoke.yaml", [*common, "max_steps=2", f"output_dir={tmp_path / 'b'}"])
+    _, resumed = _train(
+        CONFIGS / "deepseek_ocr2_smoke.yaml", [*common, "resume=true", f"output_dir={tmp_path / 'b'}"]
+    )
+    assert full.steps == resumed.steps == 4
+    import yaml
+
+    run_info = yaml.safe_load((tmp_path / "b" / "run.yaml").read_text())
+    assert "step" in str(run_info.get("resumed_from") or ""), run_info.get(
+        "resumed_from"
+    )  # it really resumed
+    for step in (3, 4):
+        assert resumed.losses[step] == pytest.approx(full.losses[step], rel=1e-5, abs=1e-6)
