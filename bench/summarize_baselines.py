@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from deepsynth.evaluation.harness import load_run, score_records
+from deepsynth.evaluation.harness import compare_runs, load_run, score_records
 
 ENGINES = ("rapidocr", "tesseract")
 SETS = ("fondue_en_print20", "tapuscorpus_fr", "gt4histocr_dta19_lines")
@@ -37,7 +37,14 @@ def collect(root: Path) -> dict:
                 "exact_match": metrics["exact_match"], "cer_ocr_standard": std["cer"], "cer_ocr_standard_ci": std["cer_ci"],
                 "wer_ocr_standard": std["wer"], "seconds_per_line_median": metrics["seconds_per_image_median"],
             })  # fmt: skip
-    return {"protocol": "line level, all lines of each set (has_untranscribed excluded), 95% bootstrap CIs; "
+    comparisons = {}
+    for data in SETS:
+        a, b = root / f"rapidocr_{data}", root / f"tesseract_{data}"
+        if (a / "predictions.jsonl").is_file() and (b / "predictions.jsonl").is_file():
+            cmp = compare_runs(a, b)
+            comparisons[data] = {"a": cmp["engine_a"], "b": cmp["engine_b"], "n": cmp["n_common"],
+                                 "cer": cmp["metrics"]["cer"], "wer": cmp["metrics"]["wer"]}  # fmt: skip
+    return {"comparisons_tesseract_minus_rapidocr": comparisons, "protocol": "line level, all lines of each set (has_untranscribed excluded), 95% bootstrap CIs; "
             "columns without suffix use normalize=none, *_ocr_standard use nfc+hyphen+collapse", "rows": rows}  # fmt: skip
 
 
