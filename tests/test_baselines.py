@@ -25,6 +25,11 @@ def _render(lines: list[str], *, size: int = 32, width: int = 760, height: int |
     return img
 
 
+@pytest.fixture(scope="module")
+def rapid_page():
+    return load_engine("rapidocr:page", threads=1)
+
+
 def _real_lines(shared_data: Path, name: str, n: int) -> list[dict]:
     rows = [json.loads(x) for x in (shared_data / name / "manifest.jsonl").open(encoding="utf-8")]
     return [r for r in rows if r["level"] == "line"][:n]
@@ -47,7 +52,7 @@ def test_reading_order_two_columns_with_header():
     assert reading_order([]) == []
 
 
-def test_rapidocr_line_and_page_mode_on_rendered_text():
+def test_rapidocr_line_and_page_mode_on_rendered_text(rapid_page):
     engine = load_engine("rapidocr", threads=1)
     assert isinstance(engine, OCREngine) and "line" in engine.name
     img = _render(["The quick brown fox jumps over 13 lazy dogs."])
@@ -58,17 +63,15 @@ def test_rapidocr_line_and_page_mode_on_rendered_text():
     page_img = _render(["First line of text", "Second line here"], width=420, height=300)
     engine._ocr(engine._bgr(page_img), use_det=True, use_cls=False, use_rec=True)
     assert engine.recognize([img])[0].text == pred.text
-    page_engine = load_engine("rapidocr:page", threads=1)
-    page = page_engine.recognize([page_img])[0]
+    page = rapid_page.recognize([page_img])[0]
     assert page.text.splitlines() == ["First line of text", "Second line here"]
     assert len(page.lines) == 2 and len(page.lines[0]["box"]) == 4
     with pytest.raises(ValueError, match="mode must be"):
         load_engine("rapidocr:column")
 
 
-def test_rapidocr_blank_image_gives_empty_text():
-    engine = load_engine("rapidocr:page", threads=1)
-    assert engine.recognize([Image.new("RGB", (200, 150), "white")])[0].text == ""
+def test_rapidocr_blank_image_gives_empty_text(rapid_page):
+    assert rapid_page.recognize([Image.new("RGB", (200, 150), "white")])[0].text == ""
 
 
 def test_rapidocr_reads_real_lines(shared_data):
