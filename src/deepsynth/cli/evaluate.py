@@ -125,6 +125,10 @@ def evaluate(
         eng = load_engine(engine, **_parse_opts(engine_opt))
     except (ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
+    mode = getattr(eng, "mode", None)
+    if mode in ("line", "page") and level in ("line", "page") and mode != level:
+        typer.secho(f"warning: engine reads {mode}s but --level {level} selects {level} rows "
+                    f"(use e.g. `-e {engine.partition(':')[0]}:{level}`)", fg=typer.colors.YELLOW, err=True)  # fmt: skip
     generation = GenerationConfig(max_new_tokens=max_new_tokens) if max_new_tokens else None
     total = limit * len(data) if limit else None
     try:
