@@ -195,3 +195,28 @@ def test_optimizer_choice_and_config_errors(tmp_path):
     assert res.exit_code == 2 and "optim.lrr" in res.output
     res = CliRunner().invoke(app, ["train", "configs/ppocr_demo.yaml", "max_steps=3", "--print-config"])
     assert res.exit_code == 0 and "max_steps: 3" in res.output
+
+
+def test_batch_plan_covers_every_sample_and_shards_disjointly():
+    from deepsynth.training.data import BatchPlan
+
+    lengths = [float((i * 7919) % 23) for i in range(37)]
+    for grouped in (None, lengths):
+        plan = BatchPlan(37, 4, seed=1, lengths=grouped)
+        batches = plan.epoch_batches(0)
+        assert sorted(i for b in batches for i in b) == list(range(37))  # one process keeps the remainder
+        assert batches != plan.epoch_batches(1)  # reshuffled every epoch
+        ranks = [
+            BatchPlan(37, 2, world_size=2, rank=r, seed=1, lengths=grouped).epoch_batches(0) for r in (0, 1)
+        ]
+        assert len(ranks[0]) == len(ranks[1]) == 37 // 4  # equal step counts, or DDP would hang
+        flat = [i for r in ranks for b in r for i in b]
+        assert len(flat) == len(set(flat)) == 36
+    spread = [
+        max(lengths[i] for i in b) - min(lengths[i] for i in b)
+        for b in BatchPlan(37, 4, lengths=lengths).epoch_batches(0)
+    ]
+    random_spread = [
+        max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in BatchPlan(37, 4).epoch_batches(0)
+    ]
+    assert sum(spread) < sum(random_spread) / 2  # grouped batches hold similar lengths

@@ -51,7 +51,7 @@ def _train(cmd_prefix: list[str], out: Path, data: Path, model: Path, batch: int
         "max_steps=4", "epochs=null", "max_minutes=null", "eval.every_steps=0", "eval.at_start=false",
         "checkpoint.every_steps=0", "trackers=[jsonl]", "progress=false", "num_threads=1", "optim.warmup_steps=0",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
         [*cmd_prefix, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
@@ -66,11 +66,15 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     model = tmp_path / "tiny"
     tiny_adapter(real_lines(8)).save(model)
     one = _train([sys.executable], tmp_path / "one", data, model, batch=4)
-    launch = [str(ACCELERATE), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+    # accelerate's --cpu launcher starts ONE process unless mpirun is set up; --multi_gpu goes through torchrun,
+    # and with no GPU visible the trainer's Accelerator(cpu=True) joins the processes in a gloo group
+    launch = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]  # fmt: skip
     two = _train(launch, tmp_path / "two", data, model, batch=2)
     assert sorted(one["losses"]) == sorted(two["losses"]) == ["1", "2", "3", "4"]
     for step, loss in one["losses"].items():
         assert two["losses"][step] == pytest.approx(loss, rel=1e-4), step
     assert one["losses"]["4"] != one["losses"]["1"]  # training moved the model
+    run = (tmp_path / "two" / "run.yaml").read_text()
+    assert "world_size: 2" in run and "world_size: 1" in (tmp_path / "one" / "run.yaml").read_text()
     shutil.rmtree(tmp_path / "lines")

@@ -44,6 +44,7 @@ class DataSettings:
     limit: int | None = None  # cap on training samples (after filtering)
     eval_limit: int | None = 200  # cap on evaluation samples
     shuffle: bool = True
+    group_by_length: bool = False  # batch lines of similar width together (less padding, faster steps)
 
 
 @dataclass

@@ -53,6 +53,20 @@ def load_split(d: DataSettings, which: str, report: DataReport) -> list[Sample]:
     return list(open_sources(list(specs), filter=sample_filter(d, split, limit), report=report))
 
 
+def aspect_ratios(samples: Sequence[Sample]) -> list[float]:
+    """Width/height per sample from the image header (no full decode); 0 for unreadable ones."""
+    out = []
+    for s in samples:
+        try:
+            img = s._image if s._image is not None else (s.image_loader() if s.image_loader else None)
+            out.append(img.size[0] / max(1, img.size[1]) if img is not None else 0.0)
+            if img is not None and img is not s._image:
+                img.close()
+        except Exception:  # a bad sample is skipped (and reported) when it is collated
+            out.append(0.0)
+    return out
+
+
 def fingerprint(samples: Sequence[Sample]) -> dict[str, Any]:
     """sha256 over (id, text) in order: changes when any sample, label or the order changes."""
     h = hashlib.sha256()
@@ -74,6 +88,8 @@ class BatchPlan:
     rank: int = 0
     seed: int = 0
     shuffle: bool = True
+    lengths: Sequence[float] | None = None  # per-sample size (e.g. aspect ratio): group similar ones
+    group_window: int = 16  # global batches per window sorted by length (HF-style group_by_length)
 
     @property
     def global_batch(self) -> int:
@@ -93,11 +109,24 @@ class BatchPlan:
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         order = self.order(epoch)
-        out = []
-        for b in range(self.batches_per_epoch):
-            g = order[b * self.global_batch : (b + 1) * self.global_batch]
-            out.append(g[self.rank * self.batch_size : (self.rank + 1) * self.batch_size])
-        return out
+        n = self.batches_per_epoch * self.global_batch
+        order = order[:n] if self.world_size > 1 else order
+        globals_ = [order[i : i + self.global_batch] for i in range(0, len(order), self.global_batch)]
+        if self.lengths is not None:
+            globals_ = self._grouped(order, epoch)
+        return [g[self.rank * self.batch_size : (self.rank + 1) * self.batch_size] for g in globals_]
+
+    def _grouped(self, order: list[int], epoch: int) -> list[list[int]]:
+        """Sort windows of the shuffled order by length, cut into batches, shuffle the batches (less padding)."""
+        window = self.global_batch * max(1, self.group_window)
+        batches: list[list[int]] = []
+        for w in range(0, len(order), window):
+            chunk = sorted(order[w : w + window], key=lambda i: -self.lengths[i])
+            batches += [chunk[i : i + self.global_batch] for i in range(0, len(chunk), self.global_batch)]
+        if self.world_size > 1:
+            batches = [b for b in batches if len(b) == self.global_batch]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 7)
+        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
 
 def collate_skipping(

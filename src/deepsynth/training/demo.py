@@ -78,6 +78,10 @@ def run_demo(
         _find(str(config)),
         [f"output_dir={out / 'train'}", f"data.train=[{data_path}]", *overrides],
     )
+    if cfg.num_threads:
+        import torch
+
+        torch.set_num_threads(cfg.num_threads)
     report = DataReport()
     test = list(open_sources([str(data_path)], filter=sample_filter(cfg.data, "test", None), report=report))
     books = {split: sorted({s.subset for s in open_sources([str(data_path)], filter=sample_filter(cfg.data, split, None))})

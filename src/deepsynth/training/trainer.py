@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -30,7 +31,7 @@ from deepsynth.config import to_dict
 from deepsynth.data import DataReport, Sample, SampleError
 from deepsynth.training import checkpoint as ckpt
 from deepsynth.training.config import TrainConfig
-from deepsynth.training.data import BatchPlan, epoch_loader, fingerprint, load_split
+from deepsynth.training.data import BatchPlan, aspect_ratios, epoch_loader, fingerprint, load_split
 from deepsynth.training.schedule import build_optimizer, build_scheduler
 from deepsynth.training.trackers import NullTracker, build_trackers
 
@@ -91,6 +92,19 @@ def choose_precision(requested: str) -> str:
         warnings.warn(f"precision={requested} needs CUDA; training in fp32 on CPU", stacklevel=2)
         return "no"
     return "no" if requested == "fp32" else requested
+
+
+def _cpu_only() -> bool:
+    """True when there is no accelerator device (or ACCELERATE_USE_CPU asks for the CPU)."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return not (
+        torch.cuda.is_available()
+        or (mps is not None and mps.is_available())
+        or (xpu is not None and xpu.is_available())
+    )
 
 
 def build_adapter(cfg: TrainConfig) -> Any:
@@ -155,6 +169,7 @@ class Trainer:
         self.t_start = time.perf_counter()
         precision = choose_precision(cfg.precision)
         self.acc = Accelerator(
+            cpu=_cpu_only(),  # on CPU, torchrun/accelerate-launched processes then form a gloo group (MULTI_CPU)
             mixed_precision=precision,
             kwargs_handlers=[
                 DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)
@@ -200,14 +215,11 @@ class Trainer:
         self.trainable = [p for p in model.parameters() if p.requires_grad]
 
         # batches, steps, optimizer
+        lengths = aspect_ratios(self.train_samples) if cfg.data.group_by_length else None
         self.plan = BatchPlan(
-            len(self.train_samples),
-            cfg.batch_size,
-            self.world,
-            self.acc.process_index,
-            cfg.seed,
-            cfg.data.shuffle,
-        )
+            len(self.train_samples), cfg.batch_size, self.world, self.acc.process_index, cfg.seed, cfg.data.shuffle,
+            lengths=lengths,
+        )  # fmt: skip
         if self.plan.batches_per_epoch == 0:
             raise ValueError(
                 f"{len(self.train_samples)} training samples are fewer than one global batch "
