@@ -62,6 +62,9 @@ def run_demo(
     from deepsynth.training.trainer import Trainer, build_adapter
 
     console = console or Console()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # keep the demo output to our own progress bars
     t0 = time.perf_counter()
     out = Path(out)
     if out.exists():

@@ -177,6 +177,8 @@ class Trainer:
         )
         self.is_main = self.acc.is_main_process
         self.world = self.acc.num_processes
+        # process-wide torch settings, restored in cleanup()
+        self._saved_torch = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         set_seed(cfg.seed)
@@ -592,6 +594,9 @@ class Trainer:
                 )
         self.tracker.close()
         self.acc.wait_for_everyone()
+        threads, deterministic = self._saved_torch
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
 
     def request_stop(self) -> None:
         """Stop after the current step, write a checkpoint and return (what SIGTERM/SIGINT do)."""
