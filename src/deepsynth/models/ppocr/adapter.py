@@ -65,8 +65,7 @@ class PPOCRAdapter:
             raise ValueError(
                 f"model has {model.config.head_out_channels} output classes, charset {charset.num_classes}"
             )
-        self.device = torch.device(device)
-        self.model: torch.nn.Module = model.to(self.device).eval()
+        self.model: torch.nn.Module = model.to(torch.device(device)).eval()
         self.charset = charset
         self.name = name
         self.batch_size = batch_size
@@ -163,6 +162,11 @@ class PPOCRAdapter:
         (path / MODEL_CARD).write_text(json.dumps(card, ensure_ascii=False, indent=2))
 
     # ------------------------------------------------------------------ model pieces
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (follows ``adapter.model.to(...)`` by a trainer)."""
+        return next(self.model.parameters()).device
+
     @property
     def core(self) -> PPOCRV6SmallRecForTextRecognition:
         """The transformers model (under a LoRA wrapper if one is applied)."""
