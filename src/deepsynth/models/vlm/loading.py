@@ -42,8 +42,9 @@ def pick_dtype(dtype: str | None, device: str) -> Any:
 
 
 def quantization_config(quantization: str | None, *, skip_modules: list[str] | None = None) -> Any:
-    """bitsandbytes config: ``4bit`` = NF4 + double quant (QLoRA), ``8bit`` = LLM.int8 with ``skip_modules`` kept
-    in full precision (the vision tower: its 4-D convolution inputs break int8 matmuls)."""
+    """bitsandbytes config: ``4bit`` = NF4 + double quant (QLoRA), ``8bit`` = LLM.int8. ``skip_modules`` (the
+    vision tower) stay in full precision in both: int8 matmuls break on SAM's 4-D inputs, and the vision
+    encoder is small next to the language model while its precision matters most for OCR."""
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {quantization!r}; choose 4bit, 8bit or none")
     if quantization is None:
@@ -55,14 +56,19 @@ def quantization_config(quantization: str | None, *, skip_modules: list[str] | N
     import torch
     from transformers import BitsAndBytesConfig
 
+    skip_modules = [
+        *(skip_modules or []),
+        "lm_head",
+    ]  # an explicit list replaces transformers' default (lm_head)
     if quantization == "4bit":
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
+            llm_int8_skip_modules=skip_modules,
         )
-    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(skip_modules or []))
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip_modules)
 
 
 def attn_implementation(requested: str | None) -> str | None:

@@ -28,7 +28,7 @@ class TrOCRAdapter(VLMAdapter):
     family: ClassVar[str] = "trocr"
     default_prompt: ClassVar[str] = ""
     lora_presets: ClassVar[dict[str, LoraPreset]] = PRESETS
-    int8_skip_modules: ClassVar[list[str]] = ["encoder"]
+    int8_skip_modules: ClassVar[list[str]] = ["encoder", "output_projection"]
 
     def pixel_values(self, images: Sequence[Image.Image]) -> Any:
         return self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
