@@ -205,6 +205,9 @@ def test_backend_choice_on_this_machine():
     with pytest.raises(RuntimeError, match="unsloth"):
         ad.apply_lora({"r": 2})
     assert ad.optimizer_name() == "adamw"
+    from deepsynth.training.config import TrainConfig
+
+    assert ad.optimizer_name(TrainConfig()) == "adamw"  # the trainer's rule for optim.name=auto on CPU
     assert isinstance(ad.build_optimizer(lr=1e-3), torch.optim.AdamW)
 
 

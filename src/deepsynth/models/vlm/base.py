@@ -297,10 +297,13 @@ class VLMAdapter:
         )
 
     def optimizer_name(self, cfg: Any = None) -> str:
-        """``paged_adamw_8bit`` with CUDA+bitsandbytes, else ``adamw`` (``optim.name`` in cfg forces one)."""
-        forced = _find(cfg, "optimizer") or _find(_find(cfg, "optim"), "name")
-        if forced in ("adamw", "paged_adamw_8bit"):
-            return forced
+        """``paged_adamw_8bit`` with CUDA+bitsandbytes, else ``adamw``; a TrainConfig's ``optim.name`` decides
+        through the trainer's own rule (``deepsynth.training.schedule.optimizer_name``)."""
+        optim = _find(cfg, "optim")
+        if optim is not None and hasattr(optim, "name"):
+            from deepsynth.training.schedule import optimizer_name
+
+            return optimizer_name(optim)
         return lora_mod.optimizer_name()
 
     def build_optimizer(self, lr: float, weight_decay: float = 0.0, name: str | None = None) -> Any:
