@@ -9,6 +9,8 @@ tokenizers are byte-level BPEs trained in milliseconds on a small corpus. Used b
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import string
 import tempfile
 from collections.abc import Callable
@@ -361,6 +363,7 @@ def tiny_checkpoint(family: str, seed: int = 0) -> Path:
     if key not in _TINY_CACHE or not _TINY_CACHE[key].is_dir():
         model, proc = _BUILDERS[family](seed)
         out = Path(tempfile.mkdtemp(prefix=f"deepsynth-tiny-{family}-"))
+        atexit.register(shutil.rmtree, out, ignore_errors=True)
         model.save_pretrained(out)
         proc.save_pretrained(out)
         _TINY_CACHE[key] = out
