@@ -123,3 +123,20 @@ def test_registry_builds_tiny_for_every_family():
     for family in FAMILIES:
         ad = load_engine(f"{family}:tiny")
         assert ad.family == family and ad.name == f"{family}:tiny"
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "lighton_ocr"])
+def test_checkpoint_chat_template_is_used_when_present(family):
+    ad = build_tiny(family)
+    plain = ad.prompt_text("Read it.")
+    image = plain.split("user\n", 1)[1].split("Read it.")[0]  # the image markup of this family
+    ad.processor.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% for c in m.content %}"
+        "{% if c.type == 'image' %}" + image + "{% else %}{{ c.text }}{% endif %}{% endfor %}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    assert ad.prompt_text("Read it.") == plain
+    ad.processor.chat_template = ad.processor.chat_template.replace(
+        "<|im_start|>assistant", "<|im_start|>bot"
+    )
+    assert ad.prompt_text("Read it.").endswith("<|im_start|>bot\n")

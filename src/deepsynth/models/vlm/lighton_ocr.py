@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from deepsynth.models.vlm.base import VLMAdapter, make_build
 from deepsynth.models.vlm.lora import LoraPreset
-from deepsynth.models.vlm.qwen_vl import chatml
+from deepsynth.models.vlm.qwen_vl import chat_prompt
 
 _LM_LINEAR = (
     r"model\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)"
@@ -33,7 +33,7 @@ class LightOnOcrAdapter(VLMAdapter):
     int8_skip_modules: ClassVar[list[str]] = ["model.vision_encoder", "model.vision_projection"]
 
     def prompt_text(self, prompt: str, n_images: int = 1) -> str:
-        return chatml(prompt, self.processor.image_token)
+        return chat_prompt(self.processor, prompt, self.processor.image_token)
 
     def end_token_ids(self) -> list[int]:
         return [self.tokenizer.convert_tokens_to_ids("<|im_end|>")]

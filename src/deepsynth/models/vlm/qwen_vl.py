@@ -67,6 +67,18 @@ def chatml(prompt: str, image_markup: str) -> str:
     return f"<|im_start|>user\n{image_markup}{prompt}<|im_end|>\n<|im_start|>assistant\n"
 
 
+def chat_prompt(processor: Any, prompt: str, image_markup: str) -> str:
+    """The checkpoint's own chat template when it ships one (real models), else plain ChatML (tiny models)."""
+    if getattr(processor, "chat_template", None):
+        content: list[dict[str, str]] = [{"type": "image"}]
+        if prompt:
+            content.append({"type": "text", "text": prompt})
+        return processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+    return chatml(prompt, image_markup)
+
+
 class _QwenVLAdapter(VLMAdapter):
     default_prompt: ClassVar[str] = DEFAULT_PROMPT
     lora_presets: ClassVar[dict[str, LoraPreset]] = PRESETS
@@ -75,7 +87,7 @@ class _QwenVLAdapter(VLMAdapter):
 
     def prompt_text(self, prompt: str, n_images: int = 1) -> str:
         p = self.processor
-        return chatml(prompt, f"{p.vision_start_token}{p.image_token}{p.vision_end_token}")
+        return chat_prompt(p, prompt, f"{p.vision_start_token}{p.image_token}{p.vision_end_token}")
 
     def encode_prompts(self, images, prompt, generation=None, padding_side="left"):  # noqa: ANN001
         texts = [self.prompt_text(prompt) for _ in images]
