@@ -104,11 +104,12 @@ class PPOCRAdapter:
         config = build_config(
             cs.num_classes, hidden_size=16, num_attention_heads=2, depth=1, backbone_config=backbone
         )
-        torch.manual_seed(seed)
-        model = PPOCRV6SmallRecForTextRecognition(config)
-        for module in model.modules():  # transformers' N(0, 0.02) init makes the activations vanish here
-            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
-                module.reset_parameters()
+        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+            torch.manual_seed(seed)
+            model = PPOCRV6SmallRecForTextRecognition(config)
+            for module in model.modules():  # transformers' N(0, 0.02) init makes the activations vanish here
+                if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                    module.reset_parameters()
         return cls(model, cs, name="ppocr-tiny", source=f"tiny_random(seed={seed})", **kwargs)
 
     @classmethod
