@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -160,3 +161,25 @@ def test_shipped_save_load_keeps_layer_norm_eps(shipped, tmp_path, shared_data):
     assert loaded.core.head.encoder.svtr_block[0].layer_norm1.eps == pytest.approx(1e-5)
     images = [s.image for s in real_lines(shared_data, per_set=2, sets=("tapuscorpus_fr",))]
     np.testing.assert_array_equal(loaded.probabilities(images), shipped.probabilities(images))
+
+
+def test_preprocess_matches_rapidocr_resize_norm_img_and_handles_alpha():
+    """preprocess_batch == rapidocr's TextRecognizer.resize_norm_img (its own code, on the same BGR arrays)."""
+    from PIL import Image
+    from rapidocr.ch_ppocr_rec.main import TextRecognizer
+
+    from deepsynth.models.ppocr.preprocess import to_bgr
+
+    images = [
+        synthetic_samples(["short"])[0].image,
+        synthetic_samples(["a rather longer line of text"])[0].image,
+    ]
+    bgrs = [to_bgr(im) for im in images]
+    ratio = max(320 / 48, *(b.shape[1] / b.shape[0] for b in bgrs))
+    reference = SimpleNamespace(rec_image_shape=[3, 48, 320])
+    expected = np.stack([TextRecognizer.resize_norm_img(reference, b, ratio) for b in bgrs])
+    np.testing.assert_array_equal(preprocess_batch(images), expected)
+    np.testing.assert_array_equal(to_bgr(images[0])[:, :, ::-1], np.asarray(images[0]))  # RGB → BGR
+
+    transparent = Image.new("RGBA", (60, 30), (0, 0, 0, 0))  # fully transparent black reads as white paper
+    assert to_bgr(transparent).min() == 255

@@ -20,6 +20,9 @@ MIN_WIDTH = 320
 def to_bgr(image: Image.Image | np.ndarray) -> np.ndarray:
     """PIL images (any mode) → uint8 BGR array; numpy arrays are taken as already BGR (HxWx3) or gray (HxW)."""
     if isinstance(image, Image.Image):
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")  # transparent pixels → white, not whatever colour they hide
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
         rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
         return np.ascontiguousarray(rgb[:, :, ::-1])
     arr = np.asarray(image)
