@@ -69,6 +69,20 @@ def test_page_reader_reads_synthetic_two_column_page_in_order():
     assert reader.read(Image.new("RGB", (200, 100), "white")).lines == []
 
 
+def test_registry_builds_page_readers_over_any_recogniser(tmp_path):
+    from deepsynth.models.ppocr.adapter import PPOCRAdapter
+    from deepsynth.models.ppocr.onnx_engine import PPOCROnnxEngine
+    from deepsynth.models.registry import load_engine
+
+    assert isinstance(load_engine("ppocr-page").recognizer, PPOCROnnxEngine)
+    tiny = PPOCRAdapter.tiny_random("abc")
+    tiny.save(tmp_path / "m")
+    reader = load_engine(f"ppocr-page:{tmp_path / 'm'}")  # a saved (fine-tuned) model directory
+    assert isinstance(reader, PageReader) and isinstance(reader.recognizer, PPOCRAdapter)
+    exported = tiny.export_onnx(tmp_path / "m.onnx")
+    assert isinstance(load_engine(f"ppocr-page:{exported}").recognizer, PPOCROnnxEngine)
+
+
 @pytest.mark.slow
 def test_real_two_column_page_cer(shared_data):
     """The two-column UN page of fondue (131 lines): page CER after the reading order; measured ~2.1%."""
