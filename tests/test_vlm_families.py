@@ -30,6 +30,7 @@ def trained(request, tmp_path_factory):
     adapter = build_tiny(family, seed=0)
     samples = line_samples(2)
     batch = adapter.collate(samples)
+    torch.manual_seed(0)  # LoRA A matrices are drawn from the global RNG
     adapter.apply_lora({"r": 4, "alpha": 8, "preset": "language_model"})
     losses = train_steps(adapter, batch, steps=5)
     out = tmp_path_factory.mktemp(f"vlm-{family}")
@@ -71,6 +72,7 @@ class TestVLMFamily:
         for p in preds:
             assert isinstance(p.text, str) and p.finished in (True, False)
             assert 0 <= p.num_tokens <= GEN.max_new_tokens
+            assert 0.0 < p.confidence <= 1.0
         # a batch reads each image as if alone (left padding does not leak between rows)
         alone = ad.recognize([samples[1].image], GEN)[0].text
         assert alone == preds[1].text

@@ -330,8 +330,19 @@ class VLMAdapter:
         kw["eos_token_id"] = ends if len(ends) > 1 else (ends[0] if ends else None)
         kw["pad_token_id"] = self.tokenizer.pad_token_id
         with torch.inference_mode():
-            out = self.model.generate(**enc, **kw)
+            out = self.model.generate(**enc, **kw, return_dict_in_generate=True, output_scores=True)
         return out, enc["input_ids"].shape[1]
+
+    def _token_logprobs(self, out: Any, gen: GenerationConfig) -> Any:
+        """Log-probability of every generated token (greedy/sampling), or None (beam search, no scores)."""
+        if gen.num_beams > 1 or not getattr(out, "scores", None):
+            return None
+        import torch
+
+        with torch.inference_mode():
+            return self.model.compute_transition_scores(
+                out.sequences, out.scores, normalize_logits=True
+            ).float()
 
     def recognize(
         self, images: Sequence[Image.Image], generation: GenerationConfig | None = None
@@ -351,23 +362,40 @@ class VLMAdapter:
             self.model.train(was_training)
         return preds
 
-    def _decode(self, sequences: Any, prompt_len: int, gen: GenerationConfig) -> list[Prediction]:
+    def _decode(self, out: Any, prompt_len: int, gen: GenerationConfig) -> list[Prediction]:
+        """Text, ``finished`` (an end token came) and confidence = exp(mean token log-probability)."""
+        import math
+
         ends = set(self.end_token_ids())
         pad = self.tokenizer.pad_token_id
+        logprobs = self._token_logprobs(out, gen)
         preds = []
-        for row in sequences[:, prompt_len:].tolist():
+        for i, row in enumerate(out.sequences[:, prompt_len:].tolist()):
             finished = False
-            toks = []
-            for t in row:
+            toks, used = [], []
+            for j, t in enumerate(row):
                 if t in ends:
                     finished = True
+                    used.append(j)
                     break
                 if t == pad and pad not in ends:
                     continue
                 toks.append(t)
+                used.append(j)
+            confidence = None
+            if logprobs is not None and used:
+                confidence = math.exp(float(logprobs[i, used].mean()))
+            elif getattr(out, "sequences_scores", None) is not None:
+                confidence = math.exp(float(out.sequences_scores[i]))
             text = self.tokenizer.decode(toks, skip_special_tokens=True).strip()
             preds.append(
-                Prediction(text=text, finished=finished, num_tokens=len(toks), meta={"family": self.family})
+                Prediction(
+                    text=text,
+                    confidence=confidence,
+                    finished=finished,
+                    num_tokens=len(toks),
+                    meta={"family": self.family},
+                )
             )
         return preds
 

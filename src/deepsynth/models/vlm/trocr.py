@@ -61,7 +61,7 @@ class TrOCRAdapter(VLMAdapter):
         kw["pad_token_id"] = self.tokenizer.pad_token_id
         kw["decoder_start_token_id"] = self.model.config.decoder_start_token_id
         with torch.inference_mode():
-            out = self.model.generate(pixel_values=px, **kw)
+            out = self.model.generate(pixel_values=px, **kw, return_dict_in_generate=True, output_scores=True)
         return out, 1  # skip the decoder start token
 
     def logits(self, batch: dict[str, Any]) -> Any:
