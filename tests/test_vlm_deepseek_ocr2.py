@@ -264,3 +264,24 @@ def test_export_merged_with_parity_report(tmp_path):
     assert card["format"] == "full" and (tmp_path / "merged" / "config.json").is_file()
     with pytest.raises(ValueError, match="no LoRA"):
         export_merged(tmp_path / "merged", tmp_path / "again")
+
+
+def test_grounding_output_becomes_text_and_regions():
+    from deepsynth.models.vlm.deepseek_ocr2 import parse_grounding
+
+    raw = (
+        "<|ref|>title<|/ref|><|det|>[[10, 20, 500, 60]]<|/det|>\n# Report\n\n"
+        "<|ref|>text<|/ref|><|det|>[[10, 80, 990, 200], [10, 210, 990, 260]]<|/det|>\nFirst paragraph.\n"
+    )
+    text, regions = parse_grounding(raw)
+    assert text == "# Report\n\n\nFirst paragraph."
+    assert [r["type"] for r in regions] == ["title", "text"]
+    assert regions[0]["boxes"] == [[10, 20, 500, 60]] and regions[1]["text"] == "First paragraph."
+    assert parse_grounding("plain text ") == ("plain text", [])
+
+
+def test_retry_truncated_regenerates_unfinished_outputs(tiny):
+    gen = GenerationConfig(max_new_tokens=2, retry_truncated=1)
+    preds = tiny.recognize([line_image("abc"), line_image("xyz")], gen)
+    for p in preds:
+        assert p.finished or p.meta.get("retries") == 1

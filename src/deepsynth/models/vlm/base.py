@@ -387,17 +387,22 @@ class VLMAdapter:
                 confidence = math.exp(float(logprobs[i, used].mean()))
             elif getattr(out, "sequences_scores", None) is not None:
                 confidence = math.exp(float(out.sequences_scores[i]))
-            text = self.tokenizer.decode(toks, skip_special_tokens=True).strip()
+            text, lines = self.postprocess(toks)
             preds.append(
                 Prediction(
                     text=text,
                     confidence=confidence,
                     finished=finished,
                     num_tokens=len(toks),
+                    lines=lines,
                     meta={"family": self.family},
                 )
             )
         return preds
+
+    def postprocess(self, token_ids: list[int]) -> tuple[str, list[dict[str, Any]]]:
+        """Generated ids → (text, per-region lines). Families with structured output override this."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip(), []
 
     def _retry(
         self, images: Sequence[Image.Image], gen: GenerationConfig, prompt: str, preds: list[Prediction]
@@ -414,7 +419,7 @@ class VLMAdapter:
             )
             again = self._decode(*self.generate_ids([images[i] for i in todo], stronger, prompt), stronger)
             for i, p in zip(todo, again, strict=True):
-                p.meta["retries"] = attempt + 1
+                p.meta["retries"] = preds[i].meta["retries"] = attempt + 1
                 if p.finished:
                     preds[i] = p
         return preds

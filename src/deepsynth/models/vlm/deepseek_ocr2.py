@@ -20,7 +20,9 @@ its 4x neck has at most 144 cells (768 px), 256 otherwise (1024 px). The process
 
 from __future__ import annotations
 
+import ast
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -72,6 +74,32 @@ PRESETS = {
         f"{_LM_LINEAR}|{_VISION_LINEAR}", _EXPERTS, "all_linear + routed experts"
     ),
 }
+
+
+_GROUNDED = re.compile(r"<\|ref\|>(.*?)<\|/ref\|>\s*<\|det\|>(.*?)<\|/det\|>", re.S)
+
+
+def parse_grounding(raw: str) -> tuple[str, list[dict[str, Any]]]:
+    """Split DeepSeek grounding output into clean text and regions.
+
+    ``<|ref|>title<|/ref|><|det|>[[x1, y1, x2, y2]]<|/det|>\n# Heading`` gives the text ``# Heading`` and a
+    region ``{"type": "title", "boxes": [[x1, y1, x2, y2]], "text": "# Heading"}`` (coordinates on DeepSeek's
+    0-999 grid). Text without grounding tags is returned unchanged.
+    """
+    matches = list(_GROUNDED.finditer(raw))
+    if not matches:
+        return raw.strip(), []
+    regions, parts = [], [raw[: matches[0].start()]]
+    for i, m in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(raw)
+        content = raw[m.end() : end]
+        parts.append(content)
+        try:
+            boxes = ast.literal_eval(m.group(2).strip())
+        except (ValueError, SyntaxError):
+            boxes = []
+        regions.append({"type": m.group(1).strip(), "boxes": boxes, "text": content.strip()})
+    return "".join(parts).strip(), regions
 
 
 def view_tokens(size: int, *, processor_patch: int, downsample: int) -> int:
@@ -189,6 +217,21 @@ class DeepseekOcr2Adapter(VLMAdapter):
             "tile_size": tile,
             "crop_to_patches": mode.crop_mode,
         }
+
+    def postprocess(self, token_ids: list[int]) -> tuple[str, list[dict[str, Any]]]:
+        """Grounding tags (``<|ref|>``/``<|det|>``) become regions; the text keeps only the content."""
+        raw = self.tokenizer.decode(token_ids, skip_special_tokens=False)
+        if "<|ref|>" not in raw:
+            return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip(), []
+        text, regions = parse_grounding(raw)
+        specials = [
+            t
+            for t in self.tokenizer.all_special_tokens
+            if t not in ("<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>")
+        ]
+        for tok in specials:
+            text = text.replace(tok, "")
+        return text.strip(), regions
 
     @classmethod
     def load_processor(cls, ref: str, **kw: Any) -> Any:
