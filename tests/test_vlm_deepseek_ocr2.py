@@ -285,3 +285,11 @@ def test_retry_truncated_regenerates_unfinished_outputs(tiny):
     preds = tiny.recognize([line_image("abc"), line_image("xyz")], gen)
     for p in preds:
         assert p.finished or p.meta.get("retries") == 1
+
+
+def test_non_native_checkpoint_gets_a_hint(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "deepseek_vl_v2_remote"}))
+    with pytest.raises(ValueError, match="transformers-native checkpoint"):
+        DeepseekOcr2Adapter.from_pretrained(str(tmp_path))

@@ -64,6 +64,8 @@ class VLMAdapter:
     int8_skip_modules: ClassVar[list[str]] = []
     # per-token keys returned by the processor that must be extended/padded like input_ids
     per_token_keys: ClassVar[tuple[str, ...]] = ("mm_token_type_ids", "token_type_ids")
+    # added to loading errors (e.g. which checkpoint format the family needs)
+    checkpoint_hint: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -505,7 +507,12 @@ class VLMAdapter:
             skip_modules=cls.int8_skip_modules,
             trust_remote_code=as_bool(options.get("trust_remote_code")),
         )
-        model = cls.model_class().from_pretrained(ref, **kw)
+        try:
+            model = cls.model_class().from_pretrained(ref, **kw)
+        except ValueError as exc:
+            if not cls.checkpoint_hint:
+                raise
+            raise ValueError(f"{ref}: {exc}\n{cls.checkpoint_hint}") from exc
         processor = cls.load_processor(ref)
         source = options.pop("source", None) or {"kind": "pretrained", "ref": ref}
         return cls.create(model, processor, source=source, **options)

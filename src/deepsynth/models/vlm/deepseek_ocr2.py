@@ -158,6 +158,10 @@ class DeepseekOcr2Adapter(VLMAdapter):
     default_prompt: ClassVar[str] = FREE_OCR
     lora_presets: ClassVar[dict[str, LoraPreset]] = PRESETS
     int8_skip_modules: ClassVar[list[str]] = ["model.vision_tower"]
+    checkpoint_hint: ClassVar[str] = (
+        "deepseek_ocr2 needs a transformers-native checkpoint (model_type deepseek_ocr2), e.g. "
+        "deepseek-community/DeepSeek-OCR-2; the deepseek-ai/DeepSeek-OCR-2 repository holds remote code."
+    )
 
     def __init__(self, model: Any, processor: Any, **kw: Any):
         super().__init__(model, processor, **kw)
