@@ -410,3 +410,13 @@ def test_request_timeout_is_a_504():
     with running_server(make_app(engine, timeout_s=0.2, max_batch_size=1)) as s:
         r = httpx.post(f"{s.url}/v1/ocr", json={"images": [data_uri(colour_image((1, 1, 1)))]}, timeout=10)
     assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
+
+
+def test_multipart_pdf_with_dpi_field_and_unknown_field(server):
+    files = [("file", ("scan.pdf", pdf_bytes(1, (144, 72)), "application/pdf"))]
+    r = httpx.post(f"{server.url}/v1/ocr", files=files, data={"dpi": "100"})
+    assert r.status_code == 200, r.text
+    (p,) = r.json()["pages"]
+    assert (p["source"], p["width"], p["height"], p["text"]) == ("scan.pdf", 200, 100, "#ffffff")
+    r = httpx.post(f"{server.url}/v1/ocr", files=files, data={"colour": "red"})
+    assert r.status_code == 400 and "unknown form field 'colour'" in r.json()["error"]["message"]
