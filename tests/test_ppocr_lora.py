@@ -62,6 +62,7 @@ def test_lora_trains_only_adapters_and_reloads_identically(tmp_path):
     assert (tmp_path / "m" / "lora" / "adapter_config.json").is_file()
     assert json.loads((tmp_path / "m" / "deepsynth_model.json").read_text())["lora"]["r"] == 4
     loaded = PPOCRAdapter.load(tmp_path / "m")
+    assert not any(m.training for m in loaded.model.modules())  # loaded for inference
     with torch.no_grad():
         assert torch.equal(loaded.logits(batch["pixel_values"]), trained)
     # the saved base is the untouched base model, the adapter sits on top of it

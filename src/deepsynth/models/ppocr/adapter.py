@@ -136,7 +136,9 @@ class PPOCRAdapter:
             **kwargs,
         )
         if (path / LORA_DIR).is_dir():
-            adapter.model = lora_utils.load_lora(adapter.model, path / LORA_DIR)
+            adapter.model = lora_utils.load_lora(
+                adapter.model, path / LORA_DIR
+            ).eval()  # peft leaves it in train
             adapter.lora_config = card.get("lora")
         return adapter
 

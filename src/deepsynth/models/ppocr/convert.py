@@ -248,7 +248,10 @@ def load_onnx_into_model(onnx_path: str | Path) -> tuple[PPOCRV6SmallRecForTextR
                 put(bn_name, "bias", op.tensors["bn_bias"])
                 put(bn_name, "running_mean", op.tensors["mean"])
                 put(bn_name, "running_var", op.tensors["var"])
-                bn.eps = float(op.eps)
+                if np.float32(op.eps) != np.float32(bn.eps):  # not persisted by save_pretrained
+                    raise ValueError(
+                        f"ONNX BatchNorm {op.node}: eps {op.eps} differs from the model's {bn.eps}"
+                    )
             else:  # folded: identity BatchNorm carrying the bias
                 c = op.tensors["bias"].shape[0]
                 put(bn_name, "weight", np.ones(c, np.float32))
