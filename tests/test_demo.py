@@ -57,7 +57,7 @@ def test_demo_end_to_end_on_a_few_books(tmp_path):
             "max_steps=2", "batch_size=2", "eval.every_steps=1", "checkpoint.every_steps=0", "num_threads=1"]  # fmt: skip
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output + repr(res.exception)
-    assert f"deepsynth serve --model {out / 'train' / 'best'}" in " ".join(res.output.split())
+    assert f"deepsynth serve --model {out / 'best'}" in " ".join(res.output.split())
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["test_books"] == [books["test"][0]] and summary["n_test_lines"] == 3
     before = json.loads((out / "eval_before" / "metrics.json").read_text())

@@ -79,7 +79,7 @@ def run_demo(
     cfg = load_config(
         TrainConfig,
         _find(str(config)),
-        [f"output_dir={out / 'train'}", f"data.train=[{data_path}]", *overrides],
+        [f"output_dir={out}", f"data.train=[{data_path}]", *overrides],
     )
     if cfg.num_threads:
         import torch
