@@ -31,12 +31,12 @@ from deepsynth.models.ppocr.convert import (
 )
 from deepsynth.models.ppocr.ctc import ctc_loss, min_frames, pack_targets
 from deepsynth.models.ppocr.preprocess import HEIGHT, MIN_WIDTH, batch_width, preprocess_batch, to_bgr
+from deepsynth.models.registry import MODEL_CARD
 
 if TYPE_CHECKING:
     from transformers import PPOCRV6SmallRecForTextRecognition
 
 FAMILY = "ppocr"
-MODEL_CARD = "deepsynth_model.json"  # == deepsynth.models.registry.MODEL_CARD (not imported: avoids a cycle)
 LORA_DIR = "lora"
 
 
