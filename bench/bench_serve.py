@@ -1,7 +1,7 @@
 """Serving benchmark (one run, ratios measured side by side on the same machine).
 
-1. Tiny DeepSeek-OCR-2 (random weights, 16 new tokens): throughput of a real ``deepsynth serve`` process under
-   32 concurrent HTTP clients vs the same model in-process with offline batched ``recognize`` at the same
+1. Tiny DeepSeek-OCR-2 (random weights, 16 and 64 new tokens per image): throughput of a real
+   ``deepsynth serve`` process under 32 concurrent HTTP clients vs the same model in-process with offline batched ``recognize`` at the same
    batch size (goal >= 0.9x) and vs sequential one-at-a-time ``recognize`` (goal >= 3x); p50/p99 latency.
 2. The embedded PP-OCRv6 recogniser (RapidOCR, page mode = detection + recognition) on real pages of
    fondue_en_print20: pages/s through the served HTTP API vs the engine called directly (goal <= 1.1x).
@@ -30,7 +30,7 @@ BATCH = 8
 CLIENTS = 32
 SERVED_REQUESTS = 64
 SEQUENTIAL_IMAGES = 8
-NEW_TOKENS = 16
+NEW_TOKENS = (16, 64)  # random weights never stop early: every image costs exactly this many steps
 PAGES = 3
 ROUNDS = 3
 
@@ -140,7 +140,7 @@ def _offline_rate(service, images, batch: int) -> float:
     return len(images) / (time.perf_counter() - t0)
 
 
-def bench_tiny_vlm() -> dict:
+def bench_tiny_vlm(new_tokens: int) -> dict:
     """Served vs offline vs sequential, interleaved in rounds (the shared machine's load drifts a lot), so
     each ratio compares runs made seconds apart; the medians over rounds are reported."""
     from deepsynth.inference.service import OCRService
@@ -150,7 +150,7 @@ def bench_tiny_vlm() -> dict:
     images = _synthetic_pages(SERVED_REQUESTS)
     payloads = [_png(img) for img in images]
     spec = "deepseek_ocr2:tiny"
-    gen = GenerationConfig(max_new_tokens=NEW_TOKENS)
+    gen = GenerationConfig(max_new_tokens=new_tokens)
     service = OCRService(spec, generation=gen, obs=Observability(spec, metrics=False))
     # Offline calls run on one dedicated worker thread, like the server's batcher: on an oversubscribed CPU,
     # torch ops issued from the main thread (2 OpenMP threads) ran ~20x slower than from a worker thread,
@@ -165,7 +165,7 @@ def bench_tiny_vlm() -> dict:
         "--max-wait-ms",
         "20",
         "--max-new-tokens",
-        str(NEW_TOKENS),
+        str(new_tokens),
     )
     rounds = []
     latencies: list[float] = []
@@ -189,7 +189,7 @@ def bench_tiny_vlm() -> dict:
 
     return {
         "model": spec,
-        "max_new_tokens": NEW_TOKENS,
+        "max_new_tokens": new_tokens,
         "batch_size": BATCH,
         "clients": CLIENTS,
         "requests_per_round": SERVED_REQUESTS,
@@ -247,15 +247,21 @@ def bench_embedded() -> dict:
 
 def main() -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    vlm = bench_tiny_vlm()
+    vlm = {f"{n}_tokens": bench_tiny_vlm(n) for n in NEW_TOKENS}
     embedded = bench_embedded() if DATA.is_dir() else {"skipped": f"no data at {DATA}"}
-    goals = {
-        "served_vs_offline_batched>=0.9": vlm["served_vs_offline_batched"] >= 0.9,
-        "served_vs_sequential>=3": vlm["served_vs_sequential"] >= 3.0,
-    }
+    goals = {}
+    for key, r in vlm.items():
+        goals[f"{key}: served_vs_offline_batched>=0.9"] = r["served_vs_offline_batched"] >= 0.9
+        goals[f"{key}: served_vs_sequential>=3"] = r["served_vs_sequential"] >= 3.0
     if "overhead_direct_over_served" in embedded:
         goals["embedded_overhead<=1.1"] = embedded["overhead_direct_over_served"] <= 1.1
-    return {"tiny_vlm": vlm, "embedded_recogniser": embedded, "goals_met": goals, "cpu_count": os.cpu_count()}
+    return {
+        "tiny_vlm": vlm,
+        "embedded_recogniser": embedded,
+        "goals_met": goals,
+        "cpu_count": os.cpu_count(),
+        "note": "load generator (32 httpx clients) shares the 2 CPU cores with the server; offline runs do not",
+    }
 
 
 if __name__ == "__main__":
