@@ -148,10 +148,10 @@ BAD_FILES.append(("empty page tree", _empty_pdf, "application/pdf", 400, "no_pag
 
 
 @pytest.mark.parametrize(
-    ("label", "data", "ctype", "status", "kind", "phrase"), BAD_FILES, ids=[b[0] for b in BAD_FILES]
+    ("label", "make", "ctype", "status", "kind", "phrase"), BAD_FILES, ids=[b[0] for b in BAD_FILES]
 )
-def test_bad_files_get_clear_4xx(server, label, data, ctype, status, kind, phrase):
-    r = httpx.post(f"{server.url}/v1/ocr", files=[("file", ("upload.bin", data, ctype))])
+def test_bad_files_get_clear_4xx(server, label, make, ctype, status, kind, phrase):
+    r = httpx.post(f"{server.url}/v1/ocr", files=[("file", ("upload.bin", make(), ctype))])
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["type"] == kind and err["code"] == status
