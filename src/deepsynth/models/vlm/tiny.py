@@ -14,6 +14,7 @@ import shutil
 import string
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -234,45 +235,37 @@ def _qwen_vision_text(tok: Any, qwen3: bool) -> tuple[dict[str, Any], dict[str, 
         "mrope_section": [2, 3, 3],
     }  # sums to head_dim/2 = 8
     text = _text(v, tok, rope_parameters=rope, bos_token_id=None)
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=32,
+        patch_size=8,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
     if qwen3:
         text["head_dim"] = 16
         rope["mrope_interleaved"] = True
-        vision = dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=32,
-            patch_size=8,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            num_position_embeddings=64,
-            deepstack_visual_indexes=[1],
-        )
+        vision.update(num_position_embeddings=64, deepstack_visual_indexes=[1])
     else:
-        vision = dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=32,
-            patch_size=8,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=32,
-            fullatt_block_indexes=[1],
-        )
+        vision.update(window_size=32, fullatt_block_indexes=[1])
     return vision, text
 
 
-def _qwen2_5_vl(seed: int) -> tuple[Any, Any]:
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+def _qwen_vl(family: str, seed: int) -> tuple[Any, Any]:
+    """Qwen2.5-VL (``family="qwen2_5_vl"``) or Qwen3-VL (``"qwen3_vl"``): same tokenizer, shape and processor."""
+    import transformers
 
     from deepsynth.models.vlm.qwen_vl import image_processor, make_processor
 
+    prefix = {"qwen2_5_vl": "Qwen2_5_VL", "qwen3_vl": "Qwen3VL"}[family]
+    config_cls = getattr(transformers, f"{prefix}Config")
+    model_cls = getattr(transformers, f"{prefix}ForConditionalGeneration")
     tok = _qwen_tokenizer()
-    vision, text = _qwen_vision_text(tok, qwen3=False)
-    cfg = Qwen2_5_VLConfig(
+    vision, text = _qwen_vision_text(tok, qwen3=family == "qwen3_vl")
+    cfg = config_cls(
         vision_config=vision,
         text_config=text,
         image_token_id=tok.image_token_id,
@@ -280,30 +273,9 @@ def _qwen2_5_vl(seed: int) -> tuple[Any, Any]:
         vision_start_token_id=tok.vision_start_token_id,
         vision_end_token_id=tok.vision_end_token_id,
     )
-    model = _seeded(seed, lambda: Qwen2_5_VLForConditionalGeneration(cfg))
+    model = _seeded(seed, lambda: model_cls(cfg))
     return model, make_processor(
-        "qwen2_5_vl", image_processor(patch_size=8, min_pixels=32 * 32, max_pixels=64 * 64), tok
-    )
-
-
-def _qwen3_vl(seed: int) -> tuple[Any, Any]:
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-
-    from deepsynth.models.vlm.qwen_vl import image_processor, make_processor
-
-    tok = _qwen_tokenizer()
-    vision, text = _qwen_vision_text(tok, qwen3=True)
-    cfg = Qwen3VLConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=tok.image_token_id,
-        video_token_id=tok.video_token_id,
-        vision_start_token_id=tok.vision_start_token_id,
-        vision_end_token_id=tok.vision_end_token_id,
-    )
-    model = _seeded(seed, lambda: Qwen3VLForConditionalGeneration(cfg))
-    return model, make_processor(
-        "qwen3_vl", image_processor(patch_size=8, min_pixels=32 * 32, max_pixels=64 * 64), tok
+        family, image_processor(patch_size=8, min_pixels=32 * 32, max_pixels=64 * 64), tok
     )
 
 
@@ -351,8 +323,8 @@ _BUILDERS: dict[str, Callable[[int], tuple[Any, Any]]] = {
     "deepseek_ocr2": _deepseek_ocr2,
     "got_ocr2": _got_ocr2,
     "lighton_ocr": _lighton_ocr,
-    "qwen2_5_vl": _qwen2_5_vl,
-    "qwen3_vl": _qwen3_vl,
+    "qwen2_5_vl": partial(_qwen_vl, "qwen2_5_vl"),
+    "qwen3_vl": partial(_qwen_vl, "qwen3_vl"),
     "trocr": _trocr,
 }
 
