@@ -99,7 +99,7 @@ class VLMAdapter:
         return prompt
 
     def image_kwargs(self, generation: GenerationConfig | None = None) -> dict[str, Any]:
-        """Extra keyword arguments for the processor's image side (e.g. DeepSeek image modes)."""
+        """Extra keyword arguments for the processor call (DeepSeek image modes, Qwen mm token types)."""
         return {}
 
     def encode_prompts(

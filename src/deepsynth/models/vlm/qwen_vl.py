@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from deepsynth.models.vlm.base import VLMAdapter, make_build
 from deepsynth.models.vlm.lora import LoraPreset
+
+if TYPE_CHECKING:
+    from deepsynth.models.generation import GenerationConfig
 
 DEFAULT_PROMPT = "Read all the text in the image."
 _LM_LINEAR = (
@@ -89,16 +92,8 @@ class _QwenVLAdapter(VLMAdapter):
         p = self.processor
         return chat_prompt(p, prompt, f"{p.vision_start_token}{p.image_token}{p.vision_end_token}")
 
-    def encode_prompts(self, images, prompt, generation=None, padding_side="left"):  # noqa: ANN001
-        texts = [self.prompt_text(prompt) for _ in images]
-        return self.processor(
-            images=list(images),
-            text=texts,
-            return_tensors="pt",
-            padding=True,
-            padding_side=padding_side,
-            return_mm_token_type_ids=True,
-        )
+    def image_kwargs(self, generation: GenerationConfig | None = None) -> dict[str, Any]:
+        return {"return_mm_token_type_ids": True}
 
     def end_token_ids(self) -> list[int]:
         return [self.tokenizer.convert_tokens_to_ids("<|im_end|>")]
