@@ -5,19 +5,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from deepsynth.models.vlm.base import VLMAdapter, make_build
-from deepsynth.models.vlm.lora import LoraPreset
+from deepsynth.models.vlm.lora import LoraPreset, decoder_presets
 
-_LM_LINEAR = (
-    r"model\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)"
-    r"|mlp\.(gate_proj|up_proj|down_proj))"
-)
 _VISION_LINEAR = r"model\.vision_tower\.layers\.\d+\.(attn\.(qkv|proj)|mlp\.(lin1|lin2))|model\.multi_modal_projector\.multimodal_projector"
-PRESETS = {
-    "language_model": LoraPreset(_LM_LINEAR, None, "text decoder attention + MLP"),
-    "all_linear": LoraPreset(
-        f"{_LM_LINEAR}|{_VISION_LINEAR}", None, "language model + SAM encoder + projector"
-    ),
-}
+PRESETS = decoder_presets(_VISION_LINEAR, "SAM encoder + projector")
 PROMPTS = {"ocr": False, "plain": False, "format": True, "markdown": True}
 
 

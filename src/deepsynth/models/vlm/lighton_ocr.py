@@ -5,23 +5,14 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from deepsynth.models.vlm.base import VLMAdapter, make_build
-from deepsynth.models.vlm.lora import LoraPreset
+from deepsynth.models.vlm.lora import LoraPreset, decoder_presets
 from deepsynth.models.vlm.qwen_vl import chat_prompt
 
-_LM_LINEAR = (
-    r"model\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)"
-    r"|mlp\.(gate_proj|up_proj|down_proj))"
-)
 _VISION_LINEAR = (
     r"model\.vision_encoder\.transformer\.layers\.\d+\.(attention\.(q_proj|k_proj|v_proj|o_proj)"
     r"|feed_forward\.(gate_proj|up_proj|down_proj))|model\.vision_projection\.linear_\d"
 )
-PRESETS = {
-    "language_model": LoraPreset(_LM_LINEAR, None, "text decoder attention + MLP"),
-    "all_linear": LoraPreset(
-        f"{_LM_LINEAR}|{_VISION_LINEAR}", None, "language model + Pixtral encoder + projector"
-    ),
-}
+PRESETS = decoder_presets(_VISION_LINEAR, "Pixtral encoder + projector")
 
 
 class LightOnOcrAdapter(VLMAdapter):

@@ -30,6 +30,23 @@ class LoraPreset:
     description: str = ""
 
 
+LM_LINEAR = (
+    r"model\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+    r"|mlp\.(gate_proj|up_proj|down_proj))"
+)
+"""Attention + MLP projections of a Qwen/Llama-style text decoder at ``model.language_model``."""
+
+
+def decoder_presets(vision_linear: str, vision_description: str) -> dict[str, LoraPreset]:
+    """``language_model`` (:data:`LM_LINEAR`) and ``all_linear`` (plus ``vision_linear``) presets."""
+    return {
+        "language_model": LoraPreset(LM_LINEAR, None, "text decoder attention + MLP"),
+        "all_linear": LoraPreset(
+            f"{LM_LINEAR}|{vision_linear}", None, f"language model + {vision_description}"
+        ),
+    }
+
+
 @dataclass
 class LoraSpec:
     """Resolved LoRA settings (what peft needs), built from the trainer's ``LoraSettings`` or a dict."""

@@ -5,26 +5,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from deepsynth.models.vlm.base import VLMAdapter, make_build
-from deepsynth.models.vlm.lora import LoraPreset
+from deepsynth.models.vlm.lora import LoraPreset, decoder_presets
 
 if TYPE_CHECKING:
     from deepsynth.models.generation import GenerationConfig
 
 DEFAULT_PROMPT = "Read all the text in the image."
-_LM_LINEAR = (
-    r"model\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)"
-    r"|mlp\.(gate_proj|up_proj|down_proj))"
-)
 _VISION_LINEAR = (
     r"model\.visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate_proj|up_proj|down_proj|linear_fc1|linear_fc2))"
     r"|model\.visual\.(merger|deepstack_merger_list\.\d+)\.(mlp\.(0|2)|linear_fc1|linear_fc2)"
 )
-PRESETS = {
-    "language_model": LoraPreset(_LM_LINEAR, None, "text decoder attention + MLP"),
-    "all_linear": LoraPreset(
-        f"{_LM_LINEAR}|{_VISION_LINEAR}", None, "language model + vision blocks + merger"
-    ),
-}
+PRESETS = decoder_presets(_VISION_LINEAR, "vision blocks + merger")
 
 
 def image_processor(**kw: Any) -> Any:
