@@ -105,6 +105,10 @@ class CheckpointSettings:
     keep_last: int = 2
     save_best: bool = True
     save_final: bool = True
+    push_to_hub: str | None = (
+        None  # a Hub repo id ("org/name"): upload best (else final) at the end; off by default
+    )
+    hub_private: bool = True
 
 
 @dataclass

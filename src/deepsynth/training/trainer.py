@@ -51,6 +51,8 @@ class TrainResult:
     best_dir: str | None = None
     final_dir: str | None = None
     stopped: str = ""
+    hub_url: str | None = None
+    hub_error: str | None = None
     skipped_samples: int = 0
     skipped_batches: int = 0
     wall_seconds: float = 0.0
@@ -573,7 +575,25 @@ class Trainer:
             self.result.final_dir = self._save_model_dir(
                 "final", self.result.evals[-1] if self.result.evals else None
             )
+        if cfg.checkpoint.push_to_hub and self.is_main:
+            self._push_to_hub(cfg.checkpoint.push_to_hub, cfg.checkpoint.hub_private)
         return self.result
+
+    def _push_to_hub(self, repo_id: str, private: bool) -> None:
+        from deepsynth.training.hub import push_model_dir
+
+        local = self.result.best_dir or self.result.final_dir
+        if local is None:
+            self.result.hub_error = (
+                "push to hub: no best or final model was saved (checkpoint.save_final=false?)"
+            )
+        else:
+            try:
+                self.result.hub_url = push_model_dir(local, repo_id, private=private)
+            except (RuntimeError, FileNotFoundError) as exc:
+                self.result.hub_error = str(exc)
+        if self.result.hub_error:
+            log.error("%s", self.result.hub_error)
 
     # ------------------------------------------------------------------ cleanup
     def cleanup(self) -> None:
