@@ -3,6 +3,8 @@
 1. Tiny DeepSeek-OCR-2 (random weights, 16 and 64 new tokens per image): throughput of a real
    ``deepsynth serve`` process under 32 concurrent HTTP clients vs the same model in-process with offline batched ``recognize`` at the same
    batch size (goal >= 0.9x) and vs sequential one-at-a-time ``recognize`` (goal >= 3x); p50/p99 latency.
+   Both sides run the model with the same torch thread count (``MODEL_THREADS``; see the note in main()),
+   the load generator is a separate process (one asyncio + httpx client) whose CPU time is reported.
 2. The embedded PP-OCRv6 recogniser (RapidOCR, page mode = detection + recognition) on real pages of
    fondue_en_print20: pages/s through the served HTTP API vs the engine called directly (goal <= 1.1x).
 """
@@ -33,6 +35,10 @@ SEQUENTIAL_IMAGES = 8
 NEW_TOKENS = (16, 64)  # random weights never stop early: every image costs exactly this many steps
 PAGES = 3
 ROUNDS = 3
+# torch intra-op threads for the model, served and offline alike. With 2 OpenMP threads on 2 cores, any other
+# runnable thread (the server's event loop, the client, other users of the box) stalls every OpenMP barrier:
+# measured 2-60 img/s for the same offline run, vs a steady ~55-65 img/s with 1 thread.
+MODEL_THREADS = 1
 
 
 def _free_port() -> int:
@@ -71,6 +77,26 @@ class ServeProcess:
         self.proc.wait(60)
         self.log.close()
         os.unlink(self.log.name)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _set_threads(n: int | None) -> None:
+    """Set torch's intra-op threads for the calling thread (OpenMP settings are per thread)."""
+    import torch
+
+    torch.set_num_threads(n or os.cpu_count() or 1)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -152,14 +178,17 @@ def bench_tiny_vlm(new_tokens: int) -> dict:
     spec = "deepseek_ocr2:tiny"
     gen = GenerationConfig(max_new_tokens=new_tokens)
     service = OCRService(spec, generation=gen, obs=Observability(spec, metrics=False))
-    # Offline calls run on one dedicated worker thread, like the server's batcher: on an oversubscribed CPU,
-    # torch ops issued from the main thread (2 OpenMP threads) ran ~20x slower than from a worker thread,
-    # which would flatter the server. Same thread setup on both sides = a fair ratio.
+    # Offline calls run on one dedicated worker thread, like the server's batcher, with the same torch thread
+    # count (OpenMP settings are per thread, so they are set on that worker). The earlier "main thread is
+    # ~20x slower" observation was OpenMP oversubscription under load from other jobs, not the thread itself.
     worker = concurrent.futures.ThreadPoolExecutor(1)
+    worker.submit(_set_threads, MODEL_THREADS).result()
     worker.submit(service.warmup).result()
     server = ServeProcess(
         "--model",
         spec,
+        "--threads",
+        str(MODEL_THREADS),
         "--max-batch-size",
         str(BATCH),
         "--max-wait-ms",
@@ -172,17 +201,52 @@ def bench_tiny_vlm(new_tokens: int) -> dict:
     try:
         asyncio.run(_drive(server.url, payloads[:BATCH], CLIENTS, "p.png"))  # warm the HTTP path
         for _ in range(ROUNDS):
+            client_cpu, server_cpu = _self_cpu(), _cpu_seconds(server.proc.pid)
             wall, lat, _ = asyncio.run(_drive(server.url, payloads, CLIENTS, "p.png"))
+            client_cpu, server_cpu = _self_cpu() - client_cpu, _cpu_seconds(server.proc.pid) - server_cpu
             latencies += lat
             served = SERVED_REQUESTS / wall
             offline = worker.submit(_offline_rate, service, images, BATCH).result()
             sequential = worker.submit(_offline_rate, service, images[:SEQUENTIAL_IMAGES], 1).result()
-            rounds.append({"served": served, "offline_batched": offline, "sequential": sequential})
+            # reference: offline with torch's default threads (all cores), what an untuned offline run gets
+            worker.submit(_set_threads, None).result()
+            offline_default = worker.submit(_offline_rate, service, images, BATCH).result()
+            worker.submit(_set_threads, MODEL_THREADS).result()
+            rounds.append(
+                {
+                    "served": served,
+                    "offline_batched": offline,
+                    "sequential": sequential,
+                    "offline_batched_default_threads": offline_default,
+                    "served_wall_s": wall,
+                    "server_cpu_s": server_cpu,
+                    "client_cpu_s": client_cpu,
+                }
+            )
         batches = _batch_sizes(server.url)
     finally:
         server.stop()
-
     worker.shutdown()
+    # reference: the server with torch's default threads (the model's OpenMP threads then share the cores
+    # with the event loop and the clients)
+    server = ServeProcess(
+        "--model",
+        spec,
+        "--max-batch-size",
+        str(BATCH),
+        "--max-wait-ms",
+        "20",
+        "--max-new-tokens",
+        str(new_tokens),
+    )
+    try:
+        asyncio.run(_drive(server.url, payloads[:BATCH], CLIENTS, "p.png"))
+        served_default = [
+            SERVED_REQUESTS / asyncio.run(_drive(server.url, payloads, CLIENTS, "p.png"))[0]
+            for _ in range(ROUNDS)
+        ]
+    finally:
+        server.stop()
 
     def med(key: str) -> float:
         return round(statistics.median(r[key] for r in rounds), 3)
@@ -192,13 +256,25 @@ def bench_tiny_vlm(new_tokens: int) -> dict:
         "max_new_tokens": new_tokens,
         "batch_size": BATCH,
         "clients": CLIENTS,
+        "model_threads": MODEL_THREADS,
         "requests_per_round": SERVED_REQUESTS,
         "rounds": [{k: round(v, 3) for k, v in r.items()} for r in rounds],
         "served_images_per_s": med("served"),
         "offline_batched_images_per_s": med("offline_batched"),
         "sequential_images_per_s": med("sequential"),
+        "offline_batched_default_threads_images_per_s": med("offline_batched_default_threads"),
+        "served_default_threads_images_per_s": round(statistics.median(served_default), 3),
+        "server_cpu_s_per_image": round(
+            statistics.median(r["server_cpu_s"] for r in rounds) / SERVED_REQUESTS, 4
+        ),
+        "client_cpu_s_per_image": round(
+            statistics.median(r["client_cpu_s"] for r in rounds) / SERVED_REQUESTS, 4
+        ),
         "served_vs_offline_batched": round(
             statistics.median(r["served"] / r["offline_batched"] for r in rounds), 3
+        ),
+        "served_vs_offline_batched_default_threads": round(
+            statistics.median(r["served"] / r["offline_batched_default_threads"] for r in rounds), 3
         ),
         "served_vs_sequential": round(statistics.median(r["served"] / r["sequential"] for r in rounds), 3),
         "latency_p50_s": round(statistics.median(latencies), 3),
@@ -260,7 +336,11 @@ def main() -> dict:
         "embedded_recogniser": embedded,
         "goals_met": goals,
         "cpu_count": os.cpu_count(),
-        "note": "load generator (32 httpx clients) shares the 2 CPU cores with the server; offline runs do not",
+        "note": (
+            "server = separate `deepsynth serve` process, load generator = this process (one asyncio loop, "
+            "32 httpx clients; its CPU is client_cpu_s); model threads = MODEL_THREADS on both sides; "
+            "offline runs while the server is idle; the box is shared with other jobs (rounds interleaved)"
+        ),
     }
 
 

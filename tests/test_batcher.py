@@ -85,6 +85,27 @@ def test_max_wait_flushes_a_partial_batch():
     assert elapsed < 1.0
 
 
+def test_item_that_waited_behind_a_batch_does_not_wait_max_wait_again():
+    fn = SlowSquare(delay=0.4)
+
+    async def main():
+        async with AsyncBatcher(fn, max_batch_size=8, max_wait_ms=300) as b:
+            first = asyncio.create_task(b.submit(2))  # alone: flushed after 0.3 s, runs until ~0.7 s
+            await asyncio.sleep(0.35)
+            ticket = b.enqueue(3)  # accepted while the first batch runs; its 0.3 s are up at ~0.65 s
+            first_result = await first
+            first_done = time.perf_counter()
+            await b.wait_started(ticket)
+            gap = time.perf_counter() - first_done
+            return first_result, await b.wait(ticket), gap
+
+    first, second, gap = run(main())
+    assert (first, second) == (4, 9)
+    assert fn.batches == [[2], [3]]
+    # it starts as soon as the model is free; waiting max_wait again after the first batch would take 0.3 s
+    assert gap < 0.15
+
+
 def test_one_bad_item_fails_only_its_own_request():
     fn = SlowSquare(delay=0.01)
 

@@ -32,11 +32,23 @@ def serve(
         0, "--retry-truncated", help="olmOCR-style retries for cut-off outputs."
     ),
     warmup: bool = typer.Option(True, "--warmup/--no-warmup"),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="PyTorch intra-op threads for the model (default: torch's, = all cores). On a small CPU box use "
+        "fewer than the cores so HTTP parsing does not stall the model's OpenMP threads.",
+    ),
 ) -> None:
     """Serve a model over HTTP: /v1/ocr, OpenAI-compatible /v1/chat/completions, /metrics."""
     from deepsynth.inference.server import ServerSettings, run
     from deepsynth.inference.service import ModelLoadError, OCRService
     from deepsynth.models.generation import GenerationConfig
+
+    if threads:
+        import torch  # set before the model loads; the batcher's worker thread picks it up when it starts
+
+        torch.set_num_threads(threads)
 
     gen = GenerationConfig(max_new_tokens=max_new_tokens, retry_truncated=retry_truncated)
     try:

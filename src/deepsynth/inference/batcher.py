@@ -1,8 +1,9 @@
 """AsyncBatcher: turn concurrent single-item requests into model batches (pure asyncio).
 
 Callers ``submit`` one item each. A single worker task gathers items until ``max_batch_size`` is reached or
-``max_wait_ms`` has passed since the first item of the batch arrived, runs the (blocking) batch function in
-a worker thread so the event loop stays free, and hands each result back to its own caller.
+``max_wait_ms`` has passed since the oldest item of the batch was accepted (a full queue never waits), runs
+the (blocking) batch function in a worker thread so the event loop stays free, and hands each result back to
+its own caller.
 
 * Backpressure: the queue is bounded; a full queue raises :class:`QueueFull` at once (the server answers 429).
 * Timeouts and cancellation: a caller that gives up (timeout, disconnected client) is dropped from the queue
@@ -204,12 +205,11 @@ class AsyncBatcher(Generic[T, R]):
         assert self._queue is not None
         batch: list[Ticket[R]] = []
         deadline: float | None = None
-        loop = asyncio.get_running_loop()
         while len(batch) < self.max_batch_size:
             if deadline is None:
                 entry = await self._queue.get()
             else:
-                remaining = deadline - loop.time()
+                remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     # take whatever is already queued without waiting
                     if self._queue.empty():
@@ -228,7 +228,9 @@ class AsyncBatcher(Generic[T, R]):
                 continue
             batch.append(entry)
             if deadline is None:
-                deadline = loop.time() + self.max_wait_s
+                # counted from when the oldest item was accepted: an item that already waited (e.g. behind
+                # the previous batch) does not wait another max_wait_ms for company
+                deadline = entry.enqueued_at + self.max_wait_s
         return batch, False
 
     async def _run(self) -> None:
