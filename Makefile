@@ -17,7 +17,6 @@ export GRADIO_ANALYTICS_ENABLED := False
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
-export OMP_THREAD_LIMIT := 1
 
 .PHONY: all install system-deps demo test test-fast bench lint deepseek-ocr-smoke clean
 

@@ -29,6 +29,7 @@ import torch
 
 from deepsynth.config import to_dict
 from deepsynth.data import DataReport, Sample, SampleError
+from deepsynth.models.threads import respect_omp_thread_limit
 from deepsynth.training import checkpoint as ckpt
 from deepsynth.training.config import TrainConfig
 from deepsynth.training.data import BatchPlan, aspect_ratios, epoch_loader, fingerprint, load_split
@@ -183,6 +184,7 @@ class Trainer:
         self._saved_torch = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
+        respect_omp_thread_limit()
         set_seed(cfg.seed)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)

@@ -32,6 +32,7 @@ from deepsynth.models.ppocr.convert import (
 from deepsynth.models.ppocr.ctc import ctc_loss, min_frames, pack_targets
 from deepsynth.models.ppocr.preprocess import HEIGHT, MIN_WIDTH, batch_width, preprocess_batch, to_bgr
 from deepsynth.models.registry import MODEL_CARD
+from deepsynth.models.threads import respect_omp_thread_limit
 
 if TYPE_CHECKING:
     from transformers import PPOCRV6SmallRecForTextRecognition
@@ -61,6 +62,7 @@ class PPOCRAdapter:
         added_chars: Sequence[str] = (),
         source: str = "",
     ):
+        respect_omp_thread_limit()
         if model.config.head_out_channels != charset.num_classes:
             raise ValueError(
                 f"model has {model.config.head_out_channels} output classes, charset {charset.num_classes}"

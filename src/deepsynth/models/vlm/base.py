@@ -27,6 +27,7 @@ from deepsynth.data.sample import SampleError
 from deepsynth.models.base import Prediction
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.models.registry import MODEL_CARD
+from deepsynth.models.threads import respect_omp_thread_limit
 from deepsynth.models.vlm import lora as lora_mod
 from deepsynth.models.vlm.loading import from_pretrained_kwargs, is_quantized
 
@@ -77,6 +78,7 @@ class VLMAdapter:
         max_length: int = 4096,
         options: dict[str, Any] | None = None,
     ):
+        respect_omp_thread_limit()
         self.model = model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
