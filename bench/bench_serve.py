@@ -159,6 +159,21 @@ def _batch_sizes(url: str) -> dict[str, float]:
     return {"batches": count, "mean_batch_size": round(total / count, 2) if count else 0.0}
 
 
+def _serve_args(spec: str, new_tokens: int, threads: int | None = None) -> list[str]:
+    """`deepsynth serve` flags for a benchmark server (torch's default threads when ``threads`` is None)."""
+    args = [
+        "--model",
+        spec,
+        "--max-batch-size",
+        str(BATCH),
+        "--max-wait-ms",
+        "20",
+        "--max-new-tokens",
+        str(new_tokens),
+    ]
+    return [*args, "--threads", str(threads)] if threads else args
+
+
 def _offline_rate(service, images, batch: int) -> float:
     t0 = time.perf_counter()
     for i in range(0, len(images), batch):
@@ -184,18 +199,7 @@ def bench_tiny_vlm(new_tokens: int) -> dict:
     worker = concurrent.futures.ThreadPoolExecutor(1)
     worker.submit(_set_threads, MODEL_THREADS).result()
     worker.submit(service.warmup).result()
-    server = ServeProcess(
-        "--model",
-        spec,
-        "--threads",
-        str(MODEL_THREADS),
-        "--max-batch-size",
-        str(BATCH),
-        "--max-wait-ms",
-        "20",
-        "--max-new-tokens",
-        str(new_tokens),
-    )
+    server = ServeProcess(*_serve_args(spec, new_tokens, threads=MODEL_THREADS))
     rounds = []
     latencies: list[float] = []
     try:
@@ -229,16 +233,7 @@ def bench_tiny_vlm(new_tokens: int) -> dict:
     worker.shutdown()
     # reference: the server with torch's default threads (the model's OpenMP threads then share the cores
     # with the event loop and the clients)
-    server = ServeProcess(
-        "--model",
-        spec,
-        "--max-batch-size",
-        str(BATCH),
-        "--max-wait-ms",
-        "20",
-        "--max-new-tokens",
-        str(new_tokens),
-    )
+    server = ServeProcess(*_serve_args(spec, new_tokens))
     try:
         asyncio.run(_drive(server.url, payloads[:BATCH], CLIENTS, "p.png"))
         served_default = [
