@@ -1,10 +1,12 @@
 """Serving benchmark (one run, ratios measured side by side on the same machine).
 
 1. Tiny DeepSeek-OCR-2 (random weights, 16 and 64 new tokens per image): throughput of a real
-   ``deepsynth serve`` process under 32 concurrent HTTP clients vs the same model in-process with offline batched ``recognize`` at the same
-   batch size (goal >= 0.9x) and vs sequential one-at-a-time ``recognize`` (goal >= 3x); p50/p99 latency.
-   Both sides run the model with the same torch thread count (``MODEL_THREADS``; see the note in main()),
-   the load generator is a separate process (one asyncio + httpx client) whose CPU time is reported.
+   ``deepsynth serve`` process (its model in a child process, the default) under 32 concurrent HTTP clients
+   vs the same model in this process with offline batched ``recognize`` at the same batch size (goal >= 0.9x)
+   and vs sequential one-at-a-time ``recognize`` (goal >= 3x); p50/p99 latency. Both sides run the model with
+   the same torch thread count (``MODEL_THREADS``); the load generator is this process (one asyncio loop with
+   httpx clients), whose CPU time is reported. References: the server with ``--in-process`` (HTTP and model
+   share one GIL) and with torch's default threads.
 2. The embedded PP-OCRv6 recogniser (RapidOCR, page mode = detection + recognition) on real pages of
    fondue_en_print20: pages/s through the served HTTP API vs the engine called directly (goal <= 1.1x).
 """
@@ -85,6 +87,12 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _tree_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(CPU seconds of ``pid`` itself, of its live child processes: the model process)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return _cpu_seconds(pid), sum(_cpu_seconds(int(c)) for c in children)
+
+
 def _self_cpu() -> float:
     import resource
 
@@ -159,7 +167,7 @@ def _batch_sizes(url: str) -> dict[str, float]:
     return {"batches": count, "mean_batch_size": round(total / count, 2) if count else 0.0}
 
 
-def _serve_args(spec: str, new_tokens: int, threads: int | None = None) -> list[str]:
+def _serve_args(spec: str, new_tokens: int, threads: int | None = None, *extra: str) -> list[str]:
     """`deepsynth serve` flags for a benchmark server (torch's default threads when ``threads`` is None)."""
     args = [
         "--model",
@@ -171,7 +179,7 @@ def _serve_args(spec: str, new_tokens: int, threads: int | None = None) -> list[
         "--max-new-tokens",
         str(new_tokens),
     ]
-    return [*args, "--threads", str(threads)] if threads else args
+    return [*args, "--threads", str(threads), *extra] if threads else [*args, *extra]
 
 
 def _offline_rate(service, images, batch: int) -> float:
@@ -205,9 +213,14 @@ def bench_tiny_vlm(new_tokens: int) -> dict:
     try:
         asyncio.run(_drive(server.url, payloads[:BATCH], CLIENTS, "p.png"))  # warm the HTTP path
         for _ in range(ROUNDS):
-            client_cpu, server_cpu = _self_cpu(), _cpu_seconds(server.proc.pid)
+            client_cpu, (server_cpu, model_cpu) = _self_cpu(), _tree_cpu_seconds(server.proc.pid)
             wall, lat, _ = asyncio.run(_drive(server.url, payloads, CLIENTS, "p.png"))
-            client_cpu, server_cpu = _self_cpu() - client_cpu, _cpu_seconds(server.proc.pid) - server_cpu
+            after = _tree_cpu_seconds(server.proc.pid)
+            client_cpu, server_cpu, model_cpu = (
+                _self_cpu() - client_cpu,
+                after[0] - server_cpu,
+                after[1] - model_cpu,
+            )
             latencies += lat
             served = SERVED_REQUESTS / wall
             offline = worker.submit(_offline_rate, service, images, BATCH).result()
@@ -224,6 +237,7 @@ def bench_tiny_vlm(new_tokens: int) -> dict:
                     "offline_batched_default_threads": offline_default,
                     "served_wall_s": wall,
                     "server_cpu_s": server_cpu,
+                    "model_process_cpu_s": model_cpu,
                     "client_cpu_s": client_cpu,
                 }
             )
@@ -231,17 +245,10 @@ def bench_tiny_vlm(new_tokens: int) -> dict:
     finally:
         server.stop()
     worker.shutdown()
-    # reference: the server with torch's default threads (the model's OpenMP threads then share the cores
-    # with the event loop and the clients)
-    server = ServeProcess(*_serve_args(spec, new_tokens))
-    try:
-        asyncio.run(_drive(server.url, payloads[:BATCH], CLIENTS, "p.png"))
-        served_default = [
-            SERVED_REQUESTS / asyncio.run(_drive(server.url, payloads, CLIENTS, "p.png"))[0]
-            for _ in range(ROUNDS)
-        ]
-    finally:
-        server.stop()
+    # references: the server with torch's default threads (the model's OpenMP threads then share the cores
+    # with the event loop and the clients), and the server with the model in its own process's GIL
+    served_default = _served_rates(_serve_args(spec, new_tokens), payloads)
+    served_in_process = _served_rates(_serve_args(spec, new_tokens, MODEL_THREADS, "--in-process"), payloads)
 
     def med(key: str) -> float:
         return round(statistics.median(r[key] for r in rounds), 3)
@@ -259,8 +266,12 @@ def bench_tiny_vlm(new_tokens: int) -> dict:
         "sequential_images_per_s": med("sequential"),
         "offline_batched_default_threads_images_per_s": med("offline_batched_default_threads"),
         "served_default_threads_images_per_s": round(statistics.median(served_default), 3),
+        "served_in_process_images_per_s": round(statistics.median(served_in_process), 3),
         "server_cpu_s_per_image": round(
             statistics.median(r["server_cpu_s"] for r in rounds) / SERVED_REQUESTS, 4
+        ),
+        "model_process_cpu_s_per_image": round(
+            statistics.median(r["model_process_cpu_s"] for r in rounds) / SERVED_REQUESTS, 4
         ),
         "client_cpu_s_per_image": round(
             statistics.median(r["client_cpu_s"] for r in rounds) / SERVED_REQUESTS, 4
@@ -276,6 +287,19 @@ def bench_tiny_vlm(new_tokens: int) -> dict:
         "latency_p99_s": round(_pct(latencies, 0.99), 3),
         **batches,
     }
+
+
+def _served_rates(args: list[str], payloads: list[bytes]) -> list[float]:
+    """Images/s of a reference server over ROUNDS rounds (after one warm-up round)."""
+    server = ServeProcess(*args)
+    try:
+        asyncio.run(_drive(server.url, payloads[:BATCH], CLIENTS, "p.png"))
+        return [
+            len(payloads) / asyncio.run(_drive(server.url, payloads, CLIENTS, "p.png"))[0]
+            for _ in range(ROUNDS)
+        ]
+    finally:
+        server.stop()
 
 
 def bench_embedded() -> dict:
@@ -332,7 +356,8 @@ def main() -> dict:
         "goals_met": goals,
         "cpu_count": os.cpu_count(),
         "note": (
-            "server = separate `deepsynth serve` process, load generator = this process (one asyncio loop, "
+            "server = separate `deepsynth serve` process (its model in a child process: server_cpu_s is the "
+            "HTTP side, model_process_cpu_s the model; served_in_process = --in-process), load generator = this process (one asyncio loop, "
             "32 httpx clients; its CPU is client_cpu_s); model threads = MODEL_THREADS on both sides; "
             "offline runs while the server is idle; the box is shared with other jobs (rounds interleaved)"
         ),

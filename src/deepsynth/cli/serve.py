@@ -39,21 +39,31 @@ def serve(
         help="PyTorch intra-op threads for the model (default: torch's, = all cores). On a small CPU box use "
         "fewer than the cores so HTTP parsing does not stall the model's OpenMP threads.",
     ),
+    model_process: bool = typer.Option(
+        True,
+        "--model-process/--in-process",
+        help="Run the model in its own process (HTTP parsing and the model then never wait on one GIL); "
+        "--in-process keeps everything in one process.",
+    ),
 ) -> None:
     """Serve a model over HTTP: /v1/ocr, OpenAI-compatible /v1/chat/completions, /metrics."""
+    from deepsynth.inference.model_process import ProcessEngine
     from deepsynth.inference.server import ServerSettings, run
     from deepsynth.inference.service import ModelLoadError, OCRService
     from deepsynth.models.generation import GenerationConfig
 
-    if threads:
+    if threads and not model_process:
         import torch  # set before the model loads; the batcher's worker thread picks it up when it starts
 
         torch.set_num_threads(threads)
 
     gen = GenerationConfig(max_new_tokens=max_new_tokens, retry_truncated=retry_truncated)
     try:
+        engine = ProcessEngine(model, threads=threads) if model_process else model
         service = OCRService(
-            model,
+            engine,
+            model_id=model,
+            owns_engine=True,
             max_batch_size=max_batch_size,
             max_wait_ms=max_wait_ms,
             max_queue=max_queue,

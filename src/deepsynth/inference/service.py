@@ -88,7 +88,11 @@ def warmup_image() -> Image.Image:
 
 
 class OCRService:
-    """One engine + an :class:`AsyncBatcher` + the output guard + observability hooks."""
+    """One engine + an :class:`AsyncBatcher` + the output guard + observability hooks.
+
+    ``owns_engine`` (default: True when the service loaded the engine from a spec) makes :meth:`aclose`
+    close the engine too, e.g. stop a :class:`~deepsynth.inference.model_process.ProcessEngine`.
+    """
 
     def __init__(
         self,
@@ -103,7 +107,9 @@ class OCRService:
         model_id: str | None = None,
         obs: Any = None,
         engine_kwargs: dict[str, Any] | None = None,
+        owns_engine: bool | None = None,
     ):
+        self.owns_engine = isinstance(engine, str) if owns_engine is None else owns_engine
         if isinstance(engine, str):
             spec = engine
             engine = load_model(spec, **(engine_kwargs or {}))
@@ -149,13 +155,16 @@ class OCRService:
     async def aclose(self, *, drain: bool = True) -> None:
         """Stop accepting work, finish (or drop) what was accepted, flush observability."""
         await self.batcher.close(drain=drain)
+        if self.owns_engine and callable(getattr(self.engine, "close", None)):
+            self.engine.close()
         close = getattr(self.obs, "close", None)
         if close is not None:
             close()
 
     @property
     def ready(self) -> bool:
-        return self.batcher.running
+        """Batching runs and the engine is usable (a :class:`ProcessEngine` whose child died is not)."""
+        return self.batcher.running and getattr(self.engine, "alive", True)
 
     def resolve_generation(self, overrides: dict[str, Any] | None = None) -> GenerationConfig:
         """The service's default generation settings with per-request overrides (unknown keys rejected)."""

@@ -1,0 +1,103 @@
+"""ProcessEngine: the real tiny DeepSeek-OCR-2 in a child process, same answers as in-process, errors that
+cross the process boundary, and a dead child that makes the service not ready."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+from PIL import Image, ImageDraw
+
+from deepsynth.inference.model_process import ModelProcessDied, ProcessEngine
+from deepsynth.inference.service import ModelLoadError, OCRService, load_model
+from deepsynth.models.generation import GenerationConfig
+from deepsynth.observability import Observability
+
+SPEC = "deepseek_ocr2:tiny"
+GEN = GenerationConfig(max_new_tokens=6)
+
+
+def _images(n: int) -> list[Image.Image]:
+    out = []
+    for i in range(n):
+        img = Image.new("RGB", (64 + 8 * i, 48), "white")
+        ImageDraw.Draw(img).text((4, 16), f"ab {i}", fill="black")
+        out.append(img)
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine():
+    with ProcessEngine(SPEC, threads=1) as eng:
+        yield eng
+
+
+def test_child_process_reads_like_the_engine_in_process(engine):
+    images = _images(3)
+    remote = engine.recognize(images, GEN)
+    local = load_model(SPEC).recognize(images, GEN)
+    assert engine.pid != os.getpid() and engine.alive
+    assert engine.name == load_model(SPEC).name
+    assert [p.text for p in remote] == [p.text for p in local]
+    assert [p.num_tokens for p in remote] == [p.num_tokens for p in local] == [6, 6, 6]
+    assert all(p.finished is False for p in remote)
+
+
+def test_engine_error_comes_back_with_its_type(engine):
+    bad = GenerationConfig(max_new_tokens=4, num_beams=0)
+    with pytest.raises(Exception) as in_process:
+        load_model(SPEC).recognize(_images(1), bad)
+    with pytest.raises(Exception) as in_child:
+        engine.recognize(_images(1), bad)
+    assert type(in_child.value) is type(in_process.value)
+    assert str(in_child.value) == str(in_process.value)
+    assert len(engine.recognize(_images(2), GEN)) == 2  # the child survives a failed batch
+
+
+def test_load_error_is_raised_in_the_parent(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelLoadError, match="no-such-model"):
+        ProcessEngine(f"ppocr:{missing}")
+
+
+def test_killed_child_fails_calls_clearly_and_service_is_not_ready():
+    async def scenario() -> None:
+        service = OCRService(
+            ProcessEngine(SPEC, threads=1),
+            model_id=SPEC,
+            owns_engine=True,
+            generation=GEN,
+            obs=Observability(SPEC, metrics=False),
+        )
+        await service.start(warmup=False)
+        assert service.ready
+        assert len(await service.recognize_async(_images(2))) == 2
+        engine = service.engine
+        os.kill(engine.pid, signal.SIGKILL)
+        engine._proc.join(10)
+        with pytest.raises(ModelProcessDied, match="signal 9"):
+            await service.recognize_async(_images(1))
+        assert not service.ready
+        await service.aclose()
+        assert not engine._proc.is_alive()
+
+    asyncio.run(scenario())
+
+
+def test_service_close_stops_the_child():
+    async def scenario() -> int:
+        service = OCRService(
+            ProcessEngine(SPEC, threads=1),
+            model_id=SPEC,
+            owns_engine=True,
+            generation=GEN,
+            obs=Observability(SPEC, metrics=False),
+        )
+        await service.start()
+        await service.recognize_async(_images(1))
+        await service.aclose()
+        return service.engine._proc.exitcode
+
+    assert asyncio.run(scenario()) == 0
