@@ -10,6 +10,10 @@ its own caller.
   before its batch runs; results for callers that already left are discarded.
 * Isolation: if a batch raises, each of its items is retried alone, so one bad input fails only its own call.
 * Graceful shutdown: :meth:`close` stops accepting new items and, by default, finishes every accepted one.
+* Pipelining (``max_inflight`` > 1, for engines that queue work themselves, such as a model in another
+  process): while a batch runs, the next one is handed over as soon as a *full* batch is queued, so the
+  engine starts it with no gap; a partial batch still waits for the engine to be free and takes whatever
+  arrived meanwhile, so batches stay as large under moderate load as without pipelining.
 
 For per-stage timing, :meth:`enqueue` returns a :class:`Ticket` whose ``started`` and ``result`` can be
 awaited separately (queue wait vs model time).
@@ -89,11 +93,14 @@ class AsyncBatcher(Generic[T, R]):
         timeout_s: float | None = None,
         on_batch: Callable[[int, int], None] | None = None,
         name: str = "batcher",
+        max_inflight: int = 1,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
         self.batch_fn = batch_fn
         self.max_batch_size = max_batch_size
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
@@ -101,12 +108,14 @@ class AsyncBatcher(Generic[T, R]):
         self.timeout_s = timeout_s
         self.on_batch = on_batch
         self.name = name
+        self.max_inflight = max_inflight
         self.stats = BatcherStats()
         self._queue: asyncio.Queue[Any] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._accepting = False
         self._inflight = 0
+        self._full_batch = asyncio.Event()  # set when a full batch is queued (wakes a pipelined worker)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -114,7 +123,10 @@ class AsyncBatcher(Generic[T, R]):
         if self._worker is not None and not self._worker.done():
             return
         self._queue = asyncio.Queue()  # bounded by our own check so the stop marker always fits
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.name)
+        self._full_batch = asyncio.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            self.max_inflight, thread_name_prefix=self.name
+        )
         self._worker = asyncio.create_task(self._run(), name=f"{self.name}-worker")
         self._accepting = True
 
@@ -167,6 +179,8 @@ class AsyncBatcher(Generic[T, R]):
         ticket: Ticket[R] = Ticket(item=item, started=loop.create_future(), result=loop.create_future())
         self._inflight += 1
         self._queue.put_nowait(ticket)
+        if self._queue.qsize() >= self.max_batch_size:
+            self._full_batch.set()
         return ticket
 
     async def submit(self, item: T, *, timeout_s: float | None = None) -> R:
@@ -206,20 +220,20 @@ class AsyncBatcher(Generic[T, R]):
         batch: list[Ticket[R]] = []
         deadline: float | None = None
         while len(batch) < self.max_batch_size:
-            if deadline is None:
+            if not self._queue.empty():
+                # queued items are taken without yielding to the event loop, so the next batch starts as soon
+                # as the previous one returns, not after every ready HTTP handler has run
+                entry = self._queue.get_nowait()
+            elif deadline is None:
                 entry = await self._queue.get()
             else:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
-                    # take whatever is already queued without waiting
-                    if self._queue.empty():
-                        break
-                    entry = self._queue.get_nowait()
-                else:
-                    try:
-                        entry = await asyncio.wait_for(self._queue.get(), remaining)
-                    except TimeoutError:
-                        break
+                    break
+                try:
+                    entry = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
             if entry is _STOP:
                 return batch, True
             self._inflight -= 1
@@ -234,15 +248,27 @@ class AsyncBatcher(Generic[T, R]):
         return batch, False
 
     async def _run(self) -> None:
+        running: set[asyncio.Future[Any]] = set()
         stop = False
         while not stop:
+            await self._wait_for_engine(running)
             batch, stop = await self._next_batch()
-            if stop:  # drain what is still queued behind the marker (none: the marker is last) and exit
-                if batch:
-                    await self._execute(batch)
-                break
             if batch:
-                await self._execute(batch)
+                running.add(asyncio.ensure_future(self._execute(batch)))
+        if running:  # the stop marker is last in the queue: only batches already handed over remain
+            await asyncio.wait(running)
+
+    async def _wait_for_engine(self, running: set[asyncio.Future[Any]]) -> None:
+        """Return when the next batch may be gathered: no batch is running, or (pipelining) a slot is free
+        and a full batch is already queued."""
+        while running:
+            if len(running) < self.max_inflight and self._queue.qsize() >= self.max_batch_size:
+                return
+            self._full_batch.clear()
+            waiter = asyncio.ensure_future(self._full_batch.wait())
+            done, _ = await asyncio.wait({*running, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            running -= done
 
     async def _execute(self, batch: list[Ticket[R]]) -> None:
         loop = asyncio.get_running_loop()

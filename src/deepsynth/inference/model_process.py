@@ -9,6 +9,8 @@ batch to a child process (``multiprocessing`` spawn, one pipe) that owns the rea
     engine = ProcessEngine("deepseek_ocr2:runs/x/best", threads=1)
     OCRService(engine)                 # batching, guard and retries stay in the parent
 
+* ``pipelined``: a second batch may be sent while one runs (replies come back in order), so the child
+  starts the next batch the moment it finishes one; the service's batcher uses this (``max_inflight=2``).
 * Loading happens in the child; a load error is raised in the parent by the constructor, with the child's
   message (``ModelLoadError`` stays ``ModelLoadError``).
 * An engine error on a batch comes back as the same exception type (or a RuntimeError naming it).
@@ -84,6 +86,8 @@ def _portable(exc: BaseException) -> BaseException:
 class ProcessEngine:
     """An OCREngine proxy for ``load_model(spec, **engine_kwargs)`` running in a child process."""
 
+    pipelined = True  # recognize() may be called from several threads; the child queues the batches
+
     def __init__(
         self,
         spec: str,
@@ -103,7 +107,9 @@ class ProcessEngine:
         )
         self._proc.start()
         child_conn.close()
-        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._turn = threading.Condition()  # replies arrive in send order: each caller waits for its turn
+        self._sent = self._received = 0
         self._closed = False
         if not self._conn.poll(start_timeout_s):
             self.close()
@@ -126,15 +132,24 @@ class ProcessEngine:
     def recognize(
         self, images: Sequence[Image.Image], generation: GenerationConfig | None = None
     ) -> list[Prediction]:
-        """Send one batch to the model process and wait for its predictions (thread-safe, one at a time)."""
-        with self._lock:
+        """Send one batch to the model process and wait for its predictions (thread-safe; batches sent by
+        other threads meanwhile queue up in the child and run right after)."""
+        with self._send_lock:
             if not self.alive:
                 raise self._died()
+            ticket = self._sent
             try:
                 self._conn.send((list(images), generation))
             except (BrokenPipeError, OSError) as exc:
                 raise self._died() from exc
-            status, payload = self._receive()
+            self._sent += 1
+        with self._turn:
+            self._turn.wait_for(lambda: self._received == ticket)
+            try:
+                status, payload = self._receive()
+            finally:
+                self._received += 1
+                self._turn.notify_all()
         if status == "error":
             raise payload
         return payload

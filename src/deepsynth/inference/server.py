@@ -576,4 +576,13 @@ def run(service: OCRService, settings: ServerSettings | None = None) -> None:
 
     settings = settings or ServerSettings()
     app = create_app(service, settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=30)
+    # uvicorn's access log is off: every request is already logged once, as JSON with its request id and
+    # timings, by deepsynth.observability (a second plain-text line per request costs CPU on the event loop)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )

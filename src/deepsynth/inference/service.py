@@ -132,6 +132,8 @@ class OCRService:
             timeout_s=timeout_s,
             on_batch=obs.record_batch,
             name="ocr-batcher",
+            # an engine that queues work itself (a model in its own process) gets the next full batch early
+            max_inflight=2 if getattr(engine, "pipelined", False) else 1,
         )
         self.warmed_up = False
         self.warmup_seconds: float | None = None
