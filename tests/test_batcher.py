@@ -233,3 +233,51 @@ def test_wrong_result_count_is_an_error_for_the_callers():
     out = run(main())
     # retried alone each item works (a 1-item batch returns 1 result)
     assert out == [1, 2]
+
+
+class Overlap(SlowSquare):
+    """SlowSquare that also records how many batches ran at the same time."""
+
+    def __init__(self, delay: float = 0.05):
+        super().__init__(delay)
+        self.lock = threading.Lock()
+        self.active = self.max_active = 0
+
+    def __call__(self, items: list[int]) -> list[int]:
+        with self.lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            return super().__call__(items)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_pipelined_batcher_hands_over_full_batches_early_and_keeps_order():
+    fn = Overlap(delay=0.05)
+
+    async def main():
+        async with AsyncBatcher(fn, max_batch_size=4, max_wait_ms=20, max_inflight=2) as b:
+            return await asyncio.gather(*(b.submit(i) for i in range(16)))
+
+    assert run(main()) == [i * i for i in range(16)]
+    assert fn.max_active == 2  # a full batch was handed over while the previous one ran
+    assert [len(x) for x in fn.batches] == [4, 4, 4, 4]
+
+
+def test_pipelined_batcher_holds_a_partial_batch_until_the_engine_is_free():
+    fn = Overlap(delay=0.15)
+
+    async def main():
+        async with AsyncBatcher(fn, max_batch_size=8, max_wait_ms=5, max_inflight=2) as b:
+            first = asyncio.ensure_future(b.submit(1))
+            await asyncio.sleep(0.03)  # batch [1] is running
+            rest = [asyncio.ensure_future(b.submit(i)) for i in (2, 3)]
+            await asyncio.sleep(0.03)
+            rest += [asyncio.ensure_future(b.submit(i)) for i in (4, 5)]
+            return await asyncio.gather(first, *rest)
+
+    assert run(main()) == [1, 4, 9, 16, 25]
+    assert fn.max_active == 1  # partial batches never overlap: they wait and fill up instead
+    assert fn.batches == [[1], [2, 3, 4, 5]]

@@ -45,6 +45,17 @@ def test_child_process_reads_like_the_engine_in_process(engine):
     assert all(p.finished is False for p in remote)
 
 
+def test_batches_sent_from_several_threads_come_back_to_their_callers(engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [_images(n) for n in (1, 2, 3, 4)]
+    local = load_model(SPEC)
+    expected = [[p.text for p in local.recognize(b, GEN)] for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda b: [p.text for p in engine.recognize(b, GEN)], batches))
+    assert got == expected
+
+
 def test_engine_error_comes_back_with_its_type(engine):
     bad = GenerationConfig(max_new_tokens=4, num_beams=0)
     with pytest.raises(Exception) as in_process:
