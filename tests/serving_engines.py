@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import threading
 import time
 from collections.abc import Sequence
@@ -11,6 +13,17 @@ from PIL import Image
 
 from deepsynth.models.base import Prediction
 from deepsynth.models.generation import GenerationConfig
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def data_uri(img: Image.Image) -> str:
+    """A PNG data URI (what /v1/ocr JSON bodies and OpenAI-style image_url parts carry)."""
+    return "data:image/png;base64," + base64.b64encode(png(img)).decode()
 
 
 def colour_image(rgb: tuple[int, int, int], size: tuple[int, int] = (64, 32)) -> Image.Image:

@@ -73,28 +73,28 @@ def test_load_error_is_raised_in_the_parent(tmp_path):
         ProcessEngine(f"ppocr:{missing}")
 
 
-def test_killed_child_fails_calls_clearly_and_service_is_not_ready():
-    async def scenario() -> None:
-        service = OCRService(
-            ProcessEngine(SPEC, threads=1),
-            model_id=SPEC,
-            owns_engine=True,
-            generation=GEN,
-            obs=Observability(SPEC, metrics=False),
-        )
-        await service.start(warmup=False)
-        assert service.ready
-        assert len(await service.recognize_async(_images(2))) == 2
-        engine = service.engine
+def test_killed_child_fails_requests_clearly_and_server_is_not_ready():
+    import httpx
+
+    from deepsynth.inference.server import create_app
+    from tests.serving_engines import data_uri, running_server
+
+    engine = ProcessEngine(SPEC, threads=1)
+    service = OCRService(
+        engine, model_id=SPEC, owns_engine=True, generation=GEN, obs=Observability(SPEC, metrics=False)
+    )
+    body = {"images": [data_uri(_images(1)[0])]}
+    with running_server(create_app(service)) as s:
+        assert httpx.post(f"{s.url}/v1/ocr", json=body, timeout=60).status_code == 200
         os.kill(engine.pid, signal.SIGKILL)
         engine._proc.join(10)
-        with pytest.raises(ModelProcessDied, match="signal 9"):
-            await service.recognize_async(_images(1))
-        assert not service.ready
-        await service.aclose()
-        assert not engine._proc.is_alive()
-
-    asyncio.run(scenario())
+        ready = httpx.get(f"{s.url}/readyz")
+        assert ready.status_code == 503 and "model process has exited" in ready.json()["reason"]
+        r = httpx.post(f"{s.url}/v1/ocr", json=body, timeout=60)
+        assert r.status_code == 503 and "model process has exited" in r.json()["error"]["message"]
+    with pytest.raises(ModelProcessDied, match="signal 9"):
+        engine.recognize(_images(1), GEN)
+    assert not engine._proc.is_alive()
 
 
 def test_service_close_stops_the_child():

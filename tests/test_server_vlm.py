@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import re
 
 import httpx
@@ -16,15 +14,9 @@ from deepsynth.inference.server import create_app
 from deepsynth.inference.service import OCRService
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.observability import Observability
-from tests.serving_engines import running_server
+from tests.serving_engines import data_uri, running_server
 
 pytestmark = pytest.mark.slow
-
-
-def data_uri(img: Image.Image) -> str:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def page(i: int) -> Image.Image:

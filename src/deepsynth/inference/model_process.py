@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import os
 import pickle
 import signal
 import threading
@@ -190,5 +189,4 @@ class ProcessEngine:
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
-            if not self._closed and os.getpid() != self._proc.pid:
-                self.close(timeout_s=1.0)
+            self.close(timeout_s=1.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import io
 import json
 import logging
 import time
@@ -20,11 +21,19 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deepsynth.inference.batcher import BatcherClosed, QueueFull
-from deepsynth.inference.inputs import InputError, InputLimits, PageInput, decode_base64, decode_file
+from deepsynth.inference.inputs import (
+    InputError,
+    InputLimits,
+    PageInput,
+    decode_base64,
+    decode_file,
+    is_pdf,
+)
 from deepsynth.inference.service import OCRService
 from deepsynth.models.base import Prediction
 
@@ -175,7 +184,7 @@ def create_app(service: OCRService, settings: ServerSettings | None = None) -> F
         with obs.request(route, rid, headers=request.headers) as ctx:
             try:
                 if not service.ready:
-                    why = state["startup_error"] or "the model is loading / warming up"
+                    why = state["startup_error"] or service.not_ready_reason
                     raise _Unavailable(why)
                 response = await fn(ctx)
             except InputError as exc:
@@ -294,7 +303,7 @@ def create_app(service: OCRService, settings: ServerSettings | None = None) -> F
     async def readyz() -> JSONResponse:
         if service.ready:
             return JSONResponse({"status": "ready", "model": service.model_id})
-        reason = state["startup_error"] or "loading"
+        reason = state["startup_error"] or service.not_ready_reason
         return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
 
     @app.get("/metrics")
@@ -341,8 +350,29 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
+# Small images are decoded on the event loop (well under a millisecond, less than the hand-off to a thread
+# costs); bigger ones (by bytes or by the pixel count in their header) and every PDF go to a worker thread.
+INLINE_DECODE_BYTES = 256 * 1024
+INLINE_DECODE_PIXELS = 1_000_000
+
+
+def _decode_inline(files: list[tuple[bytes, str, str | None]]) -> bool:
+    if sum(len(data) for data, _, _ in files) > INLINE_DECODE_BYTES:
+        return False
+    pixels = 0
+    for data, _, _ in files:
+        if is_pdf(data):
+            return False
+        try:
+            with Image.open(io.BytesIO(data)) as img:  # reads the header only
+                pixels += img.width * img.height * getattr(img, "n_frames", 1)
+        except Exception:  # noqa: BLE001 - not readable here: the thread path reports it properly
+            return False
+    return pixels <= INLINE_DECODE_PIXELS
+
+
 async def _decode_all(files: list[tuple[bytes, str, str | None]], limits: InputLimits) -> list[PageInput]:
-    """Decode files in a worker thread (PDF rendering and image decoding are CPU work)."""
+    """Decode files into pages: small images inline, big ones and PDFs in a worker thread."""
 
     def work() -> list[PageInput]:
         pages: list[PageInput] = []
@@ -352,6 +382,8 @@ async def _decode_all(files: list[tuple[bytes, str, str | None]], limits: InputL
 
     if not files:
         raise InputError(400, "no_input", "no image or PDF in the request")
+    if _decode_inline(files):
+        return work()
     return await asyncio.to_thread(work)
 
 

@@ -168,6 +168,15 @@ class OCRService:
         """Batching runs and the engine is usable (a :class:`ProcessEngine` whose child died is not)."""
         return self.batcher.running and getattr(self.engine, "alive", True)
 
+    @property
+    def not_ready_reason(self) -> str:
+        """Why :attr:`ready` is False, in words for ``/readyz`` and 503 answers."""
+        if not getattr(self.engine, "alive", True):
+            return "the model process has exited (see the server log); restart the server"
+        if not self.batcher.running:
+            return "the model is loading / warming up"
+        return ""
+
     def resolve_generation(self, overrides: dict[str, Any] | None = None) -> GenerationConfig:
         """The service's default generation settings with per-request overrides (unknown keys rejected)."""
         if not overrides:
