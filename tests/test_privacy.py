@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -225,3 +226,44 @@ def test_pages_of_one_request_in_the_same_microsecond_are_all_kept_in_order(tmp_
     recs = store.list_samples()
     assert [r["text"] for r in recs] == ["page 0", "page 1", "page 2"]
     assert len({r["sample_id"] for r in recs}) == 3
+
+
+def test_samples_cli_lists_shows_and_deletes_without_applying_its_own_retention(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from deepsynth.cli.main import app
+
+    clock = FakeClock(time.time() - 30 * 86400)  # written a month ago by a server that keeps 60 days
+    store = _store(tmp_path, clock=clock, max_age_seconds=60 * 86400)
+    for rid in ("keep", "subject", "subject", "other"):
+        clock.t += 1
+        store.maybe_store(rid, Image.new("RGB", (40, 20), "white"), f"mail {rid}@example.com", {}, "m")
+    ids = {r["request_id"]: r["sample_id"] for r in store.list_samples()}
+    runner = CliRunner()
+    monkeypatch.setenv("DEEPSYNTH_SAMPLES_DIR", str(store.root))
+
+    listed = runner.invoke(app, ["samples", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert len([line for line in listed.stdout.splitlines() if "request=" in line]) == 4
+    assert "redactions=email=1" in listed.stdout and "example.com" not in listed.stdout
+    # opening the store from the CLI (default settings: 7 days) deleted nothing the server keeps
+    assert len(store.list_samples()) == 4
+
+    shown = runner.invoke(app, ["samples", "show", ids["keep"]])
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["text"] == "mail [EMAIL]"
+
+    gone = runner.invoke(app, ["samples", "delete", "--request-id", "subject", "--reason", "subject_request"])
+    assert gone.exit_code == 0 and "deleted 2 sample(s)" in gone.stdout
+    left = runner.invoke(app, ["samples", "list", "--json", "--dir", str(store.root)])
+    assert [json.loads(line)["request_id"] for line in left.stdout.splitlines()] == ["keep", "other"]
+    assert sorted(p.stem for p in store.images_dir.iterdir()) == sorted([ids["keep"], ids["other"]])
+    audit = [e for e in _audit(store) if e["action"] == "delete"]
+    assert [e["reason"] for e in audit] == ["subject_request", "subject_request"]
+    assert all(len(e["files"]) == 2 for e in audit)
+    assert [e["action"] for e in _audit(store)].count("open") == 1  # the CLI did not log an "open"
+
+    missing = runner.invoke(app, ["samples", "delete", ids["keep"], "no-such-id"])
+    assert missing.exit_code == 1 and "not found: no-such-id" in missing.stdout
+    assert [r["request_id"] for r in store.list_samples()] == ["other"]
+    nowhere = runner.invoke(app, ["samples", "list", "--dir", str(tmp_path / "nope")])
+    assert nowhere.exit_code == 2 and "no sample store at" in nowhere.stderr

@@ -166,6 +166,7 @@ class SampleStore:
         clock: Callable[[], float] = time.time,
         on_store: Callable[[], None] | None = None,
         on_delete: Callable[[str, int], None] | None = None,
+        admin: bool = False,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -178,11 +179,15 @@ class SampleStore:
         self.records_dir = self.root / "records"
         self.images_dir = self.root / "images"
         self.audit_path = self.root / "audit.jsonl"
-        self.records_dir.mkdir(parents=True, exist_ok=True)
-        self.images_dir.mkdir(parents=True, exist_ok=True)
         self.dropped = 0
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
+        if admin:  # someone else's store: no retention pass with our settings, no writer, no "open" entry
+            if not self.records_dir.is_dir():
+                raise FileNotFoundError(f"no sample store at {self.root} (no records/ directory)")
+            return
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        self.images_dir.mkdir(parents=True, exist_ok=True)
         if settings.background:
             self._queue = queue.Queue(maxsize=64)
             self._thread = threading.Thread(target=self._worker, name="deepsynth-samples", daemon=True)
@@ -191,6 +196,12 @@ class SampleStore:
                     max_age_seconds=settings.max_age_seconds, redact=settings.redact,
                     image_mode=settings.image_mode)  # fmt: skip
         self.enforce_retention()
+
+    @classmethod
+    def open_existing(cls, directory: str | Path) -> SampleStore:
+        """Open a store that a server writes to, to list or delete samples (deletions are audited). Unlike the
+        constructor it applies no retention, so default settings never delete what the server keeps."""
+        return cls(SampleSettings(directory=Path(directory), rate=0.0, background=False), admin=True)
 
     # ------------------------------------------------------------------ public API
     def maybe_store(
