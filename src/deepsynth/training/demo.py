@@ -59,7 +59,8 @@ def run_demo(
     from deepsynth.evaluation.harness import compare_runs, evaluate_engine
     from deepsynth.models.registry import load_engine
     from deepsynth.training.data import sample_filter
-    from deepsynth.training.trainer import Trainer, build_adapter
+    from deepsynth.training.runtime import build_adapter
+    from deepsynth.training.trainer import Trainer
 
     console = console or Console()
     from transformers.utils import logging as hf_logging

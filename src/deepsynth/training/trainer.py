@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -33,6 +32,7 @@ from deepsynth.models.threads import respect_omp_thread_limit
 from deepsynth.training import checkpoint as ckpt
 from deepsynth.training.config import TrainConfig
 from deepsynth.training.data import BatchPlan, aspect_ratios, epoch_loader, fingerprint, load_split
+from deepsynth.training.runtime import LossModule, build_adapter, choose_precision, cpu_only, to_device
 from deepsynth.training.schedule import build_optimizer, build_scheduler
 from deepsynth.training.trackers import NullTracker, build_trackers
 
@@ -57,79 +57,6 @@ class TrainResult:
     skipped_samples: int = 0
     skipped_batches: int = 0
     wall_seconds: float = 0.0
-
-
-class _LossModule(torch.nn.Module):
-    """Puts ``adapter.loss`` inside ``forward`` so DDP/FSDP/autocast wrap the whole computation.
-
-    Returns ``(loss, ok)``; a batch that is None, has all labels masked or gives a non-finite loss returns a
-    zero loss touching every trainable parameter (so all processes still exchange gradients) and ok=False.
-    """
-
-    def __init__(self, adapter: Any):
-        super().__init__()
-        self.model = adapter.model
-        self._adapter = [adapter]  # a list keeps the adapter out of the module tree
-
-    def _zero(self) -> torch.Tensor:
-        return sum((p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad), torch.zeros(()))
-
-    def forward(self, batch: dict[str, Any] | None) -> tuple[torch.Tensor, str]:
-        if batch is None:
-            return self._zero(), "empty"
-        labels = batch.get("labels") if isinstance(batch, dict) else None
-        if isinstance(labels, torch.Tensor) and not bool((labels != -100).any()):
-            return self._zero(), "all labels masked"
-        loss = self._adapter[0].loss(batch)
-        if not torch.isfinite(loss.detach()).all():
-            return self._zero(), f"non-finite loss ({loss.item()})"
-        return loss, ""
-
-
-def choose_precision(requested: str) -> str:
-    """accelerate's mixed_precision value: bf16/fp16 only with CUDA; 'auto' picks bf16 where supported."""
-    cuda = torch.cuda.is_available()
-    if requested == "auto":
-        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
-    if requested in ("bf16", "fp16") and not cuda:
-        warnings.warn(f"precision={requested} needs CUDA; training in fp32 on CPU", stacklevel=2)
-        return "no"
-    return "no" if requested == "fp32" else requested
-
-
-def _cpu_only() -> bool:
-    """True when there is no accelerator device (or ACCELERATE_USE_CPU asks for the CPU)."""
-    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
-        return True
-    mps = getattr(torch.backends, "mps", None)
-    xpu = getattr(torch, "xpu", None)
-    return not (
-        torch.cuda.is_available()
-        or (mps is not None and mps.is_available())
-        or (xpu is not None and xpu.is_available())
-    )
-
-
-def build_adapter(cfg: TrainConfig) -> Any:
-    """The model adapter for ``cfg.model`` from the engine registry (must be trainable)."""
-    from deepsynth.models.registry import load_engine
-
-    spec = f"{cfg.model.family}:{cfg.model.path}" if cfg.model.path else cfg.model.family
-    adapter = load_engine(spec, **dict(cfg.model.options))
-    missing = [m for m in ("collate", "loss", "save", "model") if not hasattr(adapter, m)]
-    if missing:
-        raise TypeError(f"model family {cfg.model.family!r} is not trainable (no {', '.join(missing)})")
-    return adapter
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
 
 
 class Trainer:
@@ -172,7 +99,7 @@ class Trainer:
         self.t_start = time.perf_counter()
         precision = choose_precision(cfg.precision)
         self.acc = Accelerator(
-            cpu=_cpu_only(),  # on CPU, torchrun/accelerate-launched processes then form a gloo group (MULTI_CPU)
+            cpu=cpu_only(),  # on CPU, torchrun/accelerate-launched processes then form a gloo group (MULTI_CPU)
             mixed_precision=precision,
             kwargs_handlers=[
                 DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)
@@ -242,7 +169,7 @@ class Trainer:
 
         if resume_from is not None:
             self._load_checkpoint(resume_from)
-        self.loss_module, self.optimizer = self.acc.prepare(_LossModule(ad), self.optimizer)
+        self.loss_module, self.optimizer = self.acc.prepare(LossModule(ad), self.optimizer)
         self.tracker = build_trackers(cfg.trackers, self.run_dir) if self.is_main else NullTracker()
         if self.is_main:
             from deepsynth.training.run_info import write_run_yaml
@@ -508,7 +435,7 @@ class Trainer:
                         self.report.skip(sid, reason, source)
                         log.warning("skipped sample %s: %s", sid, reason)
                 n_samples += n - len(skipped)
-                batch = _to_device(batch, acc.device) if batch is not None else None
+                batch = to_device(batch, acc.device) if batch is not None else None
                 sync = k == cfg.grad_accum - 1
                 ctx = contextlib.nullcontext() if sync or self.world == 1 else acc.no_sync(self.loss_module)
                 with ctx:

@@ -1,0 +1,84 @@
+"""What the training loop runs on: the device check, mixed precision, the adapter and the loss wrapper."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import torch
+
+from deepsynth.training.config import TrainConfig
+
+
+class LossModule(torch.nn.Module):
+    """Puts ``adapter.loss`` inside ``forward`` so DDP/FSDP/autocast wrap the whole computation.
+
+    Returns ``(loss, ok)``; a batch that is None, has all labels masked or gives a non-finite loss returns a
+    zero loss touching every trainable parameter (so all processes still exchange gradients) and ok=False.
+    """
+
+    def __init__(self, adapter: Any):
+        super().__init__()
+        self.model = adapter.model
+        self._adapter = [adapter]  # a list keeps the adapter out of the module tree
+
+    def _zero(self) -> torch.Tensor:
+        return sum((p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad), torch.zeros(()))
+
+    def forward(self, batch: dict[str, Any] | None) -> tuple[torch.Tensor, str]:
+        if batch is None:
+            return self._zero(), "empty"
+        labels = batch.get("labels") if isinstance(batch, dict) else None
+        if isinstance(labels, torch.Tensor) and not bool((labels != -100).any()):
+            return self._zero(), "all labels masked"
+        loss = self._adapter[0].loss(batch)
+        if not torch.isfinite(loss.detach()).all():
+            return self._zero(), f"non-finite loss ({loss.item()})"
+        return loss, ""
+
+
+def choose_precision(requested: str) -> str:
+    """accelerate's mixed_precision value: bf16/fp16 only with CUDA; 'auto' picks bf16 where supported."""
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    if requested in ("bf16", "fp16") and not cuda:
+        warnings.warn(f"precision={requested} needs CUDA; training in fp32 on CPU", stacklevel=2)
+        return "no"
+    return "no" if requested == "fp32" else requested
+
+
+def cpu_only() -> bool:
+    """True when there is no accelerator device (or ACCELERATE_USE_CPU asks for the CPU)."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return not (
+        torch.cuda.is_available()
+        or (mps is not None and mps.is_available())
+        or (xpu is not None and xpu.is_available())
+    )
+
+
+def build_adapter(cfg: TrainConfig) -> Any:
+    """The model adapter for ``cfg.model`` from the engine registry (must be trainable)."""
+    from deepsynth.models.registry import load_engine
+
+    spec = f"{cfg.model.family}:{cfg.model.path}" if cfg.model.path else cfg.model.family
+    adapter = load_engine(spec, **dict(cfg.model.options))
+    missing = [m for m in ("collate", "loss", "save", "model") if not hasattr(adapter, m)]
+    if missing:
+        raise TypeError(f"model family {cfg.model.family!r} is not trainable (no {', '.join(missing)})")
+    return adapter
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
