@@ -1,4 +1,4 @@
-"""Parquet / WebDataset / JSONL / folder writers and readers round-trip; HF save_to_disk reader."""
+"""Parquet / WebDataset / JSONL / folder / HF datasets writers and readers round-trip; HF save_to_disk reader."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _digest(s: Sample) -> str:
     return hashlib.sha256(s.image_loader.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "webdataset", "jsonl", "folder"])
+@pytest.mark.parametrize("fmt", ["parquet", "webdataset", "jsonl", "folder", "hf"])
 def test_round_trip_keeps_every_sample_and_image_bytes(shared_data, tmp_path, fmt):
     src = _real(shared_data)
     with open_writer(fmt, tmp_path / fmt, shard_size=10) as w:
@@ -126,3 +126,23 @@ def test_parquet_with_hf_image_struct(tmp_path):
     back = list(open_sources([str(tmp_path / "x.parquet")], report=report, decode=True))
     assert [s.text for s in back] == ["ok"] and back[0].image.size == (12, 7)
     assert [s["kind"] for s in report.skipped] == ["path_escape"]
+
+
+def test_hf_writer_output_loads_with_datasets_and_keeps_no_temporary_parts(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    samples = [
+        Sample.from_image(f"syn-{i}", Image.new("RGB", (30 + i, 12), "white"), f"zeile {i}", language="de")
+        for i in range(3)
+    ]
+    with open_writer("hf", tmp_path / "hf") as w:
+        for s in samples:
+            w.write(s)
+    ds = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert ds["text"] == ["zeile 0", "zeile 1", "zeile 2"] and ds["language"] == ["de"] * 3
+    assert isinstance(ds.features["image"], datasets.Image) and ds[2]["image"].size == (32, 12)
+    assert not (tmp_path / "hf" / ".hf-parts").exists()
+    with pytest.raises(FileExistsError, match="hf"):
+        open_writer("hf", tmp_path / "hf")
+    with open_writer("hf", tmp_path / "hf", overwrite=True) as w:
+        w.write(samples[0])
+    assert datasets.load_from_disk(str(tmp_path / "hf"))["id"] == ["syn-0"]

@@ -11,6 +11,9 @@ import typer
 # same as deepsynth.data.images.DEFAULT_MAX_PIXELS, kept literal so --help needs no PIL import
 DEFAULT_MAX_PIXELS = 89_478_485
 
+TO_HELP = (
+    "Output format: parquet, webdataset, jsonl, folder (.gt.txt sidecars) or hf (datasets save_to_disk)."
+)
 data_app = typer.Typer(help="Prepare, inspect and synthesise OCR datasets.", no_args_is_help=True)
 
 SourcesArg = Annotated[
@@ -62,7 +65,7 @@ def _fail(exc: Exception) -> None:
 def prepare(
     sources: SourcesArg,
     out: Annotated[Path, typer.Option("--out", help="Output directory.")],
-    to: Annotated[str, typer.Option("--to", help="Output format: parquet, webdataset or jsonl.")] = "parquet",
+    to: Annotated[str, typer.Option("--to", help=TO_HELP)] = "parquet",
     shard_size: Annotated[int, typer.Option(help="Samples per Parquet file / tar shard.")] = 1000,
     max_pixels: PixelsOpt = DEFAULT_MAX_PIXELS,
     overwrite: Annotated[
@@ -139,7 +142,7 @@ def stats(
 @data_app.command()
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Output directory.")],
-    to: Annotated[str, typer.Option("--to", help="parquet, webdataset, jsonl or folder.")] = "parquet",
+    to: Annotated[str, typer.Option("--to", help=TO_HELP)] = "parquet",
     n: Annotated[int, typer.Option("--n", help="Number of samples.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same images.")] = 0,
     text_file: Annotated[

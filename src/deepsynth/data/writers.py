@@ -1,4 +1,5 @@
-"""Write Samples as Parquet shards, WebDataset tar shards, a JSONL manifest + images, or a .gt.txt folder.
+"""Write Samples as Parquet shards, WebDataset tar shards, a JSONL manifest + images, a .gt.txt folder, or a
+Hugging Face ``datasets`` folder (``save_to_disk`` layout, ``load_from_disk`` reads it).
 
 Images are copied byte-for-byte when the sample came from an encoded source (see ``ImageRef``); decoded-only
 samples (synthetic ones) are written as PNG. Every writer is a context manager with ``write(sample)`` and
@@ -16,12 +17,13 @@ from deepsynth.data.images import sample_image_bytes
 from deepsynth.data.sample import Sample
 
 TAR_MTIME = 1_700_000_000
-WRITE_FORMATS = ("parquet", "webdataset", "jsonl", "folder")
+WRITE_FORMATS = ("parquet", "webdataset", "jsonl", "folder", "hf")
 _OWN_FILES = {
     "parquet": ("*.parquet",),
     "webdataset": ("*.tar",),
     "jsonl": ("manifest.jsonl", "images"),
     "folder": (),
+    "hf": ("data-*.arrow", "state.json", "dataset_info.json", ".hf-parts"),
 }
 
 
@@ -96,7 +98,7 @@ class ParquetShardWriter(_Writer):
         self._pa = pa
         self.schema = pa.schema(
             [(k, pa.string()) for k in ("id", "text")]
-            + [("image", pa.binary()), ("image_ext", pa.string())]
+            + [("image", self.image_type()), ("image_ext", pa.string())]
             + [(k, pa.string()) for k in ("language", "subset", "level", "meta")]
         )
         self._rows: list[dict[str, Any]] = []
@@ -104,12 +106,19 @@ class ParquetShardWriter(_Writer):
         self._writer = None
         self._in_shard = 0
         self.paths: list[Path] = []
+        self.parts_dir = self.out_dir
+
+    def image_type(self) -> Any:
+        return self._pa.binary()
+
+    def image_value(self, data: bytes, ext: str) -> Any:
+        return data
 
     def write(self, sample: Sample) -> None:
         data, ext = sample_image_bytes(sample)
         row = sample_fields(sample)
         row["meta"] = json.dumps(row["meta"], ensure_ascii=False)
-        row.update(image=data, image_ext=ext)
+        row.update(image=self.image_value(data, ext), image_ext=ext)
         self._rows.append(row)
         self._bytes += len(data)
         self.n += 1
@@ -129,7 +138,7 @@ class ParquetShardWriter(_Writer):
         import pyarrow.parquet as pq
 
         if self._writer is None:
-            path = self.out_dir / f"part-{len(self.paths):05d}.parquet"
+            path = self.parts_dir / f"part-{len(self.paths):05d}.parquet"
             self.paths.append(path)
             self._writer = pq.ParquetWriter(path, self.schema)
         self._writer.write_table(self._pa.Table.from_pylist(self._rows, schema=self.schema))
@@ -221,6 +230,56 @@ class FolderWriter(_Writer):
         return [self.out_dir]
 
 
+class HFDatasetWriter(ParquetShardWriter):
+    """A ``datasets`` folder (``save_to_disk``): streamed into Parquet parts first (bounded memory), turned into
+    Arrow shards by ``datasets`` on close. ``image`` is a ``datasets.Image`` column holding the original bytes."""
+
+    fmt = "hf"
+
+    def __init__(self, out_dir: str | Path, *, shard_size: int = 1000, overwrite: bool = False):
+        import pyarrow as pa
+
+        self._pa = pa
+        super().__init__(out_dir, shard_size=shard_size, overwrite=overwrite)
+        self.parts_dir = self.out_dir / ".hf-parts"
+        self.parts_dir.mkdir()
+        self._saved: list[Path] | None = None
+
+    def image_type(self) -> Any:
+        return self._pa.struct([("bytes", self._pa.binary()), ("path", self._pa.string())])
+
+    def image_value(self, data: bytes, ext: str) -> Any:
+        return {"bytes": data, "path": f"{self.n:09d}.{ext}"}
+
+    def close(self) -> list[Path]:
+        if self._saved is not None:
+            return self._saved
+        import shutil
+
+        import datasets
+
+        parts = super().close()
+        features = datasets.Features(
+            {
+                "id": datasets.Value("string"),
+                "text": datasets.Value("string"),
+                "image": datasets.Image(),
+                **{k: datasets.Value("string") for k in ("image_ext", "language", "subset", "level", "meta")},
+            }
+        )
+        if parts:
+            ds = datasets.Dataset.from_parquet(
+                [str(p) for p in parts], features=features, cache_dir=str(self.parts_dir / "cache")
+            )
+        else:
+            ds = datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+        ds.save_to_disk(str(self.out_dir), max_shard_size="500MB")
+        del ds
+        shutil.rmtree(self.parts_dir)
+        self._saved = sorted(self.out_dir.glob("data-*.arrow"))
+        return self._saved
+
+
 def open_writer(fmt: str, out_dir: str | Path, *, shard_size: int = 1000, overwrite: bool = False) -> _Writer:
     """A writer for one of WRITE_FORMATS; refuses to mix with earlier output in ``out_dir`` unless overwrite."""
     classes = {
@@ -228,6 +287,7 @@ def open_writer(fmt: str, out_dir: str | Path, *, shard_size: int = 1000, overwr
         "webdataset": WebDatasetShardWriter,
         "jsonl": JsonlWriter,
         "folder": FolderWriter,
+        "hf": HFDatasetWriter,
     }
     if fmt not in classes:
         raise ValueError(f"unknown output format {fmt!r} (choose from {', '.join(WRITE_FORMATS)})")
