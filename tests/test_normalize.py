@@ -61,6 +61,12 @@ def test_omnidocbench_text_block_normalisation():
     # only word characters and CJK survive: spaces, punctuation and escaped tabs/newlines go
     assert norm("Hello, World!\\n 你好，世界。 x_1 café") == "HelloWorld你好世界x_1café"
     assert norm("a\tb/nc") == "abc"
+    # inline LaTeX becomes Unicode first (pylatexenc), as OmniDocBench's textblock2unicode does
+    assert norm("Let $\\alpha_1$ be \\(\\beta^2\\) or $x$.") == "Letα_1beβ2orx"
+    latex = get_normalizer("latex_inline")
+    assert latex("with $\\sqrt{x}$ for $10$") == "with √(x) for $10$"  # no \\ ^ _ in $10$: kept
+    assert latex("$5 and $x^2$") == "$5 and $x^2$"  # dollars pair left to right, as in OmniDocBench
+    assert latex("$a\\_b$ and $\\frac{a}{b}$") == "$a\\_b$ and a/b"  # escaped _ dropped: no math left
 
 
 def test_olmocr_bench_normalisation():

@@ -78,10 +78,35 @@ def _jiwer_standardize(text: str) -> str:
 _OMNI_KEEP = re.compile(r"[^\w\u4e00-\u9fff]")
 
 
+_INLINE_MATH = re.compile(r"\$(.*?)\$|\\\((.*?)\\\)")
+_LATEX_ESCAPED = re.compile(r"\\[\\_&%^]")
+
+
+def _latex_inline(text: str) -> str:
+    r"""OmniDocBench ``textblock2unicode``: each inline formula (``$...$`` or ``\(...\)``) that holds a
+    ``\``, ``^`` or ``_`` is replaced by pylatexenc's Unicode text of it (``$\alpha_1$`` → ``α_1``). As there,
+    escaped ``\\ \_ \& \% \^`` are dropped first, and a formula pylatexenc cannot read stays as it was."""
+    try:
+        from pylatexenc.latex2text import LatexNodes2Text
+    except ImportError as exc:  # pragma: no cover - pylatexenc is in the eval extra
+        raise ImportError("the latex_inline step needs pylatexenc: pip install 'deepsynth[eval]'") from exc
+    out, last = [], 0
+    for m in _INLINE_MATH.finditer(text):
+        body = _LATEX_ESCAPED.sub("", m.group(1) if m.group(1) is not None else m.group(2))
+        if not any(c in body for c in "\\^_"):
+            continue
+        try:
+            converted = LatexNodes2Text().latex_to_text(body + " " if body.endswith("\\") else body)
+        except Exception:  # noqa: BLE001 - unreadable LaTeX is kept verbatim, as OmniDocBench does
+            continue
+        out += [text[last : m.start()], converted.strip()]
+        last = m.end()
+    return "".join(out) + text[last:]
+
+
 def _omnidocbench_text(text: str) -> str:
     r"""OmniDocBench ``clean_string`` for text blocks: drop literal ``\t``/``\n``/``/t``/``/n`` escapes and
-    tabs/newlines, then keep only word characters (letters, digits, ``_``) and CJK ideographs.
-    (OmniDocBench first converts inline ``$...$`` LaTeX to Unicode with pylatexenc; not reproduced here.)"""
+    tabs/newlines, then keep only word characters (letters, digits, ``_``) and CJK ideographs."""
     for token in ("\\t", "\\n", "\t", "\n", "/t", "/n"):
         text = text.replace(token, "")
     return _OMNI_KEEP.sub("", text)
@@ -132,6 +157,7 @@ STEPS: dict[str, Normalizer] = {
     "jiwer_default": _jiwer_default,
     "jiwer_standardize": _jiwer_standardize,
     "omnidocbench_text": _omnidocbench_text,
+    "latex_inline": _latex_inline,
     "olmocr_text": _olmocr_bench,
     "drop_spaces": lambda s: s.replace(" ", ""),
     "paddle_filter": _paddle_filter,
@@ -141,7 +167,8 @@ STEPS: dict[str, Normalizer] = {
 PRESETS: dict[str, str] = {
     "jiwer": "jiwer_default",  # jiwer 4's default transform (what wer/cer already tokenise by)
     "jiwer_standard": "jiwer_standardize",
-    "omnidocbench": "omnidocbench_text",  # text blocks; pair with ned (OmniDocBench "Edit_dist")
+    # text blocks (inline LaTeX → Unicode, then clean_string); pair with ned (OmniDocBench "Edit_dist")
+    "omnidocbench": "latex_inline+omnidocbench_text",
     "olmocr": "olmocr_text",
     "paddleocr": "drop_spaces",  # RecMetric default ignore_space=True; pair with ned / exact_match
     "paddleocr_filter": "drop_spaces+paddle_filter",  # RecMetric(is_filter=True)
