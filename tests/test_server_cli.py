@@ -60,3 +60,43 @@ def test_serve_command_end_to_end(shared_data, tmp_path):
     # uvicorn re-raises SIGTERM after its graceful shutdown, so the exit status is 0 or -SIGTERM
     assert code in (0, -signal.SIGTERM), text
     assert "Application shutdown complete" in text and "Traceback" not in text
+
+
+@pytest.mark.slow
+def test_serve_exits_with_status_1_when_its_model_process_dies(tmp_path):
+    """The model runs in a child process; if it dies, the server answers 503 and exits (status 1) so that
+    docker / systemd / Kubernetes restart it, instead of staying up unable to serve."""
+    import os
+    from pathlib import Path
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "deepsynth.cli.main", "serve", "--model", "deepseek_ocr2:tiny"]
+    cmd += ["--port", str(port), "--threads", "1", "--max-new-tokens", "4"]
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.ConnectError:
+                pass
+            assert time.monotonic() < deadline, "server never became ready"
+            time.sleep(0.2)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        # the model process (multiprocessing's resource tracker is a child too)
+        (child,) = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        os.kill(int(child), signal.SIGKILL)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert code == 1, text
+    assert "the model process has exited" in text and "Traceback" not in text

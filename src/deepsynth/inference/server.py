@@ -34,6 +34,7 @@ from deepsynth.inference.inputs import (
     decode_file,
     is_pdf,
 )
+from deepsynth.inference.model_process import ModelProcessDied
 from deepsynth.inference.service import OCRService
 from deepsynth.models.base import Prediction
 
@@ -53,6 +54,7 @@ class ServerSettings:
     pdf_dpi: float = 150.0
     warmup: bool = True
     drain_timeout_s: float = 30.0
+    engine_check_s: float = 1.0  # how often the server checks that the model process is alive
 
     def limits(self, dpi: float | None = None) -> InputLimits:
         return InputLimits(
@@ -162,12 +164,26 @@ def create_app(service: OCRService, settings: ServerSettings | None = None) -> F
                 log.exception("service failed to start")
                 state["startup_error"] = f"{type(exc).__name__}: {exc}"
 
+        async def watch_engine() -> None:
+            """A dead model process is fatal (as in vLLM): stop the server so its supervisor restarts it."""
+            while getattr(service.engine, "alive", True):
+                await asyncio.sleep(settings.engine_check_s)
+            log.error(
+                "the model process has exited; shutting the server down", extra={"model": service.model_id}
+            )
+            app.state.fatal = service.not_ready_reason
+            on_fatal = getattr(app.state, "on_fatal", None)
+            if on_fatal is not None:
+                on_fatal()
+
         starter = asyncio.create_task(start())
+        watcher = asyncio.create_task(watch_engine())
         try:
             yield
         finally:
-            if not starter.done():
-                starter.cancel()
+            for task in (starter, watcher):
+                if not task.done():
+                    task.cancel()
             await asyncio.wait_for(service.aclose(drain=True), settings.drain_timeout_s)
 
     app = FastAPI(title="DeepSynth OCR", version=_version(), lifespan=lifespan)
@@ -191,7 +207,7 @@ def create_app(service: OCRService, settings: ServerSettings | None = None) -> F
                 response = _fail(ctx, exc.status, exc.kind, str(exc), exc.param)
             except QueueFull as exc:
                 response = _fail(ctx, 429, "queue_full", str(exc), headers={"Retry-After": "1"})
-            except (BatcherClosed, _Unavailable) as exc:
+            except (BatcherClosed, _Unavailable, ModelProcessDied) as exc:
                 response = _fail(ctx, 503, "unavailable", str(exc), headers={"Retry-After": "5"})
             except TimeoutError as exc:
                 response = _fail(ctx, 504, "timeout", str(exc) or "the model did not answer in time")
@@ -314,6 +330,7 @@ def create_app(service: OCRService, settings: ServerSettings | None = None) -> F
 
     app.state.service = service
     app.state.settings = settings
+    app.state.fatal = None
     return app
 
 
@@ -610,7 +627,7 @@ def run(service: OCRService, settings: ServerSettings | None = None) -> None:
     app = create_app(service, settings)
     # uvicorn's access log is off: every request is already logged once, as JSON with its request id and
     # timings, by deepsynth.observability (a second plain-text line per request costs CPU on the event loop)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -618,3 +635,8 @@ def run(service: OCRService, settings: ServerSettings | None = None) -> None:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
+    server = uvicorn.Server(config)
+    app.state.on_fatal = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if app.state.fatal:
+        raise SystemExit(f"error: {app.state.fatal}")  # exit status 1: docker/systemd/k8s restart the server
