@@ -138,3 +138,42 @@ def test_real_rapidocr_reads_real_lines(shared_data, tmp_path: Path):
     hyps = {Path(x["input"]).name: x["text"] for x in records(out)}
     names = sorted(refs)
     assert cer([refs[n] for n in names], [hyps[n] for n in names]) < 0.05
+
+
+def test_decode_ahead_decodes_in_order_on_a_background_thread(inputs: Path, monkeypatch):
+    import threading
+
+    from deepsynth.inference import batch_files
+    from deepsynth.inference.inputs import InputLimits
+
+    (inputs / "broken.png").write_bytes(b"\x89PNG not really")
+    threads: set[str] = set()
+    real = batch_files.decode_file
+
+    def spy(*args, **kw):
+        threads.add(threading.current_thread().name)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(batch_files, "decode_file", spy)
+    paths = expand_paths([str(inputs)])
+    got = list(batch_files.decode_ahead(paths, InputLimits(), ahead=1))
+    assert [p for p, _, _ in got] == paths  # input order, whatever the decode timing
+    by_name = {p.name: item for p, item, _ in got}
+    assert len(by_name["doc.pdf"]) == 2 and isinstance(by_name["broken.png"], str)
+    assert "broken.png" in by_name["broken.png"]  # the error names the file
+    assert threads == {"deepsynth-decode"}
+
+    def boom(*args, **kw):
+        raise RuntimeError("decoder crashed")
+
+    monkeypatch.setattr(batch_files, "decode_file", boom)
+    stream = batch_files.decode_ahead(paths, InputLimits())
+    with pytest.raises(
+        RuntimeError, match="decoder crashed"
+    ):  # not InputError/OSError: surfaces, not skipped
+        next(stream)
+    first_two = batch_files.decode_ahead(paths, InputLimits(), ahead=1)
+    monkeypatch.setattr(batch_files, "decode_file", real)
+    next(first_two)
+    first_two.close()  # stopping early ends the worker thread
+    assert not any(t.name == "deepsynth-decode" for t in threading.enumerate())

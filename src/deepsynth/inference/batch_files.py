@@ -2,16 +2,21 @@
 
 Resumable: inputs that already have an ``"status": "ok"`` record in the output JSONL are skipped; inputs that
 failed are tried again (readers should take the last record per input). Pages of several small files are
-batched together; a failing batch is retried file by file so one bad file only fails its own record.
+batched together; a failing batch is retried file by file so one bad file only fails its own record. Files are
+read and decoded (PDFs rendered) in a background thread a few files ahead of the model, so decoding overlaps
+with model calls (Pillow's decoders, pdfium and torch all release the GIL while they work).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+import queue
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +107,47 @@ class BatchSummary:
             "pages_per_second": round(self.pages / self.seconds, 3) if self.seconds else None,
             "errors": self.errors,
         }
+
+
+def decode_ahead(
+    paths: Sequence[Path], limits: InputLimits, ahead: int = 2
+) -> Iterator[tuple[Path, list[PageInput] | str, float]]:
+    """Yield ``(path, pages or error message, decode seconds)`` in order, decoding up to ``ahead`` files ahead
+    in a background thread. Unreadable or undecodable files yield their error message; anything else raised
+    while decoding is re-raised here."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=max(1, ahead))
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for path in paths:
+                if stop.is_set():
+                    return
+                t0 = time.perf_counter()
+                try:
+                    item: list[PageInput] | str = decode_file(path.read_bytes(), path.name, None, limits)
+                except InputError as exc:
+                    item = str(exc)
+                except OSError as exc:
+                    item = f"cannot read {path}: {exc}"
+                q.put((path, item, time.perf_counter() - t0))
+            q.put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            q.put(exc)
+
+    thread = threading.Thread(target=work, name="deepsynth-decode", daemon=True)
+    thread.start()
+    try:
+        while (entry := q.get()) is not None:
+            if isinstance(entry, BaseException):
+                raise entry
+            yield entry
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a worker waiting on a full queue, then let it see ``stop``
+            with contextlib.suppress(queue.Empty):
+                q.get_nowait()
+            thread.join(0.01)
 
 
 def _output_name(path: Path, root: Path | None) -> Path:
@@ -203,18 +249,12 @@ def ocr_files(
                         fail(path, f"model error: {type(exc).__name__}: {exc}")
             pending.clear()
 
-        for path in todo:
-            t0 = time.perf_counter()
-            try:
-                data = path.read_bytes()
-                pages = decode_file(data, path.name, None, limits)
-            except InputError as exc:
-                fail(path, str(exc))
+        for path, pages, decode_s in decode_ahead(todo, limits):
+            if isinstance(pages, str):
+                fail(path, pages)
                 continue
-            except OSError as exc:
-                fail(path, f"cannot read {path}: {exc}")
-                continue
-            pending.append((path, pages, t0))
+            # a file's seconds = its decoding + from then until its record is written (as when decoded inline)
+            pending.append((path, pages, time.perf_counter() - decode_s))
             if sum(len(p) for _, p, _ in pending) >= batch_pages:
                 flush()
         flush()
