@@ -280,13 +280,6 @@ def test_grounding_output_becomes_text_and_regions():
     assert parse_grounding("plain text ") == ("plain text", [])
 
 
-def test_retry_truncated_regenerates_unfinished_outputs(tiny):
-    gen = GenerationConfig(max_new_tokens=2, retry_truncated=1)
-    preds = tiny.recognize([line_image("abc"), line_image("xyz")], gen)
-    for p in preds:
-        assert p.finished or p.meta.get("retries") == 1
-
-
 def test_non_native_checkpoint_gets_a_hint(tmp_path):
     import json
 

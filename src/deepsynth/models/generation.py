@@ -23,7 +23,8 @@ class GenerationConfig:
     image_size: int | None = None
     crop_mode: bool | None = None
     prompt: str | None = None
-    # olmOCR-style retry when the output hits max_new_tokens without an end token
+    # olmOCR-style retries of outputs that hit max_new_tokens without an end token (or loop). Applied by
+    # OCRService, the one retry policy for every engine (deepsynth.inference.guard); engines ignore it.
     retry_truncated: int = 0
     # repetition guard: flag (and on retry, raise no_repeat_ngram_size for) outputs with a repeated n-gram
     repetition_ngram: int = 8

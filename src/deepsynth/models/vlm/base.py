@@ -358,10 +358,8 @@ class VLMAdapter:
         prompt = self.resolve_prompt(gen.prompt) if gen.prompt else self.prompt
         was_training = self.model.training
         self.model.eval()
-        try:
+        try:  # retries (gen.retry_truncated) are OCRService's job: one policy for every engine
             preds = self._decode(*self.generate_ids(images, gen, prompt), gen)
-            if gen.retry_truncated:
-                preds = self._retry(images, gen, prompt, preds)
         finally:
             self.model.train(was_training)
         return preds
@@ -407,26 +405,6 @@ class VLMAdapter:
     def postprocess(self, token_ids: list[int]) -> tuple[str, list[dict[str, Any]]]:
         """Generated ids → (text, per-region lines). Families with structured output override this."""
         return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip(), []
-
-    def _retry(
-        self, images: Sequence[Image.Image], gen: GenerationConfig, prompt: str, preds: list[Prediction]
-    ) -> list[Prediction]:
-        """olmOCR-style: regenerate unfinished outputs with a stronger n-gram block, keep the better one."""
-        from dataclasses import replace
-
-        for attempt in range(gen.retry_truncated):
-            todo = [i for i, p in enumerate(preds) if p.finished is False]
-            if not todo:
-                break
-            stronger = replace(
-                gen, no_repeat_ngram_size=max(gen.no_repeat_ngram_size, gen.repetition_ngram) + attempt
-            )
-            again = self._decode(*self.generate_ids([images[i] for i in todo], stronger, prompt), stronger)
-            for i, p in zip(todo, again, strict=True):
-                p.meta["retries"] = preds[i].meta["retries"] = attempt + 1
-                if p.finished:
-                    preds[i] = p
-        return preds
 
     def logits(self, batch: dict[str, Any]) -> torch.Tensor:
         """Logits for a collated batch (no grad, eval mode) — used by parity checks."""
