@@ -20,6 +20,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_serve(args: list[str], log_path, timeout_s: float = 120) -> tuple[subprocess.Popen, str]:
+    """`deepsynth serve ARGS` on a free port, logging to ``log_path``; returns once /readyz answers 200."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "deepsynth.cli.main", "serve", *args, "--port", str(port)]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited early:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return proc, url
+        except httpx.ConnectError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("server never became ready")
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_serve_command_end_to_end(shared_data, tmp_path):
     import io
@@ -27,23 +49,9 @@ def test_serve_command_end_to_end(shared_data, tmp_path):
     ((img, truth),) = fondue_lines(shared_data, 1)
     buf = io.BytesIO()
     img.save(buf, "PNG")
-    port = _free_port()
-    cmd = [sys.executable, "-m", "deepsynth.cli.main", "serve", "--model", "rapidocr", "--port", str(port)]
-    cmd += ["--token", "t0ken", "--max-batch-size", "4", "--max-wait-ms", "5"]
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    args = ["--model", "rapidocr", "--token", "t0ken", "--max-batch-size", "4", "--max-wait-ms", "5"]
+    proc, url = _start_serve(args, tmp_path / "serve.log")
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.ConnectError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.2)
         files = {"file": ("line.png", buf.getvalue(), "image/png")}
         assert httpx.post(f"{url}/v1/ocr", files=files).status_code == 401
         r = httpx.post(f"{url}/v1/ocr", files=files, headers={"Authorization": "Bearer t0ken"}, timeout=60)
@@ -55,7 +63,6 @@ def test_serve_command_end_to_end(shared_data, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
-        log.close()
     text = (tmp_path / "serve.log").read_text()
     # uvicorn re-raises SIGTERM after its graceful shutdown, so the exit status is 0 or -SIGTERM
     assert code in (0, -signal.SIGTERM), text
@@ -69,25 +76,9 @@ def test_serve_exits_with_status_1_when_its_model_process_dies(tmp_path):
     import os
     from pathlib import Path
 
-    port = _free_port()
-    cmd = [sys.executable, "-m", "deepsynth.cli.main", "serve", "--model", "deepseek_ocr2:tiny"]
-    cmd += ["--port", str(port), "--threads", "1", "--max-new-tokens", "4"]
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-    )
-    url = f"http://127.0.0.1:{port}"
+    args = ["--model", "deepseek_ocr2:tiny", "--threads", "1", "--max-new-tokens", "4"]
+    proc, _ = _start_serve(args, tmp_path / "serve.log")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.ConnectError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.2)
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         # the model process (multiprocessing's resource tracker is a child too)
         (child,) = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
@@ -96,7 +87,6 @@ def test_serve_exits_with_status_1_when_its_model_process_dies(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-        log.close()
     text = (tmp_path / "serve.log").read_text()
     assert code == 1, text
     assert "the model process has exited" in text and "Traceback" not in text
