@@ -43,6 +43,7 @@ def test_child_process_reads_like_the_engine_in_process(engine):
     assert [p.text for p in remote] == [p.text for p in local]
     assert [p.num_tokens for p in remote] == [p.num_tokens for p in local] == [6, 6, 6]
     assert all(p.finished is False for p in remote)
+    assert engine.gpu_memory() == []  # reported with every reply; nothing on a CPU
 
 
 def test_batches_sent_from_several_threads_come_back_to_their_callers(engine):

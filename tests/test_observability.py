@@ -274,3 +274,33 @@ def test_cancelled_request_is_counted_as_cancelled_not_as_failure():
     )
     assert s[("deepsynth_errors_total", (("model", "m"), ("type", "cancelled")))] == 1
     assert s[("deepsynth_requests_in_flight", (("model", "m"), ("route", "/v1/ocr")))] == 0
+
+
+def test_gpu_memory_comes_from_the_engine_that_holds_the_model():
+    """With the model in its own process, the server process holds no CUDA memory: the service points the
+    gauge at the engine's own report (ProcessEngine.gpu_memory)."""
+    from deepsynth.inference.service import OCRService
+    from tests.serving_engines import ColourEngine
+
+    class ReportingEngine(ColourEngine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.readings = [("0", "allocated", 1.5e9), ("0", "reserved", 2.0e9)]
+
+        def gpu_memory(self):
+            return self.readings
+
+    engine = ReportingEngine()
+    obs = Observability("colour")
+
+    def gauge() -> dict:
+        text = obs.exposition()[0].decode()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        fam = fams.get("deepsynth_gpu_memory_bytes")
+        return {} if fam is None else {s.labels["kind"]: s.value for s in fam.samples}
+
+    assert gauge() == {}  # no torch+CUDA in this process
+    OCRService(engine, obs=obs)
+    assert gauge() == {"allocated": 1.5e9, "reserved": 2.0e9}
+    engine.readings = [("0", "allocated", 3.0e9)]  # read at scrape time
+    assert gauge() == {"allocated": 3.0e9}

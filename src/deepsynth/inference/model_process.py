@@ -51,6 +51,7 @@ def _child_main(conn: Connection, spec: str, engine_kwargs: dict[str, Any], thre
 
         torch.set_num_threads(threads)
     from deepsynth.inference.service import load_model
+    from deepsynth.observability.metrics import local_gpu_memory
 
     try:
         engine = load_model(spec, **engine_kwargs)
@@ -67,9 +68,9 @@ def _child_main(conn: Connection, spec: str, engine_kwargs: dict[str, Any], thre
             return
         images, generation = msg
         try:
-            reply = ("ok", list(engine.recognize(images, generation)))
+            reply = ("ok", list(engine.recognize(images, generation)), local_gpu_memory())
         except Exception as exc:  # noqa: BLE001 - the parent re-raises it for the batch's callers
-            reply = ("error", _portable(exc))
+            reply = ("error", _portable(exc), local_gpu_memory())
         conn.send(reply)
 
 
@@ -110,10 +111,11 @@ class ProcessEngine:
         self._turn = threading.Condition()  # replies arrive in send order: each caller waits for its turn
         self._sent = self._received = 0
         self._closed = False
+        self._gpu_memory: list[tuple[str, str, float]] = []
         if not self._conn.poll(start_timeout_s):
             self.close()
             raise TimeoutError(f"model process for {spec!r} did not load within {start_timeout_s:g} s")
-        status, payload = self._receive()
+        status, payload = self._receive()[:2]
         if status == "error":
             self.close()
             raise payload
@@ -145,7 +147,7 @@ class ProcessEngine:
         with self._turn:
             self._turn.wait_for(lambda: self._received == ticket)
             try:
-                status, payload = self._receive()
+                status, payload, self._gpu_memory = self._receive()
             finally:
                 self._received += 1
                 self._turn.notify_all()
@@ -153,7 +155,11 @@ class ProcessEngine:
             raise payload
         return payload
 
-    def _receive(self) -> tuple[str, Any]:
+    def gpu_memory(self) -> list[tuple[str, str, float]]:
+        """The model process's CUDA memory (device, kind, bytes) as of its last batch; [] on CPU."""
+        return list(self._gpu_memory)
+
+    def _receive(self) -> tuple[Any, ...]:
         try:
             return self._conn.recv()
         except (EOFError, OSError) as exc:

@@ -24,7 +24,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -231,6 +231,11 @@ class Observability:
         if self.metrics is not None:
             self.metrics.batch_size.observe(size)
             self.metrics.queue_depth.set(queue_depth)
+
+    def set_gpu_memory_source(self, source: Callable[[], list[tuple[str, str, float]]]) -> None:
+        """Where ``deepsynth_gpu_memory_bytes`` comes from (e.g. the model process's last report)."""
+        if self.metrics is not None:
+            self.metrics.gpu_memory.source = source
 
     def record_queue_depth(self, depth: int) -> None:
         if self.metrics is not None:

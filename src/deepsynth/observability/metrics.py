@@ -8,7 +8,7 @@ collide; pass ``registry=`` to share one.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -38,23 +38,41 @@ METRIC_NAMES = (
 )
 
 
-class GpuMemoryCollector:
-    """``deepsynth_gpu_memory_bytes{device,kind}`` read at scrape time; empty unless torch+CUDA are in use.
+GpuReading = tuple[str, str, float]  # (device, kind, bytes)
+
+
+def local_gpu_memory() -> list[GpuReading]:
+    """CUDA memory of this process per device (allocated, reserved, max_allocated); [] without torch+CUDA.
 
     It never imports torch itself (that costs seconds): an engine that runs on CUDA has already imported it.
     """
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return []
+    out = []
+    for i in range(torch.cuda.device_count()):
+        out.append((str(i), "allocated", float(torch.cuda.memory_allocated(i))))
+        out.append((str(i), "reserved", float(torch.cuda.memory_reserved(i))))
+        out.append((str(i), "max_allocated", float(torch.cuda.max_memory_allocated(i))))
+    return out
+
+
+class GpuMemoryCollector:
+    """``deepsynth_gpu_memory_bytes{device,kind}`` read at scrape time from ``source`` (this process by
+    default; the model process's last report when the model runs in its own process)."""
+
+    def __init__(self, source: Callable[[], list[GpuReading]] = local_gpu_memory) -> None:
+        self.source = source
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        torch = sys.modules.get("torch")
-        if torch is None or not torch.cuda.is_available():
+        readings = self.source()
+        if not readings:
             return
         fam = GaugeMetricFamily(
-            "deepsynth_gpu_memory_bytes", "CUDA memory held by this process.", labels=["device", "kind"]
+            "deepsynth_gpu_memory_bytes", "CUDA memory held by the model.", labels=["device", "kind"]
         )
-        for i in range(torch.cuda.device_count()):
-            fam.add_metric([str(i), "allocated"], float(torch.cuda.memory_allocated(i)))
-            fam.add_metric([str(i), "reserved"], float(torch.cuda.memory_reserved(i)))
-            fam.add_metric([str(i), "max_allocated"], float(torch.cuda.max_memory_allocated(i)))
+        for device, kind, value in readings:
+            fam.add_metric([device, kind], value)
         yield fam
 
     def describe(self) -> list:
@@ -128,7 +146,8 @@ class ServiceMetrics:
         self._error_children: dict[str, Counter] = {}
         if registry is None:  # process_* metrics only on our own registry (they are per process)
             ProcessCollector(registry=r)
-        r.register(GpuMemoryCollector())
+        self.gpu_memory = GpuMemoryCollector()
+        r.register(self.gpu_memory)
 
     def route(self, route: str) -> tuple:
         """(duration histogram, in-flight gauge) children for a route, cached."""
