@@ -23,6 +23,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from deepsynth.observability import Observability
+from deepsynth.observability.metrics import local_gpu_memory
 from deepsynth.observability.training_metrics import PrometheusTracker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,8 @@ def _full_exposition() -> str:
     obs.record_error("bad_image")
     obs._count_stored()
     obs._count_deleted("max_count")
+    # the model in its own process (this test process stands in for it)
+    obs.watch_model_process(os.getpid, local_gpu_memory)
     fake_cuda = types.SimpleNamespace(
         is_available=lambda: True,
         device_count=lambda: 1,
@@ -214,6 +217,7 @@ def test_dashboard_queries_run_on_a_real_prometheus(tmp_path):
     from prometheus_client import start_http_server
 
     obs = Observability("rapidocr")
+    obs.watch_model_process(os.getpid, local_gpu_memory)  # this process stands in for the model process
     server, _ = start_http_server(0, addr="127.0.0.1", registry=obs.metrics.registry)
     target_port = server.server_port
 

@@ -57,6 +57,18 @@ def test_batches_sent_from_several_threads_come_back_to_their_callers(engine):
     assert got == expected
 
 
+def test_metrics_show_the_model_process_cpu_and_memory(engine):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    obs = Observability(SPEC)
+    OCRService(engine, model_id=SPEC, obs=obs, owns_engine=False)
+    fams = {f.name: f for f in text_string_to_metric_families(obs.exposition()[0].decode())}
+    rss = fams["deepsynth_model_process_resident_memory_bytes"].samples[0].value
+    own = fams["process_resident_memory_bytes"].samples[0].value
+    assert rss > 50e6 and rss != own  # the child holds torch and the model; not this process's number
+    assert fams["deepsynth_model_process_cpu_seconds"].samples[0].value > 0
+
+
 def test_engine_error_comes_back_with_its_type(engine):
     bad = GenerationConfig(max_new_tokens=4, num_beams=0)
     with pytest.raises(Exception) as in_process:

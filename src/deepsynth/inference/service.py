@@ -124,8 +124,8 @@ class OCRService:
 
             obs = Observability.from_env(model_id=self.model_id)
         self.obs = obs
-        if callable(getattr(engine, "gpu_memory", None)) and hasattr(obs, "set_gpu_memory_source"):
-            obs.set_gpu_memory_source(engine.gpu_memory)  # the model's memory lives in its own process
+        if callable(getattr(engine, "gpu_memory", None)) and hasattr(obs, "watch_model_process"):
+            obs.watch_model_process(lambda: getattr(engine, "pid", None), engine.gpu_memory)  # own process
         self.batcher: AsyncBatcher[tuple[Image.Image, GenerationConfig], Prediction] = AsyncBatcher(
             self._run_batch,
             max_batch_size=max_batch_size,

@@ -232,10 +232,13 @@ class Observability:
             self.metrics.batch_size.observe(size)
             self.metrics.queue_depth.set(queue_depth)
 
-    def set_gpu_memory_source(self, source: Callable[[], list[tuple[str, str, float]]]) -> None:
-        """Where ``deepsynth_gpu_memory_bytes`` comes from (e.g. the model process's last report)."""
+    def watch_model_process(
+        self, pid: Callable[[], int | None], gpu_memory: Callable[[], list[tuple[str, str, float]]]
+    ) -> None:
+        """The model runs in another process: export its CPU and memory as ``deepsynth_model_process_*`` and
+        take ``deepsynth_gpu_memory_bytes`` from its report (this process holds no CUDA memory)."""
         if self.metrics is not None:
-            self.metrics.gpu_memory.source = source
+            self.metrics.watch_model_process(pid, gpu_memory)
 
     def record_queue_depth(self, depth: int) -> None:
         if self.metrics is not None:

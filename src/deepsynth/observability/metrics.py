@@ -149,6 +149,14 @@ class ServiceMetrics:
         self.gpu_memory = GpuMemoryCollector()
         r.register(self.gpu_memory)
 
+    def watch_model_process(
+        self, pid: Callable[[], int | None], gpu_memory: Callable[[], list[GpuReading]]
+    ) -> None:
+        """Export the model process's ``process_*`` metrics (prefixed ``deepsynth_model_``) and GPU memory."""
+        self.gpu_memory.source = gpu_memory
+        # a pid that is gone (or None) just yields no samples: prometheus_client skips unreadable /proc entries
+        ProcessCollector(namespace="deepsynth_model", pid=lambda: pid() or "none", registry=self.registry)
+
     def route(self, route: str) -> tuple:
         """(duration histogram, in-flight gauge) children for a route, cached."""
         child = self._route_children.get(route)
