@@ -73,7 +73,10 @@ def test_real_click_in_headless_chromium_reads_a_real_line(shared_data, tmp_path
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+            # Gradio is a single-page app: wait until it has mounted (network idle, the button drawn), or a
+            # file chosen before its upload handler is attached is silently ignored on a busy machine
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+            page.locator("#run").wait_for(timeout=30_000)
             page.locator("#upload input[type=file]").set_input_files(str(line))
             page.get_by_text("line.png").first.wait_for(timeout=30_000)
             page.locator("#run").click()
