@@ -83,8 +83,9 @@ def delete(
     if not ids:
         typer.echo("error: nothing to delete (give sample ids or a --request-id that has samples)", err=True)
         raise typer.Exit(1)
-    missing = [i for i in dict.fromkeys(ids) if not store.delete(i, reason=reason)]
-    deleted = len(dict.fromkeys(ids)) - len(missing)
+    ids = list(dict.fromkeys(ids))  # each id once, in the order given
+    missing = [i for i in ids if not store.delete(i, reason=reason)]
+    deleted = len(ids) - len(missing)
     typer.echo(f"deleted {deleted} sample(s)" + (f"; not found: {', '.join(missing)}" if missing else ""))
     if missing:
         raise typer.Exit(1)

@@ -237,9 +237,6 @@ class HFDatasetWriter(ParquetShardWriter):
     fmt = "hf"
 
     def __init__(self, out_dir: str | Path, *, shard_size: int = 1000, overwrite: bool = False):
-        import pyarrow as pa
-
-        self._pa = pa
         super().__init__(out_dir, shard_size=shard_size, overwrite=overwrite)
         self.parts_dir = self.out_dir / ".hf-parts"
         self.parts_dir.mkdir()

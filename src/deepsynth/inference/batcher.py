@@ -179,7 +179,7 @@ class AsyncBatcher(Generic[T, R]):
         ticket: Ticket[R] = Ticket(item=item, started=loop.create_future(), result=loop.create_future())
         self._inflight += 1
         self._queue.put_nowait(ticket)
-        if self._queue.qsize() >= self.max_batch_size:
+        if self.max_inflight > 1 and self._queue.qsize() >= self.max_batch_size:
             self._full_batch.set()
         return ticket
 
@@ -262,12 +262,16 @@ class AsyncBatcher(Generic[T, R]):
         """Return when the next batch may be gathered: no batch is running, or (pipelining) a slot is free
         and a full batch is already queued."""
         while running:
-            if len(running) < self.max_inflight and self._queue.qsize() >= self.max_batch_size:
+            slot_free = len(running) < self.max_inflight
+            if slot_free and self._queue.qsize() >= self.max_batch_size:
                 return
-            self._full_batch.clear()
-            waiter = asyncio.ensure_future(self._full_batch.wait())
-            done, _ = await asyncio.wait({*running, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
+            waits = set(running)
+            if slot_free:  # only then can a full batch end the wait early
+                self._full_batch.clear()
+                waits.add(asyncio.ensure_future(self._full_batch.wait()))
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for fut in pending - running:
+                fut.cancel()
             running -= done
 
     async def _execute(self, batch: list[Ticket[R]]) -> None:

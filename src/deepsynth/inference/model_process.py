@@ -15,7 +15,7 @@ batch to a child process (``multiprocessing`` spawn, one pipe) that owns the rea
   message (``ModelLoadError`` stays ``ModelLoadError``).
 * An engine error on a batch comes back as the same exception type (or a RuntimeError naming it).
 * If the child dies (killed, out of memory), calls raise :class:`ModelProcessDied` naming the exit code and
-  ``alive`` turns False, so ``/readyz`` answers 503 and an orchestrator can restart the server.
+  ``alive`` turns False: the server then answers 503 and exits with status 1, so its supervisor restarts it.
 * The child ignores Ctrl-C (the parent drains and then closes it) and exits when the pipe closes.
 """
 
