@@ -9,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.deepsynth-installed
-EXTRAS ?= train,serve,track,eval,dev
+EXTRAS ?= train,serve,track,eval,scale,dev
 APT_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra tesseract-ocr-deu \
                 fonts-dejavu-core fonts-noto-core chromium prometheus
 export MLFLOW_DISABLE_TELEMETRY := true
