@@ -1,7 +1,7 @@
 # DeepSynth: two commands do everything on a fresh machine.
 #   make demo   fine-tune the embedded PP-OCRv6 recogniser on real Fraktur lines, before/after CER, serve hint
 #   make test   the whole test suite (what CI runs)
-# Other targets: make bench, make lint, make deepseek-ocr-smoke, make system-deps, make clean
+# Other targets: make bench, make lint, make deepseek-ocr-smoke, make gpu-check, make system-deps, make clean
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -18,7 +18,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all install system-deps demo test test-fast bench lint deepseek-ocr-smoke clean
+.PHONY: all install system-deps demo test test-fast bench lint deepseek-ocr-smoke gpu-check clean
 
 all: install
 
@@ -61,6 +61,17 @@ lint: install
 
 deepseek-ocr-smoke: install
 	$(PY) -m deepsynth.cli.main train configs/deepseek_ocr2_smoke.yaml
+
+# Every CUDA-only path, each check in its own process with a timeout -> gpu_check.json (docs/models.md).
+# The gpu extra (flash-attn, unsloth) only installs where there is a GPU driver; without one every check says
+# SKIP(no CUDA) and the target still succeeds. MODEL=/path/to/checkpoint repeats the fine-tune checks on it.
+gpu-check: install
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+	  echo "nvidia-smi found: installing the gpu extra"; \
+	  $(PIP) install -q --no-build-isolation -e ".[$(EXTRAS),gpu]" \
+	  || echo "WARNING: installing the gpu extra failed (see above); the checks that need it report why"; \
+	else echo "no nvidia-smi (no GPU driver): the gpu extra is not installed, the GPU checks will skip"; fi
+	$(PY) -m deepsynth.cli.main doctor --gpu --out gpu_check.json $(if $(MODEL),--model $(MODEL))
 
 clean:
 	rm -rf $(VENV) runs outputs .pytest_cache

@@ -1,0 +1,52 @@
+"""The GPU checks of ``deepsynth doctor --gpu`` / ``make gpu-check``, in the order they run.
+
+Each runs in its own process (``runner.py``) and calls the library functions users call — the trainer with a
+recipe, ``export_merged``, ``deepsynth serve`` — on tiny models of the real architectures saved as local
+checkpoints (nothing is downloaded), or on ``--model PATH``. What each proves: ``docs/models.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deepsynth.doctor.runner import Check, CheckContext, Skip
+
+
+def cuda(ctx: CheckContext) -> dict[str, Any]:
+    """CUDA is visible to torch, and a bf16 matmul runs on it (the build has kernels for this GPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        build = f"torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}"
+        raise Skip(f"torch.cuda.is_available() is False; {build}")
+    props = torch.cuda.get_device_properties(0)
+    a = torch.randn(256, 256, device="cuda", dtype=torch.bfloat16)
+    value = float((a @ a).float().abs().sum())  # "no kernel image" for an unsupported GPU fails here
+    if value != value:
+        raise RuntimeError("bf16 matmul on CUDA gave NaN")
+    return {
+        "device": props.name,
+        "capability": f"{props.major}.{props.minor}",
+        "memory_gib": round(props.total_memory / 1024**3, 1),
+        "devices": torch.cuda.device_count(),
+        "bf16": torch.cuda.is_bf16_supported(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+    }
+
+
+_M = "deepsynth.doctor.gpu_checks"
+CHECKS: tuple[Check, ...] = (Check("cuda", f"{_M}:cuda", 120),)
+
+
+def select(only: list[str] | None = None, model: str | None = None) -> list[Check]:
+    """The checks to run: all (``cuda`` always first), or ``only`` these names; ``model`` adds the real-model ones."""
+    checks = list(CHECKS)
+    names = [c.name for c in checks]
+    if only:
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise ValueError(f"unknown check(s) {', '.join(unknown)}; known: {', '.join(names)}")
+        checks = [c for c in checks if c.name == "cuda" or c.name in only]
+    return checks

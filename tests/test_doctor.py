@@ -1,0 +1,176 @@
+"""`deepsynth doctor [--gpu]`: the CPU path of `make gpu-check`, and the runner's isolation (real processes that
+fail, crash or hang on purpose)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from deepsynth.doctor.fixtures import model_family
+from deepsynth.doctor.gpu_checks import CHECKS
+from deepsynth.doctor.runner import FAIL, PASS, SKIP, Check, CheckContext, run_checks, write_report
+
+PROBES = """
+import os, subprocess, sys, time
+from deepsynth.doctor.runner import Skip
+
+def ok(ctx):
+    return {"step_seconds": 0.25, "answer": 42, "workdir": ctx.workdir}
+
+def boom(ctx):
+    raise ValueError("boom: the check failed on purpose")
+
+def crash(ctx):
+    os._exit(3)
+
+def skip(ctx):
+    raise Skip("nothing to check here")
+
+def hang(ctx):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    open(os.path.join(ctx.workdir, "child.pid"), "w").write(str(child.pid))
+    time.sleep(600)
+"""
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.fixture()
+def probe_env(tmp_path: Path) -> dict[str, str]:
+    """A module of checks that pass, fail, crash, skip and hang, importable by the check processes."""
+    (tmp_path / "doctor_probes.py").write_text(textwrap.dedent(PROBES))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+
+
+def _run(checks, tmp_path, env, require_cuda=False):
+    lines: list[str] = []
+    ctx = CheckContext(str(tmp_path / "work"), require_cuda=require_cuda)
+    return run_checks(checks, ctx, echo=lines.append, env=env), lines, ctx
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").is_dir() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_each_outcome_is_reported_in_one_line_with_the_error(tmp_path, probe_env):
+    checks = [
+        Check("ok", "doctor_probes:ok"),
+        Check("boom", "doctor_probes:boom"),
+        Check("crash", "doctor_probes:crash"),
+        Check("skip", "doctor_probes:skip"),
+        Check("missing", "doctor_probes:no_such_check"),
+    ]
+    results, lines, ctx = _run(checks, tmp_path, probe_env)
+    by = {r.name: r for r in results}
+    assert [r.status for r in results] == [PASS, FAIL, FAIL, SKIP, FAIL]
+    assert by["ok"].step_seconds == 0.25 and by["ok"].details["answer"] == 42
+    assert by["ok"].details["workdir"] == str(tmp_path / "work" / "ok")  # each check has its own directory
+    assert by["boom"].reason == "ValueError: boom: the check failed on purpose"
+    assert "raise ValueError" in by["boom"].error  # the traceback goes into the JSON
+    assert by["crash"].reason.startswith("process exited with status 3 before reporting")
+    assert by["skip"].reason == "nothing to check here"
+    assert by["missing"].reason.startswith("AttributeError")
+    assert len(lines) == len(checks)
+    assert lines[0].startswith("PASS  ok") and "step 0.250 s" in lines[0]
+    assert lines[1].startswith("FAIL  boom") and "error: ValueError: boom" in lines[1]
+    assert lines[3] == f"SKIP  {'skip':<22} (nothing to check here)"
+
+    report = write_report(tmp_path / "out" / "gpu_check.json", results, ctx, {"device": "test"})
+    on_disk = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    assert on_disk["summary"] == {"pass": 1, "fail": 3, "skip": 1}
+    assert on_disk["checks"][0]["step_seconds"] == 0.25 and on_disk["device"] == "test"
+
+
+def test_a_hanging_check_is_killed_with_its_children_at_the_timeout(tmp_path, probe_env):
+    t0 = time.perf_counter()
+    results, lines, _ = _run(
+        [Check("hang", "doctor_probes:hang", timeout_s=6), Check("ok", "doctor_probes:ok")],
+        tmp_path,
+        probe_env,
+    )
+    assert time.perf_counter() - t0 < 60
+    hang, ok = results
+    assert hang.status == FAIL and hang.reason == "timed out after 6 s (killed)"
+    assert 6 <= hang.seconds < 30
+    pid = int((tmp_path / "work" / "hang" / "child.pid").read_text())
+    deadline = time.time() + 10
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(pid), "the hanging check's child process survived the timeout"
+    assert ok.status == PASS  # the next check still runs
+
+
+def test_a_first_check_that_skips_skips_every_other_check_when_cuda_is_required(tmp_path, probe_env):
+    checks = [Check("cuda", "doctor_probes:skip"), Check("ok", "doctor_probes:ok")]
+    results, lines, _ = _run(checks, tmp_path, probe_env, require_cuda=True)
+    assert [(r.status, r.reason) for r in results] == [(SKIP, "no CUDA"), (SKIP, "no CUDA")]
+    assert lines[0] == "no CUDA device visible (nothing to check here): every GPU check skipped"
+    assert not (tmp_path / "work" / "ok").exists()  # never started
+
+
+@pytest.mark.skipif(_cuda(), reason="this machine has CUDA: the checks would run for real")
+def test_doctor_gpu_without_cuda_skips_every_check_and_exits_0(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "deepsynth.cli.main", "doctor", "--gpu", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum("no CUDA device visible" in line for line in lines) == 1
+    skipped = [line for line in lines if line.startswith("SKIP  ")]
+    assert [line.split()[1] for line in skipped] == [c.name for c in CHECKS]
+    assert all(line.endswith("(no CUDA)") for line in skipped)
+    assert not any(line.startswith(("PASS", "FAIL")) for line in lines)
+    report = json.loads(out.read_text())
+    assert report["summary"] == {"pass": 0, "fail": 0, "skip": len(CHECKS)}
+    assert [(c["name"], c["status"], c["reason"]) for c in report["checks"]] == [
+        (c.name, SKIP, "no CUDA") for c in CHECKS
+    ]
+    assert report["packages"]["torch"] and report["device"]
+
+
+def test_doctor_prints_the_environment(tmp_path):
+    from typer.testing import CliRunner
+
+    from deepsynth.cli.main import app
+
+    res = CliRunner().invoke(app, ["doctor"])
+    assert res.exit_code == 0, res.output
+    import torch
+
+    assert f"torch         {torch.__version__}" in res.output
+    for tool in ("tesseract", "promtool", "chromium", "nvidia-smi"):
+        assert f"  {tool}" in res.output
+    assert not (tmp_path / "gpu_check.json").exists()
+    res = CliRunner().invoke(app, ["doctor", "--gpu", "--only", "nope"])
+    assert res.exit_code == 2 and "unknown check(s) nope" in res.output
+
+
+def test_model_family_of_a_local_checkpoint(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    assert model_family(str(tmp_path)) == ("qwen2_5_vl", str(tmp_path))
+    assert model_family(f"got_ocr2:{tmp_path}") == ("got_ocr2", str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="model_type 'llama' is not a DeepSynth family"):
+        model_family(str(tmp_path))
+    with pytest.raises(ValueError, match="no config.json"):
+        model_family(str(tmp_path / "missing"))
