@@ -34,7 +34,7 @@ def main() -> dict:
     from PIL import Image
 
     from deepsynth.inference import batch_files
-    from deepsynth.inference.inputs import InputLimits
+    from deepsynth.inference.batch_files import OFFLINE_LIMITS
     from deepsynth.inference.service import OCRService
     from deepsynth.models.generation import GenerationConfig
     from deepsynth.observability import Observability
@@ -54,7 +54,7 @@ def main() -> dict:
     service = OCRService("deepseek_ocr2:tiny", obs=Observability("bench", metrics=False))
     gen = GenerationConfig(max_new_tokens=32)
     service.warmup()
-    limits = InputLimits(max_pages=10_000, max_pixels=200_000_000, max_upload_bytes=2**40, pdf_dpi=150)
+    limits = OFFLINE_LIMITS
     ahead = batch_files.decode_ahead
     rounds = []
     try:

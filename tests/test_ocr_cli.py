@@ -144,7 +144,7 @@ def test_decode_ahead_decodes_in_order_on_a_background_thread(inputs: Path, monk
     import threading
 
     from deepsynth.inference import batch_files
-    from deepsynth.inference.inputs import InputLimits
+    from deepsynth.inference.limits import ServingLimits
 
     (inputs / "broken.png").write_bytes(b"\x89PNG not really")
     threads: set[str] = set()
@@ -156,7 +156,7 @@ def test_decode_ahead_decodes_in_order_on_a_background_thread(inputs: Path, monk
 
     monkeypatch.setattr(batch_files, "decode_file", spy)
     paths = expand_paths([str(inputs)])
-    got = list(batch_files.decode_ahead(paths, InputLimits(), ahead=1))
+    got = list(batch_files.decode_ahead(paths, ServingLimits(), ahead=1))
     assert [p for p, _, _ in got] == paths  # input order, whatever the decode timing
     by_name = {p.name: item for p, item, _ in got}
     assert len(by_name["doc.pdf"]) == 2 and isinstance(by_name["broken.png"], str)
@@ -167,12 +167,12 @@ def test_decode_ahead_decodes_in_order_on_a_background_thread(inputs: Path, monk
         raise RuntimeError("decoder crashed")
 
     monkeypatch.setattr(batch_files, "decode_file", boom)
-    stream = batch_files.decode_ahead(paths, InputLimits())
+    stream = batch_files.decode_ahead(paths, ServingLimits())
     with pytest.raises(
         RuntimeError, match="decoder crashed"
     ):  # not InputError/OSError: surfaces, not skipped
         next(stream)
-    first_two = batch_files.decode_ahead(paths, InputLimits(), ahead=1)
+    first_two = batch_files.decode_ahead(paths, ServingLimits(), ahead=1)
     monkeypatch.setattr(batch_files, "decode_file", real)
     next(first_two)
     first_two.close()  # stopping early ends the worker thread

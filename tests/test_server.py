@@ -13,6 +13,7 @@ import openai
 import pytest
 from PIL import Image
 
+from deepsynth.inference.limits import ServingLimits
 from deepsynth.inference.server import ServerSettings, create_app
 from deepsynth.inference.service import OCRService
 from deepsynth.observability import Observability
@@ -39,7 +40,12 @@ def make_app(engine=None, settings: ServerSettings | None = None, **service_kw):
 @pytest.fixture(scope="module")
 def server():
     with running_server(
-        make_app(ColourEngine(), ServerSettings(max_pages=5), max_batch_size=8, max_wait_ms=20)
+        make_app(
+            ColourEngine(),
+            ServerSettings(limits=ServingLimits(max_pages=5)),
+            max_batch_size=8,
+            max_wait_ms=20,
+        )
     ) as s:
         yield s
 
@@ -327,7 +333,7 @@ def test_one_failing_image_does_not_fail_its_batch_neighbours():
 
 
 def test_bearer_token_and_upload_limit():
-    settings = ServerSettings(token="s3cret", max_upload_mb=0.05)
+    settings = ServerSettings(token="s3cret", limits=ServingLimits(max_upload_mb=0.05))
     with running_server(make_app(ColourEngine(), settings)) as s:
         img = {"images": [data_uri(colour_image((5, 5, 5)))]}
         r = httpx.post(f"{s.url}/v1/ocr", json=img)

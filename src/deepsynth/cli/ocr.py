@@ -38,10 +38,10 @@ def ocr(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """OCR every input into --out (one JSON record per file; inputs already done are skipped)."""
+    import dataclasses
     import json
 
-    from deepsynth.inference.batch_files import expand_paths, ocr_files
-    from deepsynth.inference.inputs import InputLimits
+    from deepsynth.inference.batch_files import OFFLINE_LIMITS, expand_paths, ocr_files
     from deepsynth.inference.service import ModelLoadError, OCRService
     from deepsynth.models.generation import GenerationConfig
     from deepsynth.observability import Observability
@@ -62,7 +62,7 @@ def ocr(
     gen = GenerationConfig(retry_truncated=retry_truncated)
     if max_new_tokens:
         gen.max_new_tokens = max_new_tokens
-    limits = InputLimits(max_pages=10_000, max_pixels=200_000_000, max_upload_bytes=2**40, pdf_dpi=dpi)
+    limits = dataclasses.replace(OFFLINE_LIMITS, pdf_dpi=dpi)
     summary = ocr_files(
         lambda images: service.recognize(images, gen),
         files,

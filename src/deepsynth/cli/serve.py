@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import typer
 
+from deepsynth.inference.limits import ServingLimits
+
+_LIMITS = ServingLimits()
+
+
+def _limit(name: str, flag: str, **kwargs) -> typer.models.OptionInfo:
+    """A `deepsynth serve` option for one ServingLimits field (its default and help come from there)."""
+    return typer.Option(
+        getattr(_LIMITS, name), flag, help=ServingLimits.help(name), rich_help_panel="Limits", **kwargs
+    )
+
 
 def serve(
     model: str = typer.Option(
@@ -18,13 +29,20 @@ def serve(
         10.0, "--max-wait-ms", min=0, help="How long a batch waits to fill up."
     ),
     max_queue: int = typer.Option(256, "--max-queue", min=1, help="Waiting images before answering 429."),
-    timeout_s: float = typer.Option(300.0, "--timeout", help="Per-request timeout in seconds."),
+    timeout_s: float = _limit("request_timeout_s", "--timeout", min=0.001),
+    model_timeout_s: float = _limit("model_timeout_s", "--model-timeout", min=0),
+    model_max_rss_mb: float = _limit("model_max_rss_mb", "--model-max-rss-mb", min=0),
+    drain_timeout_s: float = _limit("drain_timeout_s", "--drain-timeout", min=0),
     token: str | None = typer.Option(
         None, "--token", envvar="DEEPSYNTH_API_TOKEN", help="Require 'Authorization: Bearer TOKEN' on /v1/*."
     ),
-    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb"),
-    max_pages: int = typer.Option(50, "--max-pages", help="Pages (images + PDF pages) per request."),
-    pdf_dpi: float = typer.Option(150.0, "--pdf-dpi"),
+    max_upload_mb: float = _limit("max_upload_mb", "--max-upload-mb", min=0),
+    max_pages: int = _limit("max_pages", "--max-pages", min=1),
+    max_pixels: int = _limit("max_pixels", "--max-pixels", min=1),
+    max_request_pixels: int = _limit("max_request_pixels", "--max-request-pixels", min=1),
+    max_model_pixels: int = _limit("max_model_pixels", "--max-model-pixels", min=1),
+    max_aspect_ratio: float = _limit("max_aspect_ratio", "--max-aspect-ratio", min=1),
+    pdf_dpi: float = _limit("pdf_dpi", "--pdf-dpi", min=36, max=600),
     max_new_tokens: int = typer.Option(
         512, "--max-new-tokens", help="Generative models: default output limit."
     ),
@@ -46,7 +64,9 @@ def serve(
         "--in-process keeps everything in one process.",
     ),
 ) -> None:
-    """Serve a model over HTTP: /v1/ocr, OpenAI-compatible /v1/chat/completions, /metrics."""
+    """Serve a model over HTTP: /v1/ocr, OpenAI-compatible /v1/chat/completions, /metrics.
+
+    Every limit (see the Limits options) is also shown by GET /v1/models."""
     from deepsynth.inference.model_process import ProcessEngine
     from deepsynth.inference.server import ServerSettings, run
     from deepsynth.inference.service import ModelLoadError, OCRService
@@ -57,6 +77,19 @@ def serve(
 
         torch.set_num_threads(threads)
 
+    limits = ServingLimits(
+        max_upload_mb=max_upload_mb,
+        max_pages=max_pages,
+        max_pixels=max_pixels,
+        max_request_pixels=max_request_pixels,
+        max_model_pixels=max_model_pixels,
+        max_aspect_ratio=max_aspect_ratio,
+        pdf_dpi=pdf_dpi,
+        request_timeout_s=timeout_s,
+        model_timeout_s=model_timeout_s,
+        model_max_rss_mb=model_max_rss_mb,
+        drain_timeout_s=drain_timeout_s,
+    )
     gen = GenerationConfig(max_new_tokens=max_new_tokens, retry_truncated=retry_truncated)
     try:
         engine = ProcessEngine(model, threads=threads) if model_process else model
@@ -67,7 +100,7 @@ def serve(
             max_batch_size=max_batch_size,
             max_wait_ms=max_wait_ms,
             max_queue=max_queue,
-            timeout_s=timeout_s,
+            timeout_s=limits.request_timeout_s,
             generation=gen,
         )
     except ModelLoadError as exc:
@@ -77,10 +110,8 @@ def serve(
         host=host,
         port=port,
         token=token,
-        max_upload_mb=max_upload_mb,
-        max_pages=max_pages,
-        pdf_dpi=pdf_dpi,
         warmup=warmup,
+        limits=limits,
     )
     run(service, settings)
 

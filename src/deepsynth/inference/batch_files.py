@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepsynth.inference.inputs import InputError, InputLimits, PageInput, decode_file
+from deepsynth.inference.inputs import InputError, PageInput, decode_file
+from deepsynth.inference.limits import ServingLimits
+
+# offline batches read whole books: no per-request page or pixel budget beyond what one file needs
+OFFLINE_LIMITS = ServingLimits(
+    max_pages=10_000, max_pixels=200_000_000, max_request_pixels=10**13, max_upload_mb=2**20
+)
 
 IMAGE_EXTS = {
     ".png",
@@ -110,7 +116,7 @@ class BatchSummary:
 
 
 def decode_ahead(
-    paths: Sequence[Path], limits: InputLimits, ahead: int = 2
+    paths: Sequence[Path], limits: ServingLimits, ahead: int = 2
 ) -> Iterator[tuple[Path, list[PageInput] | str, float]]:
     """Yield ``(path, pages or error message, decode seconds)`` in order, decoding up to ``ahead`` files ahead
     in a background thread. Unreadable or undecodable files yield their error message; anything else raised
@@ -164,13 +170,13 @@ def ocr_files(
     txt_dir: Path | None = None,
     md_dir: Path | None = None,
     batch_pages: int = 8,
-    limits: InputLimits | None = None,
+    limits: ServingLimits | None = None,
     progress: bool = True,
 ) -> BatchSummary:
     """Read ``paths`` with ``recognize(images) -> list[Prediction]`` and append one JSONL record per file."""
     from tqdm import tqdm
 
-    limits = limits or InputLimits(max_pages=10_000, max_pixels=200_000_000, max_upload_bytes=2**40)
+    limits = limits or OFFLINE_LIMITS
     out.parent.mkdir(parents=True, exist_ok=True)
     done, _ = load_done(out)
     summary = BatchSummary(total=len(paths))

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from deepsynth.inference.pdf import PDFError, PDFLimits, is_pdf, render_pdf
+from deepsynth.inference.limits import LimitExceeded, RequestBudget, ServingLimits
+from deepsynth.inference.pdf import PDFError, is_pdf, render_pdf
 
 IMAGE_TYPES = "PNG, JPEG, TIFF, WebP, BMP or GIF"
 _ACCEPTED_CONTENT_TYPES = ("image/", "application/pdf", "application/x-pdf", "application/octet-stream")
@@ -36,15 +37,6 @@ class InputError(ValueError):
 
 
 @dataclass
-class InputLimits:
-    max_upload_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    max_pages: int = 50  # pages (images + PDF pages + TIFF frames) per request
-    min_side: int = 4
-    pdf_dpi: float = 150.0
-
-
-@dataclass
 class PageInput:
     """One page to read: which file it came from and its 1-based page number in that file."""
 
@@ -57,11 +49,17 @@ def decode_file(
     data: bytes,
     name: str,
     content_type: str | None = None,
-    limits: InputLimits | None = None,
-    pages_so_far: int = 0,
+    limits: ServingLimits | None = None,
+    *,
+    budget: RequestBudget | None = None,
 ) -> list[PageInput]:
-    """Decode one uploaded file (image or PDF, detected from its bytes) into RGB page images."""
-    limits = limits or InputLimits()
+    """Decode one uploaded file (image or PDF, detected from its bytes) into RGB page images.
+
+    ``budget`` carries the request's pages and pixels so far (several files of one request share it);
+    without one the file is a request of its own under ``limits``."""
+    budget = budget or RequestBudget(limits or ServingLimits())
+    limits = budget.limits
+    pages_so_far = budget.pages
     if not data:
         raise InputError(400, "empty_file", f"file {name!r} is empty (0 bytes)", name)
     ctype = (content_type or "").split(";")[0].strip().lower()
@@ -72,21 +70,22 @@ def decode_file(
             f"file {name!r} has content type {ctype!r}; send an image ({IMAGE_TYPES}) or a PDF",
             name,
         )
-    room = limits.max_pages - pages_so_far
-    if is_pdf(data):
-        try:
-            images = render_pdf(data, name, PDFLimits(limits.pdf_dpi, max(room, 0), limits.max_pixels))
-        except PDFError as exc:
-            status = 413 if exc.kind == "too_many_pages" else 400
-            if exc.kind == "too_many_pages" and pages_so_far:
-                msg = f"{exc} (with the {pages_so_far} pages before it in this request, limit {limits.max_pages})"
-                raise InputError(status, exc.kind, msg, name) from exc
-            raise InputError(status, exc.kind, str(exc), name) from exc
-        return [PageInput(name, i + 1, img) for i, img in enumerate(images)]
-    return [PageInput(name, i + 1, img) for i, img in enumerate(_decode_image(data, name, limits, room))]
+    try:
+        images = (render_pdf if is_pdf(data) else _decode_image)(data, name, budget)
+    except LimitExceeded as exc:
+        raise InputError(exc.status, "limit_exceeded", str(exc), name) from exc
+    except PDFError as exc:
+        status = 413 if exc.kind == "too_many_pages" else 400
+        if exc.kind == "too_many_pages" and pages_so_far:
+            msg = f"{exc} (with the {pages_so_far} pages before it in this request, limit {limits.max_pages})"
+            raise InputError(status, exc.kind, msg, name) from exc
+        raise InputError(status, exc.kind, str(exc), name) from exc
+    return [PageInput(name, i + 1, img) for i, img in enumerate(images)]
 
 
-def _decode_image(data: bytes, name: str, limits: InputLimits, room: int) -> list[Image.Image]:
+def _decode_image(data: bytes, name: str, budget: RequestBudget) -> list[Image.Image]:
+    limits = budget.limits
+    room = limits.max_pages - budget.pages
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
@@ -128,8 +127,12 @@ def _decode_image(data: bytes, name: str, limits: InputLimits, room: int) -> lis
     try:
         for i in range(frames):
             img.seek(i)
+            frame = f"file {name!r}" + (f" frame {i + 1}" if frames > 1 else "")
+            budget.admit(*img.size, frame)  # from the header, before the pixels are decoded
             img.load()
             out.append(_to_rgb(img))
+    except LimitExceeded:
+        raise
     except Exception as exc:  # truncated / corrupt pixel data
         raise InputError(
             400, "invalid_image", f"file {name!r} is corrupt ({type(exc).__name__}: {exc})", name

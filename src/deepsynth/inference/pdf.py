@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass
 
 from PIL import Image
+
+from deepsynth.inference.limits import RequestBudget
 
 _PDFIUM_LOCK = threading.Lock()  # PDFium itself is process-global and not thread-safe
 
@@ -24,13 +25,6 @@ class PDFError(ValueError):
         super().__init__(message)
 
 
-@dataclass
-class PDFLimits:
-    dpi: float = 150.0
-    max_pages: int = 50
-    max_pixels: int = 40_000_000  # a rendered page is scaled down to stay under this
-
-
 def is_pdf(data: bytes) -> bool:
     return data[:1024].lstrip().startswith(PDF_MAGIC)
 
@@ -44,35 +38,51 @@ def count_pages(data: bytes, name: str = "document.pdf") -> int:
             pdf.close()
 
 
-def render_pdf(data: bytes, name: str = "document.pdf", limits: PDFLimits | None = None) -> list[Image.Image]:
-    """All pages of a PDF as RGB images at ``limits.dpi`` (each page capped at ``limits.max_pixels``)."""
-    limits = limits or PDFLimits()
+def render_pdf(
+    data: bytes, name: str = "document.pdf", budget: RequestBudget | None = None
+) -> list[Image.Image]:
+    """All pages of a PDF as RGB images at ``budget.limits.pdf_dpi``.
+
+    Every page's rendered size is computed from its page box first (a page over ``max_pixels`` is rendered
+    at a lower DPI), and all pages are admitted to the request budget (pages, pixels, aspect ratio, model
+    pixels) before the first one is rendered: an oversized PDF costs no rendering at all."""
+    budget = budget or RequestBudget()
+    limits = budget.limits
+    room = max(limits.max_pages - budget.pages, 0)
     with _PDFIUM_LOCK:
         pdf = _open(data, name)
         try:
             n = len(pdf)
             if n == 0:
                 raise PDFError("no_pages", f"{name}: the PDF has no pages")
-            if n > limits.max_pages:
-                raise PDFError(
-                    "too_many_pages", f"{name}: the PDF has {n} pages; the limit is {limits.max_pages}"
-                )
-            images = []
+            if n > room:
+                raise PDFError("too_many_pages", f"{name}: the PDF has {n} pages; the limit is {room}")
+            scales = []
             for i in range(n):
+                w_pt, h_pt = pdf.get_page_size(i)
+                scale = render_scale(w_pt, h_pt, limits.pdf_dpi, limits.max_pixels)
+                budget.admit(round(w_pt * scale), round(h_pt * scale), f"{name} page {i + 1}")
+                scales.append(scale)
+            images = []
+            for i, scale in enumerate(scales):
                 page = pdf[i]
                 try:
-                    w_pt, h_pt = page.get_size()
-                    scale = limits.dpi / 72.0
-                    pixels = (w_pt * scale) * (h_pt * scale)
-                    if pixels > limits.max_pixels:
-                        scale *= (limits.max_pixels / pixels) ** 0.5
-                    bitmap = page.render(scale=scale)
-                    images.append(bitmap.to_pil().convert("RGB"))
+                    pil = page.render(scale=scale).to_pil()
+                    images.append(pil if pil.mode == "RGB" else pil.convert("RGB"))
                 finally:
                     page.close()
             return images
         finally:
             pdf.close()
+
+
+def render_scale(w_pt: float, h_pt: float, dpi: float, max_pixels: int) -> float:
+    """PDFium scale (pixels per point) for ``dpi``, lowered so the page stays within ``max_pixels``."""
+    scale = dpi / 72.0
+    pixels = (w_pt * scale) * (h_pt * scale)
+    if pixels > max_pixels:
+        scale *= (max_pixels / pixels) ** 0.5
+    return scale
 
 
 def _open(data: bytes, name: str):

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import io
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,12 +29,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deepsynth.inference.batcher import BatcherClosed, QueueFull
 from deepsynth.inference.inputs import (
     InputError,
-    InputLimits,
     PageInput,
     decode_base64,
     decode_file,
     is_pdf,
 )
+from deepsynth.inference.limits import RequestBudget, ServingLimits
 from deepsynth.inference.model_process import ModelProcessDied
 from deepsynth.inference.service import OCRService
 from deepsynth.models.base import Prediction
@@ -48,21 +49,14 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     token: str | None = None  # bearer token required on /v1/* when set
-    max_upload_mb: float = 20.0
-    max_pages: int = 50
-    max_pixels: int = 40_000_000
-    pdf_dpi: float = 150.0
     warmup: bool = True
-    drain_timeout_s: float = 30.0
     engine_check_s: float = 1.0  # how often the server checks that the model process is alive
+    limits: ServingLimits = field(default_factory=ServingLimits)  # every resource budget
 
-    def limits(self, dpi: float | None = None) -> InputLimits:
-        return InputLimits(
-            max_upload_bytes=int(self.max_upload_mb * 1024 * 1024),
-            max_pixels=self.max_pixels,
-            max_pages=self.max_pages,
-            pdf_dpi=dpi or self.pdf_dpi,
-        )
+    def budget(self, service: OCRService, dpi: float | None = None) -> RequestBudget:
+        """A fresh budget for one request (at the request's own PDF resolution, if it asked for one)."""
+        limits = dataclasses.replace(self.limits, pdf_dpi=dpi) if dpi else self.limits
+        return RequestBudget(limits, service.geometry)
 
 
 def error_body(status: int, kind: str, message: str, param: str | None = None) -> dict[str, Any]:
@@ -82,7 +76,7 @@ class GuardMiddleware:
     def __init__(self, app: Any, settings: ServerSettings, on_error: Callable[[str], None]):
         self.app = app
         self.settings = settings
-        self.max_bytes = int(settings.max_upload_mb * 1024 * 1024)
+        self.max_bytes = settings.limits.max_upload_bytes
         self.on_error = on_error
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -134,7 +128,7 @@ class GuardMiddleware:
             await error_response(exc.status, exc.kind, str(exc))(scope, receive, send)
 
     def _too_large_error(self, size: int) -> InputError:
-        limit = self.settings.max_upload_mb
+        limit = self.settings.limits.max_upload_mb
         return InputError(
             413,
             "upload_too_large",
@@ -184,7 +178,7 @@ def create_app(service: OCRService, settings: ServerSettings | None = None) -> F
             for task in (starter, watcher):
                 if not task.done():
                     task.cancel()
-            await asyncio.wait_for(service.aclose(drain=True), settings.drain_timeout_s)
+            await asyncio.wait_for(service.aclose(drain=True), settings.limits.drain_timeout_s)
 
     app = FastAPI(title="DeepSynth OCR", version=_version(), lifespan=lifespan)
     app.add_middleware(GuardMiddleware, settings=settings, on_error=obs.record_error)
@@ -230,9 +224,9 @@ def create_app(service: OCRService, settings: ServerSettings | None = None) -> F
         """Pages + generation overrides from a multipart form or a JSON body."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "multipart/form-data":
-            return await _read_multipart(request, settings)
+            return await _read_multipart(request, settings, service)
         if ctype == "application/json":
-            return await _read_json_pages(request, settings)
+            return await _read_json_pages(request, settings, service)
         raise InputError(
             415,
             "unsupported_media_type",
@@ -267,7 +261,7 @@ def create_app(service: OCRService, settings: ServerSettings | None = None) -> F
         async def run(ctx: Any) -> Response:
             with obs.stage("preprocess"):
                 body = await _json_body(request)
-                pages, overrides, stream = await _read_chat(body, service.model_id, settings)
+                pages, overrides, stream = await _read_chat(body, service, settings)
                 gen = _resolve_generation(service, overrides)
             preds = await service.recognize_async([p.image for p in pages], gen)
             with obs.stage("postprocess"):
@@ -307,7 +301,13 @@ def create_app(service: OCRService, settings: ServerSettings | None = None) -> F
         return {
             "object": "list",
             "data": [
-                {"id": service.model_id, "object": "model", "created": created, "owned_by": "deepsynth"}
+                {
+                    "id": service.model_id,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "deepsynth",
+                    "limits": settings.limits.as_dict(),
+                }
             ],
         }
 
@@ -388,13 +388,13 @@ def _decode_inline(files: list[tuple[bytes, str, str | None]]) -> bool:
     return pixels <= INLINE_DECODE_PIXELS
 
 
-async def _decode_all(files: list[tuple[bytes, str, str | None]], limits: InputLimits) -> list[PageInput]:
+async def _decode_all(files: list[tuple[bytes, str, str | None]], budget: RequestBudget) -> list[PageInput]:
     """Decode files into pages: small images inline, big ones and PDFs in a worker thread."""
 
     def work() -> list[PageInput]:
         pages: list[PageInput] = []
         for data, name, ctype in files:
-            pages.extend(decode_file(data, name, ctype, limits, pages_so_far=len(pages)))
+            pages.extend(decode_file(data, name, ctype, budget=budget))
         return pages
 
     if not files:
@@ -432,10 +432,10 @@ def _parse_generation(value: Any) -> dict[str, Any]:
 
 
 async def _read_multipart(
-    request: Request, settings: ServerSettings
+    request: Request, settings: ServerSettings, service: OCRService
 ) -> tuple[list[PageInput], dict[str, Any]]:
     try:
-        form = await request.form(max_files=settings.max_pages, max_fields=32)
+        form = await request.form(max_files=settings.limits.max_pages, max_fields=32)
     except InputError:
         raise
     except StarletteHTTPException as exc:
@@ -458,12 +458,12 @@ async def _read_multipart(
                 )
     finally:
         await form.close()
-    limits = settings.limits(_parse_dpi(fields.get("dpi")))
-    return await _decode_all(files, limits), _parse_generation(fields.get("generation"))
+    budget = settings.budget(service, _parse_dpi(fields.get("dpi")))
+    return await _decode_all(files, budget), _parse_generation(fields.get("generation"))
 
 
 async def _read_json_pages(
-    request: Request, settings: ServerSettings
+    request: Request, settings: ServerSettings, service: OCRService
 ) -> tuple[list[PageInput], dict[str, Any]]:
     body = await _json_body(request)
     unknown = sorted(set(body) - {"images", "dpi", "generation"})
@@ -484,13 +484,14 @@ async def _read_json_pages(
             item = item.get("data")
         data, mime = decode_base64(item, name)
         files.append((data, name, mime))
-    limits = settings.limits(_parse_dpi(body.get("dpi")))
-    return await _decode_all(files, limits), _parse_generation(body.get("generation"))
+    budget = settings.budget(service, _parse_dpi(body.get("dpi")))
+    return await _decode_all(files, budget), _parse_generation(body.get("generation"))
 
 
 async def _read_chat(
-    body: dict[str, Any], model_id: str, settings: ServerSettings
+    body: dict[str, Any], service: OCRService, settings: ServerSettings
 ) -> tuple[list[PageInput], dict[str, Any], bool]:
+    model_id = service.model_id
     model = body.get("model")
     if model not in (None, "", model_id):
         raise InputError(
@@ -551,7 +552,7 @@ async def _read_chat(
     prompt = "\n".join(p for p in prompt_parts if p.strip())
     if prompt:
         overrides["prompt"] = prompt
-    pages = await _decode_all(files, settings.limits())
+    pages = await _decode_all(files, settings.budget(service))
     return pages, overrides, bool(body.get("stream"))
 
 

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 
 from deepsynth.inference.batcher import AsyncBatcher, QueueFull, Ticket
 from deepsynth.inference.guard import find_repetition, retry_generation, trim_tail_loop
+from deepsynth.inference.limits import InputGeometry, engine_geometry
 from deepsynth.models.base import OCREngine, Prediction
 from deepsynth.models.generation import GenerationConfig
 
@@ -108,6 +109,7 @@ class OCRService:
         obs: Any = None,
         engine_kwargs: dict[str, Any] | None = None,
         owns_engine: bool | None = None,
+        geometry: InputGeometry | None = None,
     ):
         self.owns_engine = isinstance(engine, str) if owns_engine is None else owns_engine
         if isinstance(engine, str):
@@ -116,6 +118,8 @@ class OCRService:
             model_id = model_id or spec
         self.engine: OCREngine = engine
         self.model_id = model_id or getattr(engine, "name", type(engine).__name__)
+        # how the engine resizes pages (for the model-pixel budget); from the spec unless given
+        self.geometry = geometry or engine_geometry(self.model_id)
         self.generation = generation or GenerationConfig()
         self.trim_repetition = trim_repetition
         self.timeout_s = timeout_s

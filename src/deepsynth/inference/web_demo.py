@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from deepsynth.inference.inputs import InputError, InputLimits, decode_file
+from deepsynth.inference.inputs import InputError, decode_file
+from deepsynth.inference.limits import ServingLimits
 from deepsynth.inference.service import ModelLoadError, OCRService
 
 
@@ -23,13 +24,13 @@ class DemoBackend:
         self,
         specs: Sequence[str],
         *,
-        limits: InputLimits | None = None,
+        limits: ServingLimits | None = None,
         factory: Callable[[str], OCRService] | None = None,
     ):
         if not specs:
             raise ValueError("the demo needs at least one model spec")
         self.specs = list(specs)
-        self.limits = limits or InputLimits()
+        self.limits = limits or ServingLimits()
         self._factory = factory or self._default_factory
         self._services: dict[str, OCRService] = {}
         self._lock = threading.Lock()
@@ -92,7 +93,7 @@ def build_demo(
     """The Gradio Blocks app (call ``.launch()`` on it)."""
     import gradio as gr
 
-    backend = DemoBackend(specs, limits=InputLimits(pdf_dpi=pdf_dpi), factory=factory)
+    backend = DemoBackend(specs, limits=ServingLimits(pdf_dpi=pdf_dpi), factory=factory)
 
     def on_run(file_path: str | None, spec: str) -> tuple[str, dict[str, Any]]:
         return backend.run(file_path, spec)
