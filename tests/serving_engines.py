@@ -26,6 +26,18 @@ def data_uri(img: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(png(img)).decode()
 
 
+def pdf_bytes(n_pages: int, size: tuple[float, float] = (200, 100)) -> bytes:
+    """A PDF of ``n_pages`` blank pages of ``size`` points."""
+    import pypdfium2 as pdfium
+
+    doc = pdfium.PdfDocument.new()
+    for _ in range(n_pages):
+        doc.new_page(*size)
+    buf = io.BytesIO()
+    doc.save(buf)
+    return buf.getvalue()
+
+
 def colour_image(rgb: tuple[int, int, int], size: tuple[int, int] = (64, 32)) -> Image.Image:
     return Image.new("RGB", size, rgb)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import re
 import threading
 
@@ -17,18 +16,7 @@ from deepsynth.inference.limits import ServingLimits
 from deepsynth.inference.server import ServerSettings, create_app
 from deepsynth.inference.service import OCRService
 from deepsynth.observability import Observability
-from tests.serving_engines import ColourEngine, colour_image, data_uri, png, running_server
-
-
-def pdf_bytes(n_pages: int, size=(200, 100)) -> bytes:
-    import pypdfium2 as pdfium
-
-    doc = pdfium.PdfDocument.new()
-    for _ in range(n_pages):
-        doc.new_page(*size)
-    buf = io.BytesIO()
-    doc.save(buf)
-    return buf.getvalue()
+from tests.serving_engines import ColourEngine, colour_image, data_uri, pdf_bytes, png, running_server
 
 
 def make_app(engine=None, settings: ServerSettings | None = None, **service_kw):

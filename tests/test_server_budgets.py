@@ -4,7 +4,6 @@ the next good request at once."""
 
 from __future__ import annotations
 
-import io
 import time
 
 import httpx
@@ -15,20 +14,9 @@ from deepsynth.inference.limits import InputGeometry, ServingLimits, engine_geom
 from deepsynth.inference.server import ServerSettings, create_app
 from deepsynth.inference.service import OCRService
 from deepsynth.observability import Observability
-from tests.serving_engines import fondue_lines, png, running_server
+from tests.serving_engines import fondue_lines, pdf_bytes, png, running_server
 
 THIN_PNG = png(Image.new("1", (65000, 10), 1))  # the issue's 741-byte line: 312000 px wide at height 48
-
-
-def pdf_bytes(n_pages: int, size_pt: tuple[float, float]) -> bytes:
-    import pypdfium2 as pdfium
-
-    doc = pdfium.PdfDocument.new()
-    for _ in range(n_pages):
-        doc.new_page(*size_pt)
-    buf = io.BytesIO()
-    doc.save(buf)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module", params=["rapidocr", "rapidocr:page"])

@@ -106,14 +106,7 @@ def serve(
     except ModelLoadError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    settings = ServerSettings(
-        host=host,
-        port=port,
-        token=token,
-        warmup=warmup,
-        limits=limits,
-    )
-    run(service, settings)
+    run(service, ServerSettings(host=host, port=port, token=token, warmup=warmup, limits=limits))
 
 
 def demo_ui(
