@@ -165,6 +165,29 @@ def test_checkpoints_are_atomic_verified_and_pruned(tmp_path):
         ckpt.load_training_checkpoint(ckpt.step_dir(root, 3))
 
 
+def _leave_temp_dirs(root, step):
+    """Temp dirs as a kill -9 during a checkpoint write leaves them (old and current naming), plus one that a
+    live process (pid 1) is still writing."""
+    dead = [root / f".tmp-step-{step:07d}-0badc0de", root / f".tmp-step-{step:07d}.pid999999999-0badc0de"]
+    live = root / f".tmp-step-{step:07d}.pid1-0badc0de"
+    for d in (*dead, live):
+        d.mkdir(parents=True)
+        (d / ckpt.MODEL_STATE).write_bytes(b"x" * 1000)
+    return dead, live
+
+
+def test_interrupted_checkpoint_writes_are_cleaned_after_a_write_and_at_start(tmp_path):
+    root = tmp_path / "checkpoints"
+    dead, live = _leave_temp_dirs(root, 7)
+    ckpt.save_training_checkpoint(ckpt.step_dir(root, 1), {"w": torch.zeros(2)}, {"step": 1})
+    assert sorted(p.name for p in root.iterdir()) == [live.name, "step-0000001"]
+
+    run_dir = tmp_path / "run"
+    dead, live = _leave_temp_dirs(run_dir / "checkpoints", 3)
+    run(run_dir, "max_steps=1", "checkpoint.save_final=false", "checkpoint.save_best=false")
+    assert not any(d.exists() for d in dead) and live.is_dir()
+
+
 def test_warmup_then_cosine_schedule():
     f = WarmupDecay(warmup=4, total=14, kind="cosine", min_ratio=0.1)
     assert [round(f(s), 4) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]

@@ -175,7 +175,7 @@ def synth(
 
     from deepsynth.data import DataReport
     from deepsynth.data.synth import synthetic_samples
-    from deepsynth.data.writers import open_writer
+    from deepsynth.data.writers import staged_writer
 
     texts = None
     if text_file is not None:
@@ -196,14 +196,16 @@ def synth(
             font=font,
             report=report,
         )
-        with open_writer(to, out, shard_size=shard_size, overwrite=overwrite) as writer:
+        with staged_writer(to, out, shard_size=shard_size, overwrite=overwrite) as writer:
             for sample in tqdm(stream, total=n, desc=f"synth -> {to}", unit="sample"):
                 writer.write(sample)
                 report.count(sample)
                 sample.release()
+            report.write_json(
+                writer.out_dir / "report.json", format=to, n_written=writer.n, seed=seed, level=level
+            )
     except (ValueError, FileExistsError) as exc:
         _fail(exc)
-    report.write_json(out / "report.json", format=to, n_written=writer.n, seed=seed, level=level)
     report.print_summary()
     typer.echo(f"wrote {writer.n} synthetic samples to {out} ({to}); skipped {report.n_skipped}")
 

@@ -38,9 +38,8 @@ def open_sources(
     return _stream(parsed, filter or SampleFilter(), report, decode, max_pixels, require_text)
 
 
-def _problem(s: Sample, require_text: bool, decode: bool) -> SampleError | None:
-    if require_text and not s.text.strip():
-        return SampleError(s.id, "empty text", kind="empty_text")
+def _image_problem(s: Sample, decode: bool) -> SampleError | None:
+    """The expensive checks: a header read + decode with ``decode``, else whether the file exists."""
     loader = s.image_loader
     if decode:
         try:
@@ -60,6 +59,8 @@ def _stream(
     max_pixels: int | None,
     require_text: bool,
 ) -> Iterator[Sample]:
+    # cheap checks first (JSON, fields, path escape in the readers; empty text, duplicate id here), the image
+    # last: a manifest of a million duplicate lines is rejected without decoding a million images
     sink = report if report is not None else DataReport()
     seen: dict[bytes, int] | None = {} if report is not None else None
     n = 0
@@ -70,16 +71,19 @@ def _stream(
             if not flt.accepts(s):
                 continue
             where = str(s.meta.get("origin", spec.label))
-            problem = _problem(s, require_text, decode)
+            if require_text and not s.text.strip():
+                sink.skip(s.id, "empty text", where, "empty_text")
+                continue
+            digest = hashlib.blake2b(s.id.encode(), digest_size=8).digest() if seen is not None else b""
+            if seen is not None and digest in seen:
+                first = specs[seen[digest]].name
+                sink.skip(s.id, f"duplicate id (first seen in {first})", where, "duplicate_id")
+                continue
+            problem = _image_problem(s, decode)
             if problem is not None:
                 sink.skip(s.id, problem.reason, where, problem.kind)
                 continue
-            if seen is not None:
-                digest = hashlib.blake2b(s.id.encode(), digest_size=8).digest()
-                if digest in seen:
-                    first = specs[seen[digest]].name
-                    sink.skip(s.id, f"duplicate id (first seen in {first})", where, "duplicate_id")
-                    continue
+            if seen is not None:  # only good samples claim their id
                 seen[digest] = spec_index
             if report is not None:
                 report.count(s)

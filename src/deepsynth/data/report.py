@@ -16,6 +16,7 @@ from deepsynth.data.sample import Sample
 SKIP_KINDS = (
     "invalid_json",
     "missing_field",
+    "invalid_field",
     "empty_text",
     "duplicate_id",
     "path_escape",

@@ -9,10 +9,15 @@ samples (synthetic ones) are written as PNG. Every writer is a context manager w
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from deepsynth import atomic
 from deepsynth.data.images import sample_image_bytes
 from deepsynth.data.sample import Sample
 
@@ -46,6 +51,24 @@ def safe_name(sample_id: str) -> str:
     return stem
 
 
+def _existing_output(fmt: str, out_dir: Path) -> list[Path]:
+    if fmt == "folder":
+        return list(out_dir.glob("*.gt.txt"))
+    return [p for pat in _OWN_FILES[fmt] for p in out_dir.glob(pat)]
+
+
+def _clear_output(fmt: str, out_dir: Path, overwrite: bool, *, dry_run: bool = False) -> None:
+    """Remove earlier ``fmt`` output from ``out_dir``; FileExistsError when there is some and not overwrite."""
+    existing = _existing_output(fmt, out_dir) if out_dir.is_dir() else []
+    if existing and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds {fmt} output ({existing[0].name}); use overwrite")
+    for p in [] if dry_run else existing:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
 class _Writer:
     fmt = ""
 
@@ -56,20 +79,7 @@ class _Writer:
         self.shard_size = shard_size
         self.n = 0
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        existing = [p for pat in _OWN_FILES[self.fmt] for p in self.out_dir.glob(pat)]
-        if self.fmt == "folder":
-            existing = list(self.out_dir.glob("*.gt.txt"))
-        if existing and not overwrite:
-            raise FileExistsError(
-                f"{self.out_dir} already holds {self.fmt} output ({existing[0].name}); use overwrite"
-            )
-        for p in existing:
-            if p.is_dir():
-                import shutil
-
-                shutil.rmtree(p)
-            else:
-                p.unlink()
+        _clear_output(self.fmt, self.out_dir, overwrite)
 
     def __enter__(self):
         return self
@@ -251,8 +261,6 @@ class HFDatasetWriter(ParquetShardWriter):
     def close(self) -> list[Path]:
         if self._saved is not None:
             return self._saved
-        import shutil
-
         import datasets
 
         parts = super().close()
@@ -289,3 +297,37 @@ def open_writer(fmt: str, out_dir: str | Path, *, shard_size: int = 1000, overwr
     if fmt not in classes:
         raise ValueError(f"unknown output format {fmt!r} (choose from {', '.join(WRITE_FORMATS)})")
     return classes[fmt](out_dir, shard_size=shard_size, overwrite=overwrite)
+
+
+@contextmanager
+def staged_writer(
+    fmt: str, out_dir: str | Path, *, shard_size: int = 1000, overwrite: bool = False
+) -> Iterator[_Writer]:
+    """A writer whose output appears in ``out_dir`` complete or not at all.
+
+    It writes into a temporary sibling of ``out_dir``; when the ``with`` body ends normally the writer is
+    closed and its files (plus anything else the body put in ``writer.out_dir``, e.g. a report) are renamed
+    into ``out_dir`` - one rename when ``out_dir`` does not exist yet. On any error, or a kill, the temporary
+    directory goes (a later run removes what a kill left) and ``out_dir`` is untouched.
+    """
+    out_dir = Path(out_dir)
+    _clear_output(fmt, out_dir, overwrite, dry_run=True)  # refuse before doing any work
+    atomic.clean_stale(out_dir.parent, out_dir.name)
+    stage = atomic.staging_dir(out_dir)
+    try:
+        writer = open_writer(fmt, stage, shard_size=shard_size)
+        yield writer
+        writer.close()
+        if not out_dir.exists():
+            atomic.replace_dir(stage, out_dir)
+            return
+        _clear_output(fmt, out_dir, overwrite)
+        for p in sorted(stage.iterdir()):
+            target = out_dir / p.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(p, target)
+        atomic.discard(stage)
+    except BaseException:
+        atomic.discard(stage)
+        raise

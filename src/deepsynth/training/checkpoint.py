@@ -18,13 +18,14 @@ import os
 import random
 import re
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from deepsynth import atomic
 
 MANIFEST = "manifest.json"
 MODEL_STATE = "model_state.safetensors"
@@ -87,27 +88,27 @@ def verify(root: str | Path) -> dict[str, str]:
 
 
 def write_atomic(final: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_dir)``, fsync + hash + verify, then rename ``tmp_dir`` to ``final`` (replacing it)."""
+    """Call ``write(tmp_dir)``, fsync + hash + verify, then rename ``tmp_dir`` to ``final`` (replacing it).
+
+    Temporary directories left in ``final``'s folder by interrupted writes are removed after each success.
+    """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = atomic.staging_dir(final)
     try:
         write(tmp)
         write_manifest(tmp)
         verify(tmp)
-        old = None
-        if final.exists():
-            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync(final.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        atomic.replace_dir(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        atomic.discard(tmp)
         raise
+    atomic.clean_stale(final.parent)
     return final
+
+
+def clean_stale_temp(root: str | Path) -> list[Path]:
+    """Remove temporary directories that interrupted checkpoint writes left in ``root``; return them."""
+    return atomic.clean_stale(root)
 
 
 # ---- RNG state --------------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 
 def prune_checkpoints(root: str | Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` step checkpoints (and stale temp dirs); return deleted."""
+    """Delete all but the newest ``keep_last`` step checkpoints; return deleted."""
     ckpts = list_checkpoints(root)
     doomed = ckpts[: max(0, len(ckpts) - max(keep_last, 1))]
     for p in doomed:

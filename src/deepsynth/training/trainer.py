@@ -115,6 +115,9 @@ class Trainer:
         set_seed(cfg.seed)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        if self.is_main:  # temp dirs of checkpoint writes a kill interrupted
+            for d in (self.ckpt_dir, self.run_dir):
+                ckpt.clean_stale_temp(d)
         resume_from = self._resolve_resume()
 
         # data

@@ -9,7 +9,7 @@ from pathlib import Path
 from deepsynth.data.images import ImageRef, resolve_inside
 from deepsynth.data.report import DataReport
 from deepsynth.data.sample import Sample
-from deepsynth.data.sources.common import make_sample
+from deepsynth.data.sources.common import RowError, make_sample
 from deepsynth.data.spec import IMAGE_EXTS, SourceSpec
 
 SIDECAR = ".gt.txt"
@@ -59,6 +59,11 @@ def read(spec: SourceSpec, report: DataReport, max_pixels: int | None) -> Iterat
                 "image_path": str(img_path.relative_to(root)),
             }
             loader = ImageRef(sample_id, path=img_path, max_pixels=max_pixels)
-            yield make_sample(
-                row, sample_id=sample_id, loader=loader, dataset=spec.name, origin=str(img_path)
-            )
+            try:
+                sample = make_sample(
+                    row, sample_id=sample_id, loader=loader, dataset=spec.name, origin=str(img_path)
+                )
+            except RowError as exc:
+                report.skip(sample_id, exc.reason, str(img_path), exc.kind)
+                continue
+            yield sample

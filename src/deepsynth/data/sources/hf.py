@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from deepsynth.data.report import DataReport
 from deepsynth.data.sample import Sample
-from deepsynth.data.sources.common import make_sample
+from deepsynth.data.sources.common import RowError, make_sample
 from deepsynth.data.sources.parquet import image_loader
 from deepsynth.data.spec import SourceError, SourceSpec
 
@@ -48,6 +48,15 @@ def read(spec: SourceSpec, report: DataReport, max_pixels: int | None) -> Iterat
             fields = {k: v for k, v in row.items() if k not in (text_col, image_col)}
             if split_name is not None:
                 fields["hf_split"] = split_name
-            yield make_sample(
-                {**fields, "text": text}, sample_id=sample_id, loader=loader, dataset=spec.name, origin=where
-            )
+            try:
+                sample = make_sample(
+                    {**fields, "text": text},
+                    sample_id=sample_id,
+                    loader=loader,
+                    dataset=spec.name,
+                    origin=where,
+                )
+            except RowError as exc:
+                report.skip(sample_id, exc.reason, where, exc.kind)
+                continue
+            yield sample

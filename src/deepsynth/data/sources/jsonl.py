@@ -3,13 +3,12 @@ the manifest's folder (or to the spec's image root)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 from deepsynth.data.images import ImageRef, resolve_inside
 from deepsynth.data.report import DataReport
 from deepsynth.data.sample import Sample
-from deepsynth.data.sources.common import make_sample
+from deepsynth.data.sources.common import RowError, loads_row, make_sample
 from deepsynth.data.spec import SourceSpec
 
 IMAGE_KEYS = ("image", "image_path", "file_name")
@@ -23,41 +22,27 @@ def read(spec: SourceSpec, report: DataReport, max_pixels: int | None) -> Iterat
             if not raw.strip():
                 continue
             where = f"{manifest}:{lineno}"
+            sample_id = f"{spec.name}:line{lineno}"
             try:
-                row = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                report.skip(
-                    f"{spec.name}:line{lineno}",
-                    f"invalid JSON on line {lineno}: not UTF-8 ({exc.reason})",
-                    where,
-                    "invalid_json",
-                )
+                row = loads_row(raw)
+                sample_id = str(row.get("id") or sample_id)
+                sample = _sample(row, sample_id, spec, root, where, max_pixels)
+            except RowError as exc:
+                report.skip(sample_id, f"{exc.reason} on line {lineno}", where, exc.kind)
                 continue
-            except json.JSONDecodeError as exc:
-                report.skip(f"{spec.name}:line{lineno}", f"invalid JSON on line {lineno}: {exc.msg}", where)
-                continue
-            if not isinstance(row, dict):
-                report.skip(
-                    f"{spec.name}:line{lineno}", f"invalid JSON on line {lineno}: not an object", where
-                )
-                continue
-            sample_id = str(row.get("id") or f"{spec.name}:line{lineno}")
-            image = next((row[k] for k in IMAGE_KEYS if row.get(k)), None)
-            if image is None or not isinstance(image, str):
-                report.skip(sample_id, f"missing field 'image' on line {lineno}", where, "missing_field")
-                continue
-            if not isinstance(row.get("text"), str):
-                report.skip(
-                    sample_id, f"missing field 'text' (a string) on line {lineno}", where, "missing_field"
-                )
-                continue
-            path = resolve_inside(root, image)
-            if path is None:
-                report.skip(
-                    sample_id, f"image path {image!r} escapes the data root {root}", where, "path_escape"
-                )
-                continue
-            row = {k: v for k, v in row.items() if k not in IMAGE_KEYS}
-            row["image_path"] = image
-            loader = ImageRef(sample_id, path=path, max_pixels=max_pixels)
-            yield make_sample(row, sample_id=sample_id, loader=loader, dataset=spec.name, origin=where)
+            yield sample
+
+
+def _sample(row: dict, sample_id: str, spec: SourceSpec, root, where: str, max_pixels: int | None) -> Sample:  # noqa: ANN001
+    image = next((row[k] for k in IMAGE_KEYS if row.get(k)), None)
+    if image is None or not isinstance(image, str):
+        raise RowError("missing field 'image' (a path)", "missing_field")
+    if not isinstance(row.get("text"), str):
+        raise RowError("missing field 'text' (a string)", "missing_field")
+    path = resolve_inside(root, image)
+    if path is None:
+        raise RowError(f"image path {image!r} escapes the data root {root}", "path_escape")
+    row = {k: v for k, v in row.items() if k not in IMAGE_KEYS}
+    row["image_path"] = image
+    loader = ImageRef(sample_id, path=path, max_pixels=max_pixels)
+    return make_sample(row, sample_id=sample_id, loader=loader, dataset=spec.name, origin=where)

@@ -9,7 +9,7 @@ from pathlib import Path
 from deepsynth.data.images import ImageRef, resolve_inside
 from deepsynth.data.report import DataReport
 from deepsynth.data.sample import Sample
-from deepsynth.data.sources.common import make_sample
+from deepsynth.data.sources.common import RowError, make_sample
 from deepsynth.data.spec import SourceSpec
 
 BATCH_ROWS = 32
@@ -66,9 +66,14 @@ def read(spec: SourceSpec, report: DataReport, max_pixels: int | None) -> Iterat
                         report.skip(sample_id, loader, where)
                         continue
                     row.pop("image_ext", None)
-                    yield make_sample(
-                        row, sample_id=sample_id, loader=loader, dataset=spec.name, origin=where
-                    )
+                    try:
+                        sample = make_sample(
+                            row, sample_id=sample_id, loader=loader, dataset=spec.name, origin=where
+                        )
+                    except RowError as exc:
+                        report.skip(sample_id, exc.reason, where, exc.kind)
+                        continue
+                    yield sample
         except (OSError, ValueError) as exc:  # pyarrow raises ArrowInvalid (a ValueError) for corrupt files
             report.skip(
                 file.name, f"unreadable parquet file ({type(exc).__name__}: {exc})", str(file), "other"
