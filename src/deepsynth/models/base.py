@@ -1,14 +1,15 @@
-"""The two small protocols every model in DeepSynth implements.
+"""The two contracts every model in DeepSynth implements.
 
 * :class:`OCREngine` reads images into text. Baselines (RapidOCR, Tesseract), trained models and remote
   servers all implement it; the evaluation harness and the inference service only know this protocol.
-* :class:`ModelAdapter` is an OCREngine that can also be trained: it turns samples into a batch, computes a
-  loss, and saves/loads itself. The trainer knows nothing family-specific beyond this protocol.
+* :class:`ModelAdapter` is the base class of every trainable engine: it turns samples into a batch, computes
+  a loss, saves/loads itself and declares the trainer's hooks with no-op defaults. The trainer is typed with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -52,25 +53,60 @@ class OCREngine(Protocol):
         ...
 
 
-@runtime_checkable
-class ModelAdapter(OCREngine, Protocol):
-    """A trainable OCR model family behind one small interface (see deepsynth.training.trainer)."""
+class ModelAdapter(ABC):
+    """A trainable OCR model family behind one small interface; the trainer knows nothing else.
 
+    Subclasses implement the abstract methods. The training hooks have no-op defaults that a family
+    overrides when it needs them (PP-OCR grows its charset and keeps BatchNorm frozen; VLMs prepare k-bit
+    weights and move with their quantisation in mind). Families without LoRA keep :meth:`apply_lora`, which
+    raises a TypeError.
+    """
+
+    name: str
+    family: str = ""
     model: torch.nn.Module
 
+    @abstractmethod
+    def recognize(
+        self, images: Sequence[Image.Image], generation: GenerationConfig | None = None
+    ) -> list[Prediction]:
+        """Read a batch of RGB images; one Prediction per image, in order."""
+
+    @abstractmethod
     def collate(self, samples: Sequence[Sample]) -> dict[str, Any]:
         """Turn samples into a model batch (tensors). Raises SampleError naming a sample it cannot use."""
-        ...
 
+    @abstractmethod
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Scalar training loss for a batch produced by :meth:`collate`."""
-        ...
 
+    @abstractmethod
     def save(self, path: str | Path) -> None:
         """Write everything :meth:`load` needs to ``path`` (a directory)."""
-        ...
 
     @classmethod
+    @abstractmethod
     def load(cls, path: str | Path, **kwargs: Any) -> ModelAdapter:
         """Load a saved model (local directory or hub id)."""
-        ...
+
+    # ------------------------------------------------------------------ training hooks (no-op defaults)
+    def extend_charset(self, texts: Iterable[str]) -> list[str]:
+        """Make every character of ``texts`` learnable; returns the characters added (none by default)."""
+        return []
+
+    def prepare_for_training(self, cfg: Any = None) -> None:
+        """Last preparation before the optimizer is built (k-bit preparation, gradient checkpointing)."""
+        return None
+
+    def apply_lora(self, settings: Any) -> None:
+        """Wrap the model with LoRA adapters per ``settings`` (families without LoRA raise a TypeError)."""
+        raise TypeError(f"model family {self.family or type(self).__name__!r} does not support LoRA")
+
+    def train_mode(self) -> None:
+        """Put the model in training mode (families override to keep parts frozen, e.g. BatchNorm)."""
+        self.model.train()
+
+    def to(self, device: Any) -> ModelAdapter:
+        """Move the model to ``device``; returns self."""
+        self.model.to(device)
+        return self

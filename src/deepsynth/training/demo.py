@@ -104,7 +104,8 @@ def run_demo(
 
     console.print(f"[bold]2/3[/] fine-tuning ({cfg.output_dir}; tensorboard --logdir {cfg.output_dir}) ...")
     t = time.perf_counter()
-    result = Trainer(cfg, adapter=adapter).run()
+    trainer = Trainer(cfg, adapter=adapter)
+    result = trainer.run()
     t_train = time.perf_counter() - t
 
     console.print("[bold]3/3[/] evaluating the fine-tuned model on the same test books ...")
@@ -131,7 +132,7 @@ def run_demo(
             "stopped": result.stopped,
             "best_step": result.best_step,
             "best_val_cer": result.best_metric,
-            "added_chars": getattr(adapter, "added_chars", []),
+            "added_chars": trainer.added_chars,
             "seconds": round(t_train, 1),
         },
         "seconds": {

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from deepsynth.models.base import ModelAdapter
 from deepsynth.training.config import TrainConfig
 
 
@@ -18,7 +19,7 @@ class LossModule(torch.nn.Module):
     zero loss touching every trainable parameter (so all processes still exchange gradients) and ok=False.
     """
 
-    def __init__(self, adapter: Any):
+    def __init__(self, adapter: ModelAdapter):
         super().__init__()
         self.model = adapter.model
         self._adapter = [adapter]  # a list keeps the adapter out of the module tree
@@ -62,16 +63,21 @@ def cpu_only() -> bool:
     )
 
 
-def build_adapter(cfg: TrainConfig) -> Any:
+def build_adapter(cfg: TrainConfig) -> ModelAdapter:
     """The model adapter for ``cfg.model`` from the engine registry (must be trainable)."""
     from deepsynth.models.registry import load_engine
 
     spec = f"{cfg.model.family}:{cfg.model.path}" if cfg.model.path else cfg.model.family
-    adapter = load_engine(spec, **dict(cfg.model.options))
-    missing = [m for m in ("collate", "loss", "save", "model") if not hasattr(adapter, m)]
-    if missing:
-        raise TypeError(f"model family {cfg.model.family!r} is not trainable (no {', '.join(missing)})")
-    return adapter
+    return ensure_trainable(load_engine(spec, **dict(cfg.model.options)), cfg.model.family)
+
+
+def ensure_trainable(engine: Any, family: str) -> ModelAdapter:
+    """``engine`` itself when it is a :class:`ModelAdapter`, else a TypeError naming the family."""
+    if not isinstance(engine, ModelAdapter):
+        raise TypeError(
+            f"model family {family!r} is not trainable ({type(engine).__name__} is not a ModelAdapter)"
+        )
+    return engine
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

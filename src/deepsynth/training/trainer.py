@@ -1,8 +1,8 @@
 """The one training loop for every model family (setup → train → cleanup, built on ``accelerate``).
 
-The trainer knows only the :class:`~deepsynth.models.base.ModelAdapter` protocol (``collate``, ``loss``,
-``recognize``, ``save``) plus optional hooks: ``extend_charset(texts)``, ``prepare_for_training(cfg)``,
-``apply_lora(cfg.lora)`` and ``train_mode()`` (train mode with BatchNorm kept in eval).
+The trainer knows only :class:`~deepsynth.models.base.ModelAdapter` (``collate``, ``loss``, ``recognize``,
+``save``) and its hooks, which have no-op defaults: ``extend_charset(texts)``, ``prepare_for_training(cfg)``,
+``apply_lora(cfg.lora)``, ``train_mode()`` (PP-OCR keeps BatchNorm in eval) and ``to(device)``.
 
 ``python -m deepsynth.cli.main train CONFIG`` runs it on one process; ``accelerate launch --num_processes N
 -m deepsynth.cli.main train CONFIG`` runs data-parallel (DDP; gloo on CPU, NCCL on GPUs): each process takes its
@@ -28,11 +28,19 @@ import torch
 
 from deepsynth.config import to_dict
 from deepsynth.data import DataReport, Sample, SampleError
+from deepsynth.models.base import ModelAdapter
 from deepsynth.models.threads import respect_omp_thread_limit
 from deepsynth.training import checkpoint as ckpt
 from deepsynth.training.config import TrainConfig
 from deepsynth.training.data import BatchPlan, aspect_ratios, epoch_loader, fingerprint, load_split
-from deepsynth.training.runtime import LossModule, build_adapter, choose_precision, cpu_only, to_device
+from deepsynth.training.runtime import (
+    LossModule,
+    build_adapter,
+    choose_precision,
+    cpu_only,
+    ensure_trainable,
+    to_device,
+)
 from deepsynth.training.schedule import build_optimizer, build_scheduler
 from deepsynth.training.trackers import NullTracker, build_trackers
 
@@ -66,7 +74,7 @@ class Trainer:
         self,
         cfg: TrainConfig,
         *,
-        adapter: Any = None,
+        adapter: ModelAdapter | None = None,
         train_samples: list[Sample] | None = None,
         eval_samples: list[Sample] | None = None,
         callbacks: list[Callable[[Trainer], None]] | None = None,
@@ -133,21 +141,15 @@ class Trainer:
         # model + hooks
         if self.adapter is None:
             self.adapter = build_adapter(cfg)
-        ad = self.adapter
+        ad = self.adapter = ensure_trainable(self.adapter, cfg.model.family)
         self.added_chars: list[str] = []
-        if cfg.model.extend_charset and hasattr(ad, "extend_charset"):
-            self.added_chars = list(ad.extend_charset([s.text for s in self.train_samples]) or [])
-        if hasattr(ad, "prepare_for_training"):
-            ad.prepare_for_training(cfg)
+        if cfg.model.extend_charset:
+            self.added_chars = list(ad.extend_charset([s.text for s in self.train_samples]))
+        ad.prepare_for_training(cfg)
         if cfg.lora.enabled:
-            if not hasattr(ad, "apply_lora"):
-                raise TypeError(f"model family {cfg.model.family!r} does not support LoRA (no apply_lora)")
             ad.apply_lora(cfg.lora)
+        ad.to(self.acc.device)  # adapters that move their batches follow the accelerator
         model = ad.model
-        if getattr(ad, "device", None) is not None and not isinstance(
-            type(ad).__dict__.get("device"), property
-        ):
-            ad.device = self.acc.device  # adapters that move their batches follow the accelerator
         self.trainable = [p for p in model.parameters() if p.requires_grad]
 
         # batches, steps, optimizer
@@ -368,7 +370,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def _train_mode(self) -> None:
-        if self.cfg.freeze_batchnorm and hasattr(self.adapter, "train_mode"):
+        if self.cfg.freeze_batchnorm:
             self.adapter.train_mode()
         else:
             self.adapter.model.train()

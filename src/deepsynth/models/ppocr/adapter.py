@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from deepsynth.data.sample import Sample, SampleError
-from deepsynth.models.base import Prediction
+from deepsynth.models.base import ModelAdapter, Prediction
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.models.ppocr import lora as lora_utils
 from deepsynth.models.ppocr.batching import recognize_in_batches
@@ -46,7 +46,7 @@ def frames_for_width(width: int) -> int:
     return ((width + 1) // 2 + 1) // 2 // 2
 
 
-class PPOCRAdapter:
+class PPOCRAdapter(ModelAdapter):
     """PP-OCRv6-small recogniser: collate / CTC loss / greedy recognition / save / load / charset / LoRA."""
 
     family = FAMILY
@@ -270,7 +270,7 @@ class PPOCRAdapter:
         """Greedy CTC read of line images; batches by similar width (like rapidocr); confidence = mean max prob."""
         return recognize_in_batches(images, self.probabilities, self.charset, self.batch_size)
 
-    # ------------------------------------------------------------------ optional trainer hooks
+    # ------------------------------------------------------------------ trainer hooks
     def extend_charset(self, texts_or_chars: Iterable[str] | str, *, bias_offset: float = -4.0) -> list[str]:
         """Add output classes for characters of ``texts_or_chars`` the charset lacks; returns the added ones.
 

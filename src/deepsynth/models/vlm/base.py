@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from PIL import Image
 
 from deepsynth.data.sample import SampleError
-from deepsynth.models.base import Prediction
+from deepsynth.models.base import ModelAdapter, Prediction
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.models.registry import MODEL_CARD
 from deepsynth.models.threads import respect_omp_thread_limit
@@ -55,7 +55,7 @@ _CARD_OPTIONS = (
 )
 
 
-class VLMAdapter:
+class VLMAdapter(ModelAdapter):
     """A trainable vision-language OCR model behind the ModelAdapter protocol (see module docstring)."""
 
     family: ClassVar[str] = ""
@@ -132,11 +132,11 @@ class VLMAdapter:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @device.setter
-    def device(self, value: Any) -> None:
-        """Move the model (the trainer sets this to the accelerator's device); quantised models stay put."""
-        if not is_quantized(self.model) and str(value) != str(self.device):
-            self.model.to(value)
+    def to(self, device: Any) -> VLMAdapter:
+        """Move the model (the trainer moves it to the accelerator's device); quantised models stay put."""
+        if not is_quantized(self.model) and str(device) != str(self.device):
+            self.model.to(device)
+        return self
 
     def _target_ids(self, sample: Sample) -> list[int]:
         text = sample.text
