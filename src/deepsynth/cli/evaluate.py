@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
+from deepsynth.cli.ray_options import CpusOpt, GpusOpt, RayOpt, ShardOpt, WorkersOpt
+
 eval_app = typer.Typer(
     help="Evaluate an OCR engine on datasets (CER/WER, breakdowns, HTML report) and compare runs.",
     invoke_without_command=True,
@@ -96,6 +98,11 @@ def evaluate(
     ] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Generative engines: output limit.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    ray: RayOpt = None,
+    workers: WorkersOpt = 1,
+    cpus_per_worker: CpusOpt = 1.0,
+    gpus_per_worker: GpusOpt = 0.0,
+    shard_size: ShardOpt = 64,
 ) -> None:
     """Evaluate ENGINE on --data sources into --out: predictions.jsonl, metrics.json, report.html."""
     if ctx.invoked_subcommand is not None:
@@ -122,23 +129,45 @@ def evaluate(
                                levels=None if level == "all" else [level], split=split, split_key=split_key,
                                seed=seed, limit=limit)  # fmt: skip
             streams.append(open_sources([spec], filter=flt, report=report))
-        eng = load_engine(engine, **_parse_opts(engine_opt))
+        opts = _parse_opts(engine_opt)
+        eng = None if ray else load_engine(engine, **opts)
     except (ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
-    mode = getattr(eng, "mode", None)
-    if mode in ("line", "page") and level in ("line", "page") and mode != level:
-        typer.secho(f"warning: engine reads {mode}s but --level {level} selects {level} rows "
-                    f"(use e.g. `-e {engine.partition(':')[0]}:{level}`)", fg=typer.colors.YELLOW, err=True)  # fmt: skip
     generation = GenerationConfig(max_new_tokens=max_new_tokens) if max_new_tokens else None
-    total = limit * len(data) if limit else None
-    try:
-        result = evaluate_engine(
-            eng, itertools.chain.from_iterable(streams), out, normalize=normalize, batch_size=batch_size,
-            generation=generation, progress=progress, dataset=list(data or []), total=total,
-            exclude_flags=() if include_flagged else ("has_untranscribed",), bootstrap=bootstrap,
-        )  # fmt: skip
-    except RunDirError as exc:
-        _fail(exc)
+    samples = itertools.chain.from_iterable(streams)
+    exclude = () if include_flagged else ("has_untranscribed",)
+    if ray:
+        from deepsynth.cli.ray_options import print_stats, ray_options
+
+        pool = ray_options(ray, workers, cpus_per_worker, gpus_per_worker, shard_size, batch_size)
+        from deepsynth.scale.evaluate import evaluate_on_ray
+        from deepsynth.scale.shards import ShardStoreError
+
+        job = {"data": list(data or []), "level": level, "split": split, "split_key": split_key, "seed": seed,
+               "lang": lang, "subset": subset, "limit": limit, "exclude": list(exclude)}  # fmt: skip
+        try:
+            result, stats = evaluate_on_ray(
+                engine, samples, out, opts=pool, job=job, engine_opts=opts, normalize=normalize,
+                generation=generation, exclude_flags=exclude, dataset=list(data or []), bootstrap=bootstrap,
+                progress=progress,
+            )  # fmt: skip
+        except (RunDirError, ShardStoreError) as exc:
+            _fail(exc)
+        print_stats(stats)
+    else:
+        mode = getattr(eng, "mode", None)
+        if mode in ("line", "page") and level in ("line", "page") and mode != level:
+            typer.secho(f"warning: engine reads {mode}s but --level {level} selects {level} rows "
+                        f"(use e.g. `-e {engine.partition(':')[0]}:{level}`)", fg=typer.colors.YELLOW, err=True)  # fmt: skip
+        total = limit * len(data) if limit else None
+        try:
+            result = evaluate_engine(
+                eng, samples, out, normalize=normalize, batch_size=batch_size, generation=generation,
+                progress=progress, dataset=list(data or []), total=total, exclude_flags=exclude,
+                bootstrap=bootstrap,
+            )  # fmt: skip
+        except RunDirError as exc:
+            _fail(exc)
     _print_summary(result, out)
     if report.n_skipped:
         report.print_summary()

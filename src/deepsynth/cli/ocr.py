@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from deepsynth.cli.ray_options import CpusOpt, GpusOpt, RayOpt, ShardOpt, WorkersOpt
+
 
 def ocr(
     paths: list[str] = typer.Argument(
@@ -36,6 +38,11 @@ def ocr(
     ),
     retry_truncated: int = typer.Option(0, "--retry-truncated", help="Retries for outputs cut at the limit."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    ray: RayOpt = None,
+    workers: WorkersOpt = 1,
+    cpus_per_worker: CpusOpt = 1.0,
+    gpus_per_worker: GpusOpt = 0.0,
+    shard_size: ShardOpt = 64,
 ) -> None:
     """OCR every input into --out (one JSON record per file; inputs already done are skipped)."""
     import dataclasses
@@ -54,15 +61,19 @@ def ocr(
         raise typer.BadParameter("no image or PDF files found in the given paths", param_hint="PATHS")
     spec = f"server:{server}" if server else model
     kwargs = {"token": token, "model": server_model} if server else {}
+    gen = GenerationConfig(retry_truncated=retry_truncated)
+    if max_new_tokens:
+        gen.max_new_tokens = max_new_tokens
+    limits = dataclasses.replace(OFFLINE_LIMITS, pdf_dpi=dpi)
+    if ray is not None:
+        _ocr_on_ray(ray, spec, files, out, kwargs, gen, limits, txt_dir, md_dir, progress,
+                    (workers, cpus_per_worker, gpus_per_worker, shard_size, batch_size))  # fmt: skip
+        return
     try:
         service = OCRService(spec, obs=Observability(spec, metrics=False), engine_kwargs=kwargs)
     except ModelLoadError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    gen = GenerationConfig(retry_truncated=retry_truncated)
-    if max_new_tokens:
-        gen.max_new_tokens = max_new_tokens
-    limits = dataclasses.replace(OFFLINE_LIMITS, pdf_dpi=dpi)
     summary = ocr_files(
         lambda images: service.recognize(images, gen),
         files,
@@ -79,6 +90,27 @@ def ocr(
     for err in result["errors"][:20]:
         typer.echo(f"failed: {err['input']}: {err['error']}", err=True)
     if summary.failed:
+        raise typer.Exit(1)
+
+
+def _ocr_on_ray(address, spec, files, out, kwargs, gen, limits, txt_dir, md_dir, progress, pool) -> None:  # noqa: ANN001
+    import json
+
+    from deepsynth.cli.ray_options import print_stats, ray_options
+
+    opts = ray_options(address, *pool)
+    from deepsynth.scale.ocr import ocr_on_ray
+    from deepsynth.scale.shards import ShardStoreError
+
+    try:
+        stats = ocr_on_ray(spec, files, out, opts=opts, engine_kwargs=kwargs, generation=gen, limits=limits,
+                           txt_dir=txt_dir, md_dir=md_dir, progress=progress)  # fmt: skip
+    except ShardStoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps(stats.to_dict()))
+    print_stats(stats)
+    if stats.failures:
         raise typer.Exit(1)
 
 

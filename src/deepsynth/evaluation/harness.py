@@ -14,7 +14,7 @@ import logging
 import statistics
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -121,7 +121,7 @@ def _record(sample: Sample, pred: Prediction | None, error: str | None = None) -
     return rec
 
 
-def _recognize(
+def recognize_records(
     engine: OCREngine, batch: list[Sample], generation: GenerationConfig | None
 ) -> list[dict[str, Any]]:
     """Records for one batch; unreadable images and engine failures become error records (never a crash)."""
@@ -149,8 +149,31 @@ def _recognize(
                 )
             else:
                 for s in readable:
-                    records.update({r["id"]: r for r in _recognize(engine, [s], generation)})
+                    records.update({r["id"]: r for r in recognize_records(engine, [s], generation)})
     return [records[s.id] for s in batch]
+
+
+class WorstSamples:
+    """The ``n`` records with the highest sample CER seen so far, with a JPEG thumbnail each (for the report)."""
+
+    def __init__(self, n: int, normalize: str):
+        self.n = n
+        self._scorer = get_normalizer(normalize)
+        self._heap: list[tuple[float, str, bytes]] = []
+
+    def offer(self, rec: dict[str, Any], thumbnail: Callable[[], bytes | None]) -> None:
+        """Consider a record; ``thumbnail()`` is only called when it enters the worst ``n``."""
+        if not self.n or rec.get("error") is not None or rec.get("hyp") is None:
+            return
+        score = sample_cer(self._scorer(rec["ref"]), self._scorer(rec["hyp"]), clip=True)
+        if len(self._heap) < self.n or score > self._heap[0][0]:
+            jpeg = thumbnail()
+            if jpeg is not None:
+                push = heapq.heappush if len(self._heap) < self.n else heapq.heapreplace
+                push(self._heap, (score, rec["id"], jpeg))
+
+    def thumbnails(self) -> dict[str, bytes]:
+        return {sid: jpeg for _, sid, jpeg in self._heap}
 
 
 def score_records(
@@ -191,24 +214,13 @@ def evaluate_engine(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     get_normalizer(normalize)  # fail fast on a bad profile, before any work
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pred_path = out / PREDICTIONS
     engine_name = getattr(engine, "name", type(engine).__name__)
-    info_path = out / RUN_INFO
-    if info_path.is_file():
-        previous = json.loads(info_path.read_text(encoding="utf-8")).get("engine")
-        if previous != engine_name and pred_path.is_file() and pred_path.stat().st_size:
-            raise RunDirError(f"{out} holds predictions of engine {previous!r}, not {engine_name!r}; "
-                              "use another --out directory")  # fmt: skip
-    datasets = [dataset] if isinstance(dataset, str) else list(dataset or [])
-    info_path.write_text(json.dumps({"engine": engine_name, "dataset": datasets}, indent=2) + "\n")
+    datasets = open_run_dir(out, engine_name, dataset)
+    pred_path = out / PREDICTIONS
     _repair_tail(pred_path)
     done = {r["id"] for r in iter_predictions(pred_path)}
-    excluded: Counter[str] = Counter()
-    excluded_ids: list[str] = []
-    flags = tuple(exclude_flags)
-    worst_heap: list[tuple[float, str, bytes]] = []  # (sample cer, id, jpeg) of the worst samples this run
-    scorer = get_normalizer(normalize)
+    excluded = Excluded(tuple(exclude_flags))
+    worst_samples = WorstSamples(worst, normalize)
     n_new = n_resumed = 0
     t_start = time.perf_counter()
 
@@ -217,13 +229,8 @@ def evaluate_engine(
         for s in samples:
             if s.id in done:
                 n_resumed += 1
-                continue
-            hit = [f for f in flags if s.meta.get(f)]
-            if hit:
-                excluded.update(hit)
-                excluded_ids.append(s.id)
-                continue
-            yield s
+            elif not excluded.check(s):
+                yield s
 
     bar = None
     if progress:
@@ -232,28 +239,81 @@ def evaluate_engine(
         bar = tqdm(total=total, desc=f"eval {engine_name}", unit="img", dynamic_ncols=True)
     with pred_path.open("a", encoding="utf-8") as fh:
         for batch in _batches(pending(), batch_size):
-            for rec, s in zip(_recognize(engine, batch, generation), batch, strict=True):
+            for rec, s in zip(recognize_records(engine, batch, generation), batch, strict=True):
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 done.add(s.id)
                 n_new += 1
-                if worst and rec.get("error") is None:
-                    score = sample_cer(scorer(rec["ref"]), scorer(rec["hyp"]), clip=True)
-                    if len(worst_heap) < worst or score > worst_heap[0][0]:
-                        jpeg = _thumbnail(s)
-                        if jpeg is not None:
-                            item = (score, s.id, jpeg)
-                            (heapq.heappush if len(worst_heap) < worst else heapq.heapreplace)(
-                                worst_heap, item
-                            )
+                worst_samples.offer(rec, lambda s=s: _thumbnail(s))
                 s.release()
             fh.flush()
             if bar is not None:
                 bar.update(len(batch))
     if bar is not None:
         bar.close()
+    return finish_run(
+        out, engine_name, datasets, normalize=normalize, excluded=excluded, resumed=n_resumed, new=n_new,
+        seconds=time.perf_counter() - t_start, generation=generation, bootstrap=bootstrap,
+        thumbnails=worst_samples.thumbnails(), worst=worst, report=report,
+    )  # fmt: skip
 
+
+def open_run_dir(out: Path, engine_name: str, dataset: str | list[str] | None) -> list[str]:
+    """Create ``out`` for a run of ``engine_name`` (refusing one that holds another engine's predictions);
+    returns the dataset list recorded in run.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    pred_path = out / PREDICTIONS
+    info_path = out / RUN_INFO
+    if info_path.is_file():
+        previous = json.loads(info_path.read_text(encoding="utf-8")).get("engine")
+        if previous != engine_name and pred_path.is_file() and pred_path.stat().st_size:
+            raise RunDirError(f"{out} holds predictions of engine {previous!r}, not {engine_name!r}; "
+                              "use another --out directory")  # fmt: skip
+    datasets = [dataset] if isinstance(dataset, str) else list(dataset or [])
+    info_path.write_text(json.dumps({"engine": engine_name, "dataset": datasets}, indent=2) + "\n")
+    return datasets
+
+
+class Excluded:
+    """Samples left out because they carry a truthy flag (e.g. ``has_untranscribed``): counts and ids."""
+
+    def __init__(self, flags: tuple[str, ...] = DEFAULT_EXCLUDE):
+        self.flags = flags
+        self.counts: Counter[str] = Counter()
+        self.ids: list[str] = []
+
+    def check(self, sample: Sample) -> bool:
+        """True (and counted) when ``sample`` is excluded."""
+        hit = [f for f in self.flags if sample.meta.get(f)]
+        if hit:
+            self.counts.update(hit)
+            self.ids.append(sample.id)
+        return bool(hit)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"flags": list(self.flags), "counts": dict(self.counts), "ids": self.ids[:1000]}
+
+
+def finish_run(
+    out: Path,
+    engine_name: str,
+    datasets: list[str],
+    *,
+    normalize: str,
+    excluded: Excluded,
+    resumed: int,
+    new: int,
+    seconds: float,
+    generation: GenerationConfig | None = None,
+    bootstrap: int = 1000,
+    thumbnails: dict[str, bytes] | None = None,
+    worst: int = 25,
+    report: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score ``out/predictions.jsonl`` (always the whole file) into metrics.json and report.html."""
+    pred_path = out / PREDICTIONS
     errors: list[dict[str, str]] = []
-    seconds: list[float] = []
+    secs: list[float] = []
     n_records = 0
 
     def scan() -> Iterator[dict[str, Any]]:
@@ -263,7 +323,7 @@ def evaluate_engine(
             if r.get("error"):
                 errors.append({"id": r["id"], "error": r["error"]})
             if isinstance(r.get("seconds"), int | float):
-                seconds.append(r["seconds"])
+                secs.append(r["seconds"])
             yield r
 
     summary, _ = score_records(scan(), normalize, bootstrap=bootstrap)
@@ -275,22 +335,22 @@ def evaluate_engine(
         "n_predictions": n_records,
         "unreadable": [e for e in errors if e["error"].startswith("unreadable")],
         "engine_errors": [e for e in errors if not e["error"].startswith("unreadable")],
-        "excluded": {"flags": list(flags), "counts": dict(excluded), "ids": excluded_ids[:1000]},
-        "resumed": n_resumed,
-        "new": n_new,
-        "seconds_per_image_median": statistics.median(seconds) if seconds else None,
-        "wall_seconds": round(time.perf_counter() - t_start, 2),
+        "excluded": excluded.to_dict(),
+        "resumed": resumed,
+        "new": new,
+        "seconds_per_image_median": statistics.median(secs) if secs else None,
+        "wall_seconds": round(seconds, 2),
         "generation": generation.to_dict() if generation is not None else None,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        **(extra or {}),
     }
     result["normalize"] = normalize  # the profile the numbers were computed with, stated explicitly
     (out / METRICS).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if report:
         from deepsynth.evaluation.report import write_report
 
-        thumbs = {sid: jpeg for _, sid, jpeg in worst_heap}
-        write_report(out / REPORT, result, iter_predictions(pred_path), normalize=normalize, thumbnails=thumbs,
-                     worst=worst)  # fmt: skip
+        write_report(out / REPORT, result, iter_predictions(pred_path), normalize=normalize,
+                     thumbnails=thumbnails or {}, worst=worst)  # fmt: skip
     return result
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from deepsynth.inference.inputs import InputError, PageInput, decode_file
 from deepsynth.inference.limits import ServingLimits
+from deepsynth.models.base import Prediction
 
 # offline batches read whole books: no per-request page or pixel budget beyond what one file needs
 OFFLINE_LIMITS = ServingLimits(
@@ -115,6 +116,15 @@ class BatchSummary:
         }
 
 
+def decode_path(path: Path, limits: ServingLimits) -> list[PageInput]:
+    """Read and decode one input file into pages; any problem is an InputError naming the file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(400, "unreadable_file", f"cannot read {path}: {exc}", path.name) from exc
+    return decode_file(data, path.name, None, limits)
+
+
 def decode_ahead(
     paths: Sequence[Path], limits: ServingLimits, ahead: int = 2
 ) -> Iterator[tuple[Path, list[PageInput] | str, float]]:
@@ -131,11 +141,9 @@ def decode_ahead(
                     return
                 t0 = time.perf_counter()
                 try:
-                    item: list[PageInput] | str = decode_file(path.read_bytes(), path.name, None, limits)
+                    item: list[PageInput] | str = decode_path(path, limits)
                 except InputError as exc:
                     item = str(exc)
-                except OSError as exc:
-                    item = f"cannot read {path}: {exc}"
                 q.put((path, item, time.perf_counter() - t0))
             q.put(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
@@ -156,9 +164,54 @@ def decode_ahead(
             thread.join(0.01)
 
 
-def _output_name(path: Path, root: Path | None) -> Path:
+def output_root(paths: Sequence[Path]) -> Path | None:
+    """The folder that --txt-dir / --md-dir names are relative to: the inputs' common parent."""
+    return Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else None
+
+
+def output_name(path: Path, root: Path | None) -> Path:
     rel = path.relative_to(root) if root is not None else Path(path.name)
     return rel.with_suffix("")
+
+
+def page_record(page: int, pred: Prediction) -> dict[str, Any]:
+    """The JSONL entry of one page read into ``pred``."""
+    rec = {
+        "page": page,
+        "text": pred.text,
+        "confidence": pred.confidence,
+        "finished": pred.finished,
+        "num_tokens": pred.num_tokens,
+    }
+    if pred.meta.get("repetition"):
+        rec["repetition"] = True
+    return rec
+
+
+def file_record(path: Path, model_id: str, page_recs: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """The JSONL record of one file read successfully (its pages from :func:`page_record`)."""
+    text = "\n\n".join(r["text"] for r in page_recs)
+    rec = {"input": str(path), "model": model_id, "status": "ok", "n_pages": len(page_recs), "text": text}
+    rec.update(pages=page_recs, seconds=round(seconds, 4))
+    return rec
+
+
+def error_record(path: Path, model_id: str, message: str) -> dict[str, Any]:
+    """The JSONL record of a file that could not be read or recognised."""
+    return {"input": str(path), "model": model_id, "status": "error", "error": message}
+
+
+def write_side_outputs(rec: dict[str, Any], name: Path, txt_dir: Path | None, md_dir: Path | None) -> None:
+    """One .txt and/or .md per successful file record (``name``: its path relative to the inputs' root)."""
+    page_recs = rec["pages"]
+    if txt_dir is not None:
+        _write_text(txt_dir / name.with_suffix(".txt"), rec["text"] + "\n")
+    if md_dir is not None:
+        if len(page_recs) == 1:
+            md = rec["text"]
+        else:
+            md = "\n\n".join(f"<!-- page {r['page']} -->\n\n{r['text']}" for r in page_recs)
+        _write_text(md_dir / name.with_suffix(".md"), md + "\n")
 
 
 def ocr_files(
@@ -182,7 +235,7 @@ def ocr_files(
     summary = BatchSummary(total=len(paths))
     todo = [p for p in paths if str(p) not in done]
     summary.skipped_done = len(paths) - len(todo)
-    root = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else None
+    root = output_root(paths)
     t_start = time.perf_counter()
     pending: list[tuple[Path, list[PageInput], float]] = []
 
@@ -199,34 +252,14 @@ def ocr_files(
         def fail(path: Path, message: str) -> None:
             summary.failed += 1
             summary.errors.append({"input": str(path), "error": message})
-            write({"input": str(path), "model": model_id, "status": "error", "error": message})
+            write(error_record(path, model_id, message))
 
         def finish(path: Path, pages: list[PageInput], preds: list[Any], t0: float) -> None:
-            page_recs = [
-                {
-                    "page": pg.page,
-                    "text": pr.text,
-                    "confidence": pr.confidence,
-                    "finished": pr.finished,
-                    "num_tokens": pr.num_tokens,
-                    **({"repetition": True} if pr.meta.get("repetition") else {}),
-                }
-                for pg, pr in zip(pages, preds, strict=True)
-            ]
-            text = "\n\n".join(r["text"] for r in page_recs)
-            name = _output_name(path, root)
-            if txt_dir is not None:
-                _write_text(txt_dir / name.with_suffix(".txt"), text + "\n")
-            if md_dir is not None:
-                if len(page_recs) == 1:
-                    md = text
-                else:
-                    md = "\n\n".join(f"<!-- page {r['page']} -->\n\n{r['text']}" for r in page_recs)
-                _write_text(md_dir / name.with_suffix(".md"), md + "\n")
+            page_recs = [page_record(pg.page, pr) for pg, pr in zip(pages, preds, strict=True)]
+            rec = file_record(path, model_id, page_recs, time.perf_counter() - t0)
+            write_side_outputs(rec, output_name(path, root), txt_dir, md_dir)
             summary.ok += 1
             summary.pages += len(pages)
-            rec = {"input": str(path), "model": model_id, "status": "ok", "n_pages": len(pages), "text": text}
-            rec.update(pages=page_recs, seconds=round(time.perf_counter() - t0, 4))
             write(rec)
 
         def flush() -> None:

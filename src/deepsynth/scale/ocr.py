@@ -1,0 +1,178 @@
+"""``deepsynth ocr --ray``: batch OCR of files on a Ray cluster, with the same records as the in-process run.
+
+Files are cut into shards; CPU tasks read and decode them (PDFs rendered per page) with the same
+``decode_path`` as ``deepsynth ocr``; each actor holds one :class:`OCRService` built from the same spec and
+reads page batches with ``OCRService.recognize``; the driver builds each file's record with the same
+``file_record`` / ``error_record`` and writes it to a shard. ``--out`` is rewritten from the completed shards
+(kept next to it in ``OUT.shards/``) in input order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from deepsynth.inference.batch_files import (
+    OFFLINE_LIMITS,
+    decode_path,
+    error_record,
+    file_record,
+    output_name,
+    output_root,
+    page_record,
+    write_side_outputs,
+)
+from deepsynth.inference.inputs import InputError
+from deepsynth.inference.limits import ServingLimits
+from deepsynth.models.generation import GenerationConfig
+from deepsynth.scale.pipeline import JobStats, run_sharded
+from deepsynth.scale.pixels import NO_PIXELS, from_pixels, to_pixels
+from deepsynth.scale.runtime import RayOptions, connect
+from deepsynth.scale.shards import ShardStore, ShardStoreError
+
+PAGE_SCHEMA = pa.schema([("shard", pa.int64()), ("unit", pa.int64()), ("part", pa.int64()),
+                         ("n_parts", pa.int64()), ("path", pa.string()), ("page", pa.int64()),
+                         ("width", pa.int64()), ("height", pa.int64()), ("pixels", pa.large_binary()),
+                         ("error", pa.string()), ("kind", pa.string()), ("seconds", pa.float64())])  # fmt: skip
+RESULT_SCHEMA = pa.schema([("shard", pa.int64()), ("unit", pa.int64()), ("part", pa.int64()),
+                           ("n_parts", pa.int64()), ("path", pa.string()), ("result", pa.string())])  # fmt: skip
+
+
+def shard_dir(out: Path) -> Path:
+    """Where the shards and manifest of ``--out`` live."""
+    return out.with_name(out.name + ".shards")
+
+
+def file_shards(paths: Sequence[Path], shard_size: int) -> Iterator[tuple[int, pa.Table]]:
+    """``(index, table of shard/unit/path)`` for consecutive groups of ``shard_size`` files."""
+    for start in range(0, len(paths), shard_size):
+        chunk = [str(p) for p in paths[start : start + shard_size]]
+        index = start // shard_size
+        yield index, pa.table({"shard": [index] * len(chunk), "unit": list(range(len(chunk))), "path": chunk})
+
+
+def decode_files(batch: pa.Table, limits: dict[str, Any]) -> pa.Table:
+    """Ray task: files → one row per page (RGB pixels), or one error row naming the file."""
+    lim = ServingLimits(**limits)
+    rows: list[dict[str, Any]] = []
+    for r in batch.select(["shard", "unit", "path"]).to_pylist():
+        t0 = time.perf_counter()
+        try:
+            pages = decode_path(Path(r["path"]), lim)
+        except InputError as exc:
+            rows.append({**r, "part": 0, "n_parts": 1, "page": 0, **NO_PIXELS, "error": str(exc),
+                         "kind": exc.kind, "seconds": time.perf_counter() - t0})  # fmt: skip
+            continue
+        share = (time.perf_counter() - t0) / len(pages)
+        for i, pg in enumerate(pages):
+            rows.append({**r, "part": i, "n_parts": len(pages), "page": pg.page, **to_pixels(pg.image),
+                         "error": None, "kind": None, "seconds": share})  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=PAGE_SCHEMA)
+
+
+class OCRWorker:
+    """Ray actor: one :class:`OCRService` (built like ``deepsynth ocr`` builds it) reading page batches."""
+
+    def __init__(self, spec: str, engine_kwargs: dict[str, Any], generation: dict[str, Any]):
+        from deepsynth.inference.service import OCRService
+        from deepsynth.observability import Observability
+
+        self.service = OCRService(spec, obs=Observability(spec, metrics=False), engine_kwargs=engine_kwargs)
+        self.generation = GenerationConfig(**generation)
+
+    def _read(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
+        preds = self.service.recognize([from_pixels(r) for r in rows], self.generation)
+        share = (time.perf_counter() - t0) / len(rows)
+        return [{"page": page_record(r["page"], p), "seconds": r["seconds"] + share}
+                for r, p in zip(rows, preds, strict=True)]  # fmt: skip
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        results: list[dict[str, Any] | None] = [
+            None if r["error"] is None else {"error": r["error"], "kind": r["kind"]} for r in rows
+        ]
+        todo = [i for i, r in enumerate(rows) if r["error"] is None]
+        try:
+            done = self._read([rows[i] for i in todo]) if todo else []
+        except Exception:  # isolate the failing page: one by one
+            done = []
+            for i in todo:
+                try:
+                    done.extend(self._read([rows[i]]))
+                except Exception as exc:
+                    done.append({"error": f"model error: {type(exc).__name__}: {exc}", "kind": "model_error"})
+        for i, res in zip(todo, done, strict=True):
+            results[i] = res
+        keys = ("shard", "unit", "part", "n_parts", "path")
+        out = [{**{k: r[k] for k in keys}, "result": json.dumps(res, ensure_ascii=False)}
+               for r, res in zip(rows, results, strict=True)]  # fmt: skip
+        return pa.Table.from_pylist(out, schema=RESULT_SCHEMA)
+
+
+def assemble_file(model_id: str) -> Callable[[list[dict[str, Any]]], tuple[dict[str, Any], str | None]]:
+    """The driver's record builder: a file's page results → the same record ``deepsynth ocr`` writes."""
+
+    def assemble(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
+        path = Path(rows[0]["path"])
+        results = [json.loads(r["result"]) for r in rows]
+        failed = next((res for res in results if "error" in res), None)
+        if failed is not None:
+            return error_record(path, model_id, failed["error"]), failed["kind"]
+        seconds = sum(res["seconds"] for res in results)
+        return file_record(path, model_id, [res["page"] for res in results], seconds), None
+
+    return assemble
+
+
+def ocr_on_ray(
+    spec: str,
+    files: Sequence[Path],
+    out: Path,
+    *,
+    opts: RayOptions,
+    engine_kwargs: dict[str, Any] | None = None,
+    generation: GenerationConfig | None = None,
+    limits: ServingLimits | None = None,
+    txt_dir: Path | None = None,
+    md_dir: Path | None = None,
+    progress: bool = True,
+    on_shard: Callable[[int, list[dict[str, Any]]], None] | None = None,
+) -> JobStats:
+    """Run ``deepsynth ocr`` on Ray: every file of ``files`` gets exactly one record in ``out``."""
+    generation = generation or GenerationConfig()
+    limits = limits or OFFLINE_LIMITS
+    shards = shard_dir(out)
+    if out.exists() and not (shards / "job.json").is_file():
+        raise ShardStoreError(f"{out} holds results of an in-process run; use another --out for --ray")
+    digest = hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest()
+    job = {"command": "ocr", "model": spec, "server_model": (engine_kwargs or {}).get("model"),
+           "inputs_sha256": digest, "n_inputs": len(files), "shard_size": opts.shard_size,
+           "limits": asdict(limits), "generation": generation.to_dict()}  # fmt: skip
+    store = ShardStore(shards, job)
+    dashboard = connect(opts.address)
+    root = output_root(files)
+
+    def side_outputs(index: int, records: list[dict[str, Any]]) -> None:
+        for rec in records:
+            if rec["status"] == "ok":
+                write_side_outputs(rec, output_name(Path(rec["input"]), root), txt_dir, md_dir)
+        if on_shard is not None:
+            on_shard(index, records)
+
+    stats = run_sharded(
+        file_shards(files, opts.shard_size), store, decode=decode_files, decode_kwargs={"limits": asdict(limits)},
+        worker=OCRWorker, worker_kwargs={"spec": spec, "engine_kwargs": engine_kwargs or {},
+                                         "generation": generation.to_dict()},
+        assemble=assemble_file(spec), opts=opts, on_shard=side_outputs, progress=progress,
+    )  # fmt: skip
+    store.merge(out)
+    stats.dashboard = dashboard
+    return stats

@@ -1,0 +1,140 @@
+"""The one Ray Data pipeline behind every ``--ray`` command.
+
+    driver: read inputs into numbered shards (Arrow tables in the object store)
+      → map_batches(decode)                CPU tasks: files → pages / samples → pixels, bad input → error row
+      → map_batches(Worker, ActorPool)      one engine per actor, the library's own recognise/score code
+      → driver: group rows by shard → ShardStore (completion manifest) → records
+
+Rows carry ``shard`` and ``unit`` (the record's position in its shard); a unit may have several ``part`` rows
+(the pages of a PDF). The driver keeps the first copy of every (shard, unit, part), so a batch that Ray runs
+again after a worker died can never duplicate a record; a shard is written only once all its units are
+complete, and a job that ends with an incomplete shard fails (its shard is done again on the next run).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepsynth.scale.runtime import RayOptions
+from deepsynth.scale.shards import ShardStore
+
+Assemble = Callable[[list[dict[str, Any]]], tuple[dict[str, Any], str | None]]
+
+
+@dataclass
+class JobStats:
+    """What a ``--ray`` run did, for the final summary."""
+
+    units: int = 0
+    resumed: int = 0
+    new: int = 0
+    pages: int = 0
+    seconds: float = 0.0
+    failures: Counter[str] = field(default_factory=Counter)
+    dashboard: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.units,
+            "resumed": self.resumed,
+            "new": self.new,
+            "pages": self.pages,
+            "failed": sum(self.failures.values()),
+            "failures_by_kind": dict(self.failures),
+            "seconds": round(self.seconds, 3),
+            "pages_per_second": round(self.pages / self.seconds, 3) if self.seconds else None,
+        }
+
+    def summary(self) -> str:
+        """One human line: counts, pages/s, failures by kind."""
+        rate = f"{self.pages / self.seconds:.2f} pages/s" if self.seconds and self.pages else "no new pages"
+        text = (f"{self.new} new, {self.resumed} resumed of {self.units}; {self.pages} pages in "
+                f"{self.seconds:.1f} s ({rate})")  # fmt: skip
+        if self.failures:
+            text += "; failed: " + ", ".join(f"{k} {v}" for k, v in self.failures.most_common())
+        return text
+
+
+def run_sharded(
+    shards: Iterable[tuple[int, Any]],
+    store: ShardStore,
+    *,
+    decode: Callable[..., Any],
+    decode_kwargs: dict[str, Any],
+    worker: type,
+    worker_kwargs: dict[str, Any],
+    assemble: Assemble,
+    opts: RayOptions,
+    on_shard: Callable[[int, list[dict[str, Any]]], None] | None = None,
+    progress: bool = True,
+) -> JobStats:
+    """Run every shard not yet in ``store`` through decode → worker actors, writing finished shards.
+
+    ``shards`` yields ``(index, pyarrow.Table)`` with ``shard`` and ``unit`` columns; ``assemble(parts)``
+    turns a unit's result rows (sorted by part) into its record and a failure kind (None when it succeeded).
+    ``on_shard(index, records)`` runs after a shard is written (side outputs, tests).
+    """
+    import ray
+    import ray.data
+    from tqdm import tqdm
+
+    stats = JobStats()
+    t0 = time.perf_counter()
+    refs, expected = [], {}
+    for index, table in shards:
+        stats.units += table.num_rows
+        if index in store.done:
+            stats.resumed += store.done[index]
+            continue
+        expected[index] = table.num_rows
+        refs.append(ray.put(table))
+    if not refs:
+        stats.seconds = time.perf_counter() - t0
+        return stats
+    ds = ray.data.from_arrow_refs(refs)
+    ds = ds.map_batches(decode, fn_kwargs=decode_kwargs, batch_format="pyarrow", batch_size=opts.batch_size,
+                        num_cpus=opts.decode_cpus, zero_copy_batch=True)  # fmt: skip
+    ds = ds.map_batches(worker, fn_constructor_kwargs=worker_kwargs, batch_format="pyarrow",
+                        **opts.actor_args())  # fmt: skip
+
+    pending: dict[int, dict[int, dict[int, dict[str, Any]]]] = {k: {} for k in expected}
+    complete: Counter[int] = Counter()
+    bar = tqdm(total=sum(expected.values()), disable=not progress, unit="record", desc="ray")
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for row in batch.to_pylist():
+            shard, unit, part = row["shard"], row["unit"], row["part"]
+            if shard not in pending:
+                continue  # a late copy of a shard already written
+            parts = pending[shard].setdefault(unit, {})
+            if part in parts:
+                continue  # a batch Ray ran twice (worker restarted): keep the first copy
+            parts[part] = row
+            if len(parts) < row["n_parts"]:
+                continue
+            complete[shard] += 1
+            bar.update(1)
+            if complete[shard] == expected[shard]:
+                units = pending.pop(shard)
+                records = []
+                for u in range(expected[shard]):
+                    rows = [units[u][p] for p in sorted(units[u])]
+                    record, failure = assemble(rows)
+                    records.append(record)
+                    stats.pages += len(rows) if failure is None else 0
+                    if failure is not None:
+                        stats.failures[failure] += 1
+                store.write(shard, records)
+                stats.new += len(records)
+                if on_shard is not None:
+                    on_shard(shard, records)
+    bar.close()
+    stats.seconds = time.perf_counter() - t0
+    if pending:
+        missing = sorted(pending)
+        raise RuntimeError(f"Ray job ended with {len(missing)} incomplete shard(s) (first: {missing[0]}); "
+                           "rerun the same command to finish them")  # fmt: skip
+    return stats

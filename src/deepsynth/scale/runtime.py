@@ -1,0 +1,73 @@
+"""Connecting to Ray (an embedded local runtime or a cluster) and the knobs of the engine actor pool."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any
+
+LOCAL = "local"  # `--ray` without an address: RAY_ADDRESS when set, else a runtime on this machine
+
+
+@dataclass
+class RayOptions:
+    """How a ``--ray`` job runs: where, how many engine actors and what each one reserves.
+
+    ``max_restarts`` / ``max_task_retries`` are Ray's actor fault tolerance: a worker process that dies is
+    restarted and its batch is run again on it (bounded, so a file that crashes the engine every time fails
+    the job instead of looping forever).
+    """
+
+    address: str | None = LOCAL
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    batch_size: int = 8
+    shard_size: int = 64
+    decode_cpus: float = 0.5
+    max_restarts: int = 3
+    max_task_retries: int = 3
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
+            raise ValueError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
+        if self.batch_size < 1 or self.shard_size < 1:
+            raise ValueError("batch and shard sizes must be >= 1")
+        # a shard holds whole batches, so batches are the same consecutive groups as in the in-process run
+        self.shard_size = max(self.batch_size, self.shard_size - self.shard_size % self.batch_size)
+
+    def actor_args(self) -> dict[str, Any]:
+        """Keyword arguments of ``Dataset.map_batches`` for the engine actor pool."""
+        import ray.data
+
+        args: dict[str, Any] = {
+            "compute": ray.data.ActorPoolStrategy(size=self.workers),
+            "batch_size": self.batch_size,
+            "num_cpus": self.cpus_per_worker,
+            # actor fault tolerance (passed this way: map_batches' **ray_remote_args is deprecated in Ray 2.60)
+            "ray_remote_args_fn": functools.partial(
+                dict, max_restarts=self.max_restarts, max_task_retries=self.max_task_retries
+            ),
+        }
+        if self.gpus_per_worker:
+            args["num_gpus"] = self.gpus_per_worker
+        return args
+
+
+def connect(address: str | None = LOCAL) -> str | None:
+    """Join the Ray cluster at ``address`` (``ray://host:10001``, ``host:6379``, ``auto``) or start a local
+    runtime (``local``: honours ``RAY_ADDRESS``). Reuses a runtime this process already joined.
+    Returns the dashboard URL when the cluster runs one."""
+    import ray
+
+    if ray.is_initialized():
+        return None
+    target = None if address in (None, "", LOCAL) else address
+    if target is None and os.environ.get("RAY_ADDRESS"):
+        target = os.environ["RAY_ADDRESS"]
+    context = ray.init(address=target, log_to_driver=False, configure_logging=False)
+    url = getattr(context, "dashboard_url", None)
+    return f"http://{url}" if url and not str(url).startswith("http") else url or None

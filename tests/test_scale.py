@@ -1,0 +1,183 @@
+"""``--ray``: eval / ocr / data prepare as Ray Data pipelines on a real local Ray runtime, compared with the
+in-process commands on real lines from ../shared/data (RapidOCR, which reads each line the same whatever the
+batch), plus resume per shard, bad files and a worker process killed mid-job."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+ray = pytest.importorskip("ray", reason="needs the .[scale] extra (ray)")
+
+from deepsynth.cli.main import app  # noqa: E402
+from deepsynth.scale.shards import MANIFEST, ShardStore, ShardStoreError  # noqa: E402
+
+runner = CliRunner()
+SET = "gt4histocr_dta19_lines"
+METRIC_KEYS = ("n", "cer", "wer", "ned", "exact_match", "cer_ci", "wer_ci", "per_subset", "per_language")
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    """One local Ray runtime (head + worker processes on loopback) shared by every test here."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _node_ip_address="127.0.0.1")  # fmt: skip
+    yield
+    ray.shutdown()
+
+
+def run_ok(args: list[str], code: int = 0) -> str:
+    result = runner.invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def without_timing(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if k != "seconds"}
+
+
+def assert_same_metrics(a: dict, b: dict) -> None:
+    for key in METRIC_KEYS:
+        assert json.dumps(a[key], sort_keys=True) == json.dumps(b[key], sort_keys=True) or key in (
+            "cer_ci",
+            "wer_ci",
+        ), key
+    for key in ("cer", "wer", "ned", "exact_match"):
+        assert abs(a[key] - b[key]) <= 1e-12
+    for key in ("cer_ci", "wer_ci"):
+        assert max(abs(x - y) for x, y in zip(a[key], b[key], strict=True)) <= 1e-12
+
+
+def eval_args(shared_data: Path, out: Path) -> list[str]:
+    return ["eval", "-e", "rapidocr", "-d", f"dta={shared_data / SET}", "--limit", "20", "-b", "4",
+            "-o", str(out), "--no-progress", "--bootstrap", "200"]  # fmt: skip
+
+
+RAY_POOL = ["--workers", "2", "--cpus-per-worker", "0.5", "--shard-size", "8"]
+
+
+def test_eval_ray_same_predictions_and_metrics_then_resumes_per_shard(ray_runtime, shared_data, tmp_path):
+    local, dist = tmp_path / "local", tmp_path / "ray"
+    run_ok(eval_args(shared_data, local))
+    out = run_ok([*eval_args(shared_data, dist), "--ray", "local", *RAY_POOL])
+    assert "ray: 20 new, 0 resumed of 20" in out
+    a, b = (lines(d / "predictions.jsonl") for d in (local, dist))
+    assert [without_timing(r) for r in a] == [without_timing(r) for r in b]
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (local, dist))
+    assert ma["engine"] == mb["engine"] and mb["ray"]["new"] == 20
+    assert_same_metrics(ma, mb)
+    assert (dist / "report.html").is_file()
+
+    # a crash after shard 1 was written but before it was listed: only that shard runs again
+    manifest = dist / "shards" / MANIFEST
+    entries = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(e for e in entries if json.loads(e)["shard"] != 1) + "\n")
+    out = run_ok([*eval_args(shared_data, dist), "--ray", "local", *RAY_POOL])
+    assert "ray: 8 new, 12 resumed of 20" in out
+    assert [without_timing(r) for r in lines(dist / "predictions.jsonl")] == [without_timing(r) for r in a]
+    assert_same_metrics(ma, json.loads((dist / "metrics.json").read_text()))
+
+    # another job into the same directory is refused, as is an in-process run directory
+    out = runner.invoke(app, [*eval_args(shared_data, dist)[:-5], "--limit", "12", "-o", str(dist),
+                              "--ray", "local", *RAY_POOL])  # fmt: skip
+    assert out.exit_code == 2 and "another job" in out.output
+    out = runner.invoke(app, [*eval_args(shared_data, local), "--ray", "local", *RAY_POOL])
+    assert out.exit_code == 2 and "in-process run" in out.output
+
+
+def test_shard_store_ignores_altered_or_torn_shards(tmp_path):
+    store = ShardStore(tmp_path, {"command": "t"})
+    store.write(0, [{"a": 1}, {"a": 2}])
+    store.write(1, [{"a": 3}])
+    with pytest.raises(ShardStoreError, match="already complete"):
+        store.write(1, [{"a": 3}])
+    (tmp_path / "part-000001.jsonl").write_text('{"a": 4}\n')  # altered after listing
+    with (tmp_path / MANIFEST).open("a") as fh:
+        fh.write('{"shard": 2, "rec')  # torn last line
+    again = ShardStore(tmp_path, {"command": "t"})
+    assert again.done == {0: 2}
+    assert again.merge(tmp_path / "all.jsonl") == 2 and lines(tmp_path / "all.jsonl") == [{"a": 1}, {"a": 2}]
+    with pytest.raises(ShardStoreError, match="another job"):
+        ShardStore(tmp_path, {"command": "other"})
+
+
+@pytest.fixture
+def ocr_inputs(shared_data: Path, tmp_path: Path) -> Path:
+    """12 real line images, a 2-page PDF of two of them, a corrupt PNG and an empty file."""
+    from PIL import Image
+
+    root = tmp_path / "in"
+    root.mkdir()
+    images = sorted((shared_data / SET / "images" / "lines").glob("*.png"))[:12]
+    for p in images:
+        shutil.copy(p, root / p.name)
+    pages = [Image.open(p).convert("RGB") for p in images[:2]]
+    pages[0].save(root / "two_pages.pdf", save_all=True, append_images=pages[1:], resolution=72)
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    (root / "empty.jpg").write_bytes(b"")
+    return root
+
+
+def test_ocr_ray_same_records_bad_files_are_records(ray_runtime, ocr_inputs, tmp_path):
+    local, dist = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    base = ["ocr", str(ocr_inputs), "--model", "rapidocr", "-b", "4", "--no-progress", "--dpi", "72"]
+    run_ok([*base, "--out", str(local)], code=1)  # two bad files: exit 1, as in-process
+    out = run_ok([*base, "--out", str(dist), "--md-dir", str(tmp_path / "md"), "--ray", "local", *RAY_POOL],
+                 code=1)  # fmt: skip
+    assert "failed: empty_file 1, invalid_image 1" in out or "failed: invalid_image 1, empty_file 1" in out
+    a = {r["input"]: without_timing(r) for r in lines(local)}
+    b = [without_timing(r) for r in lines(dist)]
+    assert len(b) == len(a) == 15 and {r["input"] for r in b} == set(a)
+    assert [r["input"] for r in b] == sorted(a)  # input order
+    assert all(r == a[r["input"]] for r in b)
+    pdf = next(r for r in b if r["input"].endswith(".pdf"))
+    assert pdf["n_pages"] == 2 and "<!-- page 2 -->" in (tmp_path / "md" / "two_pages.md").read_text()
+    assert {r["status"] for r in b if "corrupt" in r["input"] or "empty" in r["input"]} == {"error"}
+
+
+def _actor_pids(name: str) -> list[int]:
+    import psutil
+
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if name in cmd and proc.pid != os.getpid():
+            pids.append(proc.pid)
+    return pids
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_job_loses_and_duplicates_nothing(ray_runtime, ocr_inputs, tmp_path):
+    from deepsynth.inference.batch_files import expand_paths
+    from deepsynth.scale.ocr import ocr_on_ray
+    from deepsynth.scale.runtime import RayOptions
+
+    files = expand_paths([str(ocr_inputs)])
+    reference = tmp_path / "ref.jsonl"
+    opts = RayOptions(workers=2, cpus_per_worker=0.5, batch_size=1, shard_size=1)
+    ocr_on_ray("rapidocr", files, reference, opts=opts, progress=False)
+    killed: list[int] = []
+
+    def kill_one(index: int, records: list[dict]) -> None:
+        if not killed:
+            pids = _actor_pids("OCRWorker")
+            assert pids, "no OCRWorker actor process found"
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    out = tmp_path / "killed.jsonl"
+    stats = ocr_on_ray("rapidocr", files, out, opts=opts, progress=False, on_shard=kill_one)
+    assert killed and stats.new == len(files)
+    got = [without_timing(r) for r in lines(out)]
+    assert [r["input"] for r in got] == [str(f) for f in files]  # each file exactly once, in order
+    assert got == [without_timing(r) for r in lines(reference)]
