@@ -115,7 +115,7 @@ def main() -> dict:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from deepsynth.inference.server import ServerSettings, create_app
+    from deepsynth.inference.api import ServerSettings, create_app
     from deepsynth.inference.service import OCRService
     from deepsynth.models.registry import load_engine
     from deepsynth.observability import Observability

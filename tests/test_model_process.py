@@ -89,7 +89,7 @@ def test_load_error_is_raised_in_the_parent(tmp_path):
 def test_killed_child_fails_requests_clearly_and_server_is_not_ready():
     import httpx
 
-    from deepsynth.inference.server import create_app
+    from deepsynth.inference.api import create_app
     from tests.serving_engines import data_uri, running_server
 
     engine = ProcessEngine(SPEC, threads=1)

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 import shutil
 import subprocess
 import threading
@@ -279,13 +280,20 @@ def test_cancelled_request_is_counted_as_cancelled_not_as_failure():
 def test_gpu_memory_comes_from_the_engine_that_holds_the_model():
     """With the model in its own process, the server process holds no CUDA memory: the service points the
     gauge at the engine's own report (ProcessEngine.gpu_memory)."""
+    from deepsynth.inference.engine import InProcessEngine
     from deepsynth.inference.service import OCRService
     from tests.serving_engines import ColourEngine
 
-    class ReportingEngine(ColourEngine):
+    class ReportingEngine(InProcessEngine):
+        """Stands in for a model in another process (here: this one) that reports its CUDA memory."""
+
         def __init__(self) -> None:
-            super().__init__()
+            super().__init__(ColourEngine())
             self.readings = [("0", "allocated", 1.5e9), ("0", "reserved", 2.0e9)]
+
+        @property
+        def pid(self) -> int:
+            return os.getpid()
 
         def gpu_memory(self):
             return self.readings

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from prometheus_client.parser import text_string_to_metric_families
 
-from deepsynth.inference.server import ServerSettings, create_app
+from deepsynth.inference.api import ServerSettings, create_app
 from deepsynth.inference.service import OCRService
 from deepsynth.observability import Observability
 from deepsynth.observability.samples import SampleSettings, SampleStore

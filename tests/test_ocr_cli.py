@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from deepsynth.cli.main import app
+from deepsynth.inference.api import create_app
 from deepsynth.inference.batch_files import expand_paths
-from deepsynth.inference.server import create_app
 from deepsynth.inference.service import OCRService
 from deepsynth.models import registry
 from deepsynth.observability import Observability

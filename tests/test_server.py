@@ -12,8 +12,8 @@ import openai
 import pytest
 from PIL import Image
 
+from deepsynth.inference.api import ServerSettings, create_app
 from deepsynth.inference.limits import ServingLimits
-from deepsynth.inference.server import ServerSettings, create_app
 from deepsynth.inference.service import OCRService
 from deepsynth.observability import Observability
 from tests.serving_engines import ColourEngine, colour_image, data_uri, pdf_bytes, png, running_server

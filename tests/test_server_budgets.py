@@ -10,8 +10,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from deepsynth.inference.api import ServerSettings, create_app
 from deepsynth.inference.limits import InputGeometry, ServingLimits, engine_geometry
-from deepsynth.inference.server import ServerSettings, create_app
 from deepsynth.inference.service import OCRService
 from deepsynth.observability import Observability
 from tests.serving_engines import fondue_lines, pdf_bytes, png, running_server

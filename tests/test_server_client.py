@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from deepsynth.evaluation.metrics import cer
+from deepsynth.inference.api import ServerSettings, create_app
 from deepsynth.inference.client import RemoteEngine, RemoteError, generation_overrides
-from deepsynth.inference.server import ServerSettings, create_app
 from deepsynth.inference.service import OCRService
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.models.registry import load_engine

@@ -10,7 +10,7 @@ import openai
 import pytest
 from PIL import Image
 
-from deepsynth.inference.server import create_app
+from deepsynth.inference.api import create_app
 from deepsynth.inference.service import OCRService
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.observability import Observability

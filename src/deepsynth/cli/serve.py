@@ -50,6 +50,12 @@ def serve(
         0, "--retry-truncated", help="olmOCR-style retries for cut-off outputs."
     ),
     warmup: bool = typer.Option(True, "--warmup/--no-warmup"),
+    docs: bool = typer.Option(
+        False,
+        "--docs/--no-docs",
+        help="Serve Swagger UI at /docs (its assets load from a CDN, so off by default; /openapi.json is "
+        "always served).",
+    ),
     threads: int | None = typer.Option(
         None,
         "--threads",
@@ -67,8 +73,8 @@ def serve(
     """Serve a model over HTTP: /v1/ocr, OpenAI-compatible /v1/chat/completions, /metrics.
 
     Every limit (see the Limits options) is also shown by GET /v1/models."""
+    from deepsynth.inference.api import ServerSettings, run
     from deepsynth.inference.model_process import ProcessEngine
-    from deepsynth.inference.server import ServerSettings, run
     from deepsynth.inference.service import ModelLoadError, OCRService
     from deepsynth.models.generation import GenerationConfig
 
@@ -106,7 +112,7 @@ def serve(
     except ModelLoadError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    run(service, ServerSettings(host=host, port=port, token=token, warmup=warmup, limits=limits))
+    run(service, ServerSettings(host=host, port=port, token=token, warmup=warmup, limits=limits, docs=docs))
 
 
 def demo_ui(

@@ -33,6 +33,7 @@ from typing import Any
 
 from PIL import Image
 
+from deepsynth.inference.engine import ServingEngine
 from deepsynth.models.base import Prediction
 from deepsynth.models.generation import GenerationConfig
 
@@ -83,7 +84,7 @@ def _portable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-class ProcessEngine:
+class ProcessEngine(ServingEngine):
     """An OCREngine proxy for ``load_model(spec, **engine_kwargs)`` running in a child process."""
 
     pipelined = True  # recognize() may be called from several threads; the child queues the batches

@@ -26,6 +26,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from deepsynth.inference.batcher import AsyncBatcher, QueueFull, Ticket
+from deepsynth.inference.engine import ServingEngine, as_serving_engine
 from deepsynth.inference.guard import find_repetition, retry_generation, trim_tail_loop
 from deepsynth.inference.limits import InputGeometry, engine_geometry
 from deepsynth.models.base import OCREngine, Prediction
@@ -97,7 +98,7 @@ class OCRService:
 
     def __init__(
         self,
-        engine: OCREngine | str,
+        engine: OCREngine | ServingEngine | str,
         *,
         max_batch_size: int = 8,
         max_wait_ms: float = 10.0,
@@ -116,8 +117,8 @@ class OCRService:
             spec = engine
             engine = load_model(spec, **(engine_kwargs or {}))
             model_id = model_id or spec
-        self.engine: OCREngine = engine
-        self.model_id = model_id or getattr(engine, "name", type(engine).__name__)
+        self.engine: ServingEngine = as_serving_engine(engine)
+        self.model_id = model_id or self.engine.name
         # how the engine resizes pages (for the model-pixel budget); from the spec unless given
         self.geometry = geometry or engine_geometry(self.model_id)
         self.generation = generation or GenerationConfig()
@@ -128,8 +129,8 @@ class OCRService:
 
             obs = Observability.from_env(model_id=self.model_id)
         self.obs = obs
-        if callable(getattr(engine, "gpu_memory", None)) and hasattr(obs, "watch_model_process"):
-            obs.watch_model_process(lambda: getattr(engine, "pid", None), engine.gpu_memory)  # own process
+        if self.engine.pid is not None:  # the model has its own process: export its CPU, memory and GPU
+            obs.watch_model_process(lambda: self.engine.pid, self.engine.gpu_memory)
         self.batcher: AsyncBatcher[tuple[Image.Image, GenerationConfig], Prediction] = AsyncBatcher(
             self._run_batch,
             max_batch_size=max_batch_size,
@@ -139,7 +140,7 @@ class OCRService:
             on_batch=obs.record_batch,
             name="ocr-batcher",
             # an engine that queues work itself (a model in its own process) gets the next full batch early
-            max_inflight=2 if getattr(engine, "pipelined", False) else 1,
+            max_inflight=2 if self.engine.pipelined else 1,
         )
         self.warmed_up = False
         self.warmup_seconds: float | None = None
@@ -163,7 +164,7 @@ class OCRService:
     async def aclose(self, *, drain: bool = True) -> None:
         """Stop accepting work, finish (or drop) what was accepted, flush observability."""
         await self.batcher.close(drain=drain)
-        if self.owns_engine and callable(getattr(self.engine, "close", None)):
+        if self.owns_engine:
             self.engine.close()
         close = getattr(self.obs, "close", None)
         if close is not None:
@@ -172,12 +173,12 @@ class OCRService:
     @property
     def ready(self) -> bool:
         """Batching runs and the engine is usable (a :class:`ProcessEngine` whose child died is not)."""
-        return self.batcher.running and getattr(self.engine, "alive", True)
+        return self.batcher.running and self.engine.alive
 
     @property
     def not_ready_reason(self) -> str:
         """Why :attr:`ready` is False, in words for ``/readyz`` and 503 answers."""
-        if not getattr(self.engine, "alive", True):
+        if not self.engine.alive:
             return "the model process has exited (see the server log); restart the server"
         if not self.batcher.running:
             return "the model is loading / warming up"

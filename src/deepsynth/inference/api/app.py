@@ -1,0 +1,103 @@
+"""The app factory and the runner.
+
+Starting the app starts the service (warm-up, batcher) in the background: ``/healthz`` answers at once,
+``/readyz`` and the /v1 routes once the model is ready. A dead model process is fatal, as in vLLM: the server
+answers 503, stops, and :func:`run` exits with status 1 so its supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from fastapi import FastAPI
+
+from deepsynth.inference.api.errors import install_exception_handlers
+from deepsynth.inference.api.middleware import GuardMiddleware, ShutdownErrorsMiddleware
+from deepsynth.inference.api.openapi import install_openapi
+from deepsynth.inference.api.routers import admin, ocr, openai
+from deepsynth.inference.api.settings import ServerSettings
+from deepsynth.inference.api.state import ServerState
+from deepsynth.inference.service import OCRService
+
+log = logging.getLogger("deepsynth.server")
+
+
+def create_app(service: OCRService, settings: ServerSettings | None = None) -> FastAPI:
+    """The FastAPI app serving ``service``; its state is ``app.state.server`` (:class:`ServerState`)."""
+    state = ServerState(service, settings or ServerSettings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        starter = asyncio.create_task(_start(state))
+        watcher = asyncio.create_task(_watch_engine(state))
+        try:
+            yield
+        finally:
+            for task in (starter, watcher):
+                if not task.done():
+                    task.cancel()
+            await asyncio.wait_for(service.aclose(drain=True), state.settings.limits.drain_timeout_s)
+
+    from deepsynth import __version__
+
+    app = FastAPI(
+        title="DeepSynth OCR",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs" if state.settings.docs else None,
+        redoc_url=None,
+    )
+    app.state.server = state
+    app.add_middleware(GuardMiddleware, settings=state.settings, on_error=service.obs.record_error)
+    app.add_middleware(ShutdownErrorsMiddleware)
+    install_exception_handlers(app)
+    for surface in (ocr, openai, admin):
+        app.include_router(surface.router)
+    install_openapi(app)
+    return app
+
+
+async def _start(state: ServerState) -> None:
+    try:
+        await state.service.start(warmup=state.settings.warmup)
+    except Exception as exc:  # keep serving /healthz; /readyz reports the failure
+        log.exception("service failed to start")
+        state.startup_error = f"{type(exc).__name__}: {exc}"
+
+
+async def _watch_engine(state: ServerState) -> None:
+    """A dead model process is fatal (as in vLLM): stop the server so its supervisor restarts it."""
+    while state.service.engine.alive:
+        await asyncio.sleep(state.settings.engine_check_s)
+    log.error(
+        "the model process has exited; shutting the server down", extra={"model": state.service.model_id}
+    )
+    state.fatal = state.service.not_ready_reason
+    if state.on_fatal is not None:
+        state.on_fatal()
+
+
+def run(service: OCRService, settings: ServerSettings | None = None) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM drain accepted requests before exit)."""
+    import uvicorn
+
+    settings = settings or ServerSettings()
+    app = create_app(service, settings)
+    # uvicorn's access log is off: every request is already logged once, as JSON with its request id and
+    # timings, by deepsynth.observability (a second plain-text line per request costs CPU on the event loop)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    state: ServerState = app.state.server
+    state.on_fatal = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if state.fatal:
+        raise SystemExit(f"error: {state.fatal}")  # exit status 1: docker/systemd/k8s restart the server

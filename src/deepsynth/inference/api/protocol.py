@@ -1,0 +1,279 @@
+"""Pydantic models of every request and response body (``extra="forbid"``: an unknown field is a 400).
+
+They validate the bodies (with pydantic's JSON parser, which stops at nesting depth 200 instead of recursing)
+and declare them in the OpenAPI schema. Errors are :class:`ErrorResponse` everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any, Literal, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Json, Tag, create_model
+
+from deepsynth.models.generation import GenerationConfig
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- generation overrides: GenerationConfig's own fields, each optional, with bounds ---------------------------
+
+_GENERATION_BOUNDS: dict[str, dict[str, float]] = {
+    "max_new_tokens": {"ge": 1},
+    "num_beams": {"ge": 1},
+    "temperature": {"ge": 0},
+    "top_p": {"ge": 0, "le": 1},
+    "top_k": {"ge": 0},
+    "repetition_penalty": {"gt": 0},
+    "no_repeat_ngram_size": {"ge": 0},
+    "base_size": {"ge": 1},
+    "image_size": {"ge": 1},
+    "retry_truncated": {"ge": 0, "le": 5},
+    "repetition_ngram": {"ge": 1},
+    "repetition_threshold": {"ge": 1},
+}
+
+
+def _generation_model() -> type[StrictModel]:
+    hints = get_type_hints(GenerationConfig)
+    fields: dict[str, Any] = {
+        f.name: (hints[f.name], Field(None, **_GENERATION_BOUNDS.get(f.name, {})))
+        for f in dataclasses.fields(GenerationConfig)
+    }
+    return create_model(
+        "GenerationOverrides",
+        __base__=StrictModel,
+        __doc__="Per-request decoding settings; fields left out keep the server's defaults.",
+        **fields,
+    )
+
+
+GenerationOverrides = _generation_model()
+
+
+def overrides(gen: BaseModel | None) -> dict[str, Any]:
+    """The fields a request set (``resolve_generation`` applies them to the server's defaults)."""
+    return {} if gen is None else gen.model_dump(exclude_unset=True)
+
+
+# -- DeepSynth OCR ---------------------------------------------------------------------------------------------
+
+Dpi = Annotated[float, Field(ge=36, le=600, description="PDF render resolution for this request")]
+
+
+class ImageItem(StrictModel):
+    """A named inline file."""
+
+    name: str | None = None
+    data: str = Field(description="base64 or a data: URI (remote URLs are refused)")
+
+
+class OCRRequest(StrictModel):
+    """``POST /v1/ocr`` as JSON: images or PDFs as base64 / data URIs."""
+
+    images: list[str | ImageItem] = Field(min_length=1)
+    dpi: Dpi | None = None
+    generation: GenerationOverrides | None = None  # type: ignore[valid-type]
+
+
+class OCRForm(StrictModel):
+    """``POST /v1/ocr`` as multipart/form-data: every file part is read (``files`` or ``file``, repeatable)."""
+
+    files: list[bytes] = Field(min_length=1)
+    dpi: Dpi | None = None
+    generation: Json[GenerationOverrides] | None = None  # type: ignore[valid-type]
+
+
+FORM_FIELDS = ("dpi", "generation")  # the text fields of OCRForm
+
+
+class OCRPage(BaseModel):
+    source: str
+    page: int
+    width: int
+    height: int
+    text: str
+    confidence: Any = None
+    finished: bool | None = None
+    num_tokens: int | None = None
+    lines: list[dict[str, Any]] = []
+    repetition: bool
+    truncated: bool
+    retries: int
+
+
+class OCRResponse(BaseModel):
+    id: str
+    object: Literal["ocr.result"]
+    model: str
+    pages: list[OCRPage]
+    text: str
+    timings: dict[str, float]
+
+
+# -- OpenAI-compatible chat completions ------------------------------------------------------------------------
+
+
+class TextPart(StrictModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(StrictModel):
+    url: str = Field(description="a data: URI (remote URLs are refused)")
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(StrictModel):
+    type: Literal["image_url"]
+    image_url: ImageURL | str
+
+
+def _part_tag(part: Any) -> str | None:
+    kind = part.get("type") if isinstance(part, dict) else getattr(part, "type", None)
+    return {"text": "text-part", "image_url": "image-part"}.get(kind) if isinstance(kind, str) else None
+
+
+# the tags (which appear in error locations) must not read as field names, as "image_url" would
+ContentPart = Annotated[
+    Annotated[TextPart, Tag("text-part")] | Annotated[ImagePart, Tag("image-part")],
+    Discriminator(
+        _part_tag,
+        custom_error_type="invalid_content_part",
+        custom_error_message="unsupported content part type; expected 'text' or 'image_url'",
+    ),
+]
+
+
+class ChatMessage(StrictModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(StrictModel):
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(StrictModel):
+    """The subset of OpenAI's chat completion request an OCR model can honour; images only as data: URIs."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: Literal[1] | None = None
+    stream: bool | None = False
+    # accepted (OpenAI clients send them) and without effect on OCR
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+
+
+class ChatChoiceMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatChoiceMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletionResponse(BaseModel):
+    """Non-streamed answer (``stream: true`` gives ``text/event-stream`` chunks in OpenAI's format)."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    timings: dict[str, float]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    limits: dict[str, Any] = Field(description="the server's resource budgets (ServingLimits)")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+# -- errors and probes ----------------------------------------------------------------------------------------
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str = Field(description="stable machine-readable error kind, e.g. invalid_image, queue_full")
+    code: int = Field(description="the HTTP status")
+    param: str | None = Field(None, description="the request field or file at fault, when there is one")
+
+
+class ErrorResponse(BaseModel):
+    """Every error of the API, in OpenAI's shape."""
+
+    error: ErrorInfo
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    model: str | None = None
+    reason: str | None = None
+
+
+# names a validation error's location may contain (pydantic adds union-member labels, which are dropped)
+FIELD_NAMES = frozenset(
+    name
+    for model in (
+        GenerationOverrides,
+        ImageItem,
+        OCRRequest,
+        OCRForm,
+        TextPart,
+        ImageURL,
+        ImagePart,
+        ChatMessage,
+        StreamOptions,
+        ChatCompletionRequest,
+    )
+    for name in model.model_fields
+)
+
+
+def field_path(loc: tuple[int | str, ...], *, unknown_last: bool = False) -> str:
+    """``('messages', 0, 'content', 'list[...]', 1, 'image_url')`` → ``messages[0].content[1].image_url``.
+
+    ``unknown_last``: the last part is a field the client sent that the model does not know (keep it).
+    """
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in FIELD_NAMES or (unknown_last and i == len(loc) - 1):
+            out += f".{part}" if out else part
+    return out

@@ -1,0 +1,1 @@
+"""One router per API surface: DeepSynth OCR, OpenAI-compatible, admin (health, readiness, metrics)."""

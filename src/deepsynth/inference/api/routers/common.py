@@ -1,0 +1,39 @@
+"""What the OCR and the OpenAI-compatible routers both do around the model call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deepsynth.inference.inputs import InputError, PageInput
+from deepsynth.inference.service import OCRService
+from deepsynth.models.base import Prediction
+from deepsynth.models.generation import GenerationConfig
+from deepsynth.observability.core import Observability, RequestContext
+
+
+def resolve_generation(service: OCRService, overrides: dict[str, Any]) -> GenerationConfig:
+    try:
+        return service.resolve_generation(overrides)
+    except (TypeError, ValueError) as exc:
+        raise InputError(400, "invalid_generation", str(exc), "generation") from exc
+
+
+def record(
+    obs: Observability, ctx: RequestContext, pages: list[PageInput], preds: list[Prediction], model_id: str
+) -> None:
+    """Count pages, lines, tokens and guard flags; offer each page to the sample store."""
+    for page, pred in zip(pages, preds, strict=True):
+        obs.record_result(
+            pages=1,
+            lines=len(pred.lines) or (1 if pred.text else 0),
+            tokens=pred.num_tokens or 0,
+            repetition=bool(pred.meta.get("repetition")),
+            truncated=bool(pred.meta.get("truncated")),
+        )
+        obs.maybe_store_sample(ctx.request_id, page.image, pred.text, dict(ctx.timings), model_id)
+
+
+def timings(ctx: RequestContext) -> dict[str, float]:
+    out = {f"{k}_ms": v for k, v in ctx.timings_ms().items()}
+    out["total_ms"] = round(ctx.elapsed() * 1000.0, 3)
+    return out

@@ -1,0 +1,141 @@
+"""The OpenAI-compatible surface: ``POST /v1/chat/completions`` (images as data: URIs only), ``GET /v1/models``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from deepsynth.inference.api.bodies import FileItem, decode_pages, read_json
+from deepsynth.inference.api.openapi import ERRORS, request_body
+from deepsynth.inference.api.protocol import ChatCompletionRequest, ChatCompletionResponse, ModelList
+from deepsynth.inference.api.routers.common import record, resolve_generation, timings
+from deepsynth.inference.api.state import ServerState, scoped, server_state
+from deepsynth.inference.inputs import InputError, decode_base64
+from deepsynth.observability.core import RequestContext
+
+router = APIRouter(tags=["openai"])
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletionResponse,
+    responses=ERRORS,
+    openapi_extra=request_body({"application/json": ChatCompletionRequest}),
+)
+async def chat_completions(request: Request) -> Response:
+    """Read the images of the user messages; their text parts become the prompt (generative models)."""
+    return await scoped(request, "/v1/chat/completions", lambda state, ctx: _chat(request, state, ctx))
+
+
+async def _chat(request: Request, state: ServerState, ctx: RequestContext) -> Response:
+    service, obs = state.service, state.service.obs
+    with obs.stage("preprocess"):
+        body = await read_json(request, ChatCompletionRequest)
+        files, gen = _read_chat(body, service.model_id)
+        pages = await decode_pages(files, state.settings.budget(service))
+        gen = resolve_generation(service, gen)
+    preds = await service.recognize_async([p.image for p in pages], gen)
+    with obs.stage("postprocess"):
+        text = "\n\n".join(p.text for p in preds)
+        finish = "length" if any(p.finished is False for p in preds) else "stop"
+        tokens = sum(p.num_tokens or 0 for p in preds)
+        record(obs, ctx, pages, preds, service.model_id)
+    cid = f"chatcmpl-{ctx.request_id}"
+    if body.stream:
+        return StreamingResponse(
+            _sse_chunks(cid, int(time.time()), service.model_id, text, finish), media_type="text/event-stream"
+        )
+    return JSONResponse(
+        {
+            "id": cid,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": service.model_id,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
+            ],
+            "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens},
+            "timings": timings(ctx),
+        }
+    )
+
+
+def _read_chat(body: ChatCompletionRequest, model_id: str) -> tuple[list[FileItem], dict[str, Any]]:
+    """The images of the user messages, and generation overrides (prompt, token limit, sampling)."""
+    if body.model not in (None, "", model_id):
+        raise InputError(
+            404,
+            "model_not_found",
+            f"model {body.model!r} is not served here; this server serves {model_id!r}",
+        )
+    files: list[FileItem] = []
+    prompt_parts: list[str] = []
+    for mi, msg in enumerate(body.messages):
+        if msg.role != "user" or msg.content is None:
+            continue
+        if isinstance(msg.content, str):
+            prompt_parts.append(msg.content)
+            continue
+        for pi, part in enumerate(msg.content):
+            if part.type == "text":
+                prompt_parts.append(part.text)
+                continue
+            url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
+            data, mime = decode_base64(url, f"messages[{mi}].content[{pi}].image_url.url")
+            files.append((data, f"image {len(files) + 1}", mime))
+    if not files:
+        raise InputError(
+            400, "no_input", "no image in the messages (send an image_url part with a data: URI)"
+        )
+    gen: dict[str, Any] = {}
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    if max_tokens is not None:
+        gen["max_new_tokens"] = max_tokens
+    if body.temperature:  # 0 or absent: greedy
+        gen.update(do_sample=True, temperature=body.temperature)
+    if body.top_p is not None:
+        gen["top_p"] = body.top_p
+    prompt = "\n".join(p for p in prompt_parts if p.strip())
+    if prompt:
+        gen["prompt"] = prompt
+    return files, gen
+
+
+async def _sse_chunks(cid: str, created: int, model: str, text: str, finish: str) -> AsyncIterator[str]:
+    def chunk(delta: dict[str, Any], finish_reason: str | None) -> str:
+        payload = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""}, None)
+    yield chunk({"content": text}, None)
+    yield chunk({}, finish)
+    yield "data: [DONE]\n\n"
+
+
+@router.get("/v1/models", response_model=ModelList, responses=ERRORS)
+async def models(state: ServerState = Depends(server_state)) -> dict[str, Any]:
+    """The one model this server serves."""
+    card = {
+        "id": state.service.model_id,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "deepsynth",
+        "limits": state.settings.limits.as_dict(),
+    }
+    return {"object": "list", "data": [card]}
