@@ -169,6 +169,8 @@ def test_compare_runs_paired_delta(tmp_path):
     cer = cmp["metrics"]["cer"]
     assert cer["delta"] < 0 and cer["ci_high"] < 0 and cer["p_value"] < 0.01
     assert cer["a"] == pytest.approx(jiwer.cer(refs[:50], [worse[i].image.info["hyp"] for i in range(50)]))
+    exact, ned = cmp["metrics"]["exact_match"], cmp["metrics"]["ned"]  # every rate has a paired CI now
+    assert exact["delta"] > 0 and exact["ci_low"] > 0 and ned["ci_high"] < 0
     assert set(cmp["per_subset"]) == {"book0", "book1"}
     with pytest.raises(RunDirError, match="no predictions.jsonl"):
         compare_runs(tmp_path / "a", tmp_path / "nothing")

@@ -186,7 +186,16 @@ def test_ocrmetrics_streaming_matches_corpus_functions():
     )
     assert set(s["per_subset"]) == {"book0", "book1", "book2"}
     assert s["truncation_rate"] == pytest.approx(0.5)  # even i report finished; i % 4 == 2 are unfinished
-    assert s["cer_ci"][0] <= s["cer"] <= s["cer_ci"][1]
+    for key in (
+        "cer",
+        "wer",
+        "ned",
+        "exact_match",
+        "repetition_rate",
+        "truncation_rate",
+        "mean_sample_cer_clipped",
+    ):
+        assert s[f"{key}_ci"][0] <= s[key] <= s[f"{key}_ci"][1], key  # every rate has its interval
     assert s["substitutions"] + s["deletions"] + s["insertions"] == s["char_errors"]
     m.reset()
     assert m.summary()["n"] == 0 and m.summary()["cer"] is None

@@ -85,3 +85,16 @@ def test_paired_difference_detects_real_improvement_only():
     assert same["delta"] == 0 and same["ci_low"] == same["ci_high"] == 0 and same["p_value"] == 1.0
     with pytest.raises(ValueError, match="equal length"):
         paired_bootstrap_diff([1], [2], [1, 2], [2, 2])
+
+
+def test_mean_rates_and_unpaired_differences_bootstrap_too():
+    rng = np.random.default_rng(2)
+    ned = rng.beta(1, 20, size=500)  # float column: a mean is sum(value) / sum(1)
+    lo, hi = bootstrap_rate_ci(ned, np.ones(500, dtype=int), n_resamples=400)
+    assert lo < ned.mean() < hi and hi - lo < 0.02
+    exact_a = rng.binomial(1, 0.5, size=300)
+    exact_b = rng.binomial(1, 0.8, size=200)  # other samples: resampled independently
+    d = paired_bootstrap_diff(exact_a, np.ones(300), exact_b, np.ones(200), paired=False, n_resamples=400)
+    assert d["paired"] is False and d["n"] == 500 and 0 < d["ci_low"] < d["delta"] < d["ci_high"]
+    with pytest.raises(ValueError, match="equal length"):
+        paired_bootstrap_diff(exact_a, np.ones(300), exact_b, np.ones(200))

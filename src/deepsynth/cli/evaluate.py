@@ -1,5 +1,6 @@
-"""`deepsynth eval`: run an engine over datasets (predictions.jsonl, metrics.json, report.html) and
-`deepsynth eval compare RUN_A RUN_B` (paired deltas with bootstrap confidence intervals)."""
+"""`deepsynth eval`: run an engine over datasets (predictions.jsonl, metrics.json, report.html),
+`eval compare RUN_A RUN_B` (paired deltas with bootstrap confidence intervals), `eval leaderboard RUN...`
+(engines ranked per dataset and group) and `eval drift BASELINE NEW` (non-zero exit when a group worsens)."""
 
 from __future__ import annotations
 
@@ -248,6 +249,117 @@ def compare(
     console.print(table)
     if result["only_a"] or result["only_b"]:
         console.print(f"not compared: {result['only_a']} samples only in A, {result['only_b']} only in B")
+
+
+GroupOpt = Annotated[
+    list[str] | None,
+    typer.Option("--by", help="Group key (repeatable): dataset, subset, language or level."),
+]
+MetricOpt = Annotated[
+    str,
+    typer.Option(help="Rate to rank/check: cer, wer, ned, exact_match, repetition_rate, truncation_rate."),
+]
+
+
+@eval_app.command("leaderboard")
+def leaderboard(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directories of `deepsynth eval`.", show_default=False)
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Writes summary.json, leaderboard.md, leaderboard.html here.")
+    ],
+    by: GroupOpt = None,
+    metric: MetricOpt = "cer",
+    normalize: Annotated[
+        str | None, typer.Option("--normalize", "-n", help="Profile (default: the runs' own).")
+    ] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
+    markdown: Annotated[
+        Path | None,
+        typer.Option("--markdown", help="Also write the Markdown here (e.g. docs/leaderboard.md)."),
+    ] = None,
+) -> None:
+    """Rank engines per dataset and per subset (or --by key) with 95% CIs; ≈ marks neighbours that are not
+    significantly different (paired bootstrap on shared samples)."""
+    from deepsynth.evaluation.harness import RunDirError
+    from deepsynth.evaluation.leaderboard import build_leaderboard, write_leaderboard
+
+    try:
+        board = build_leaderboard(
+            runs, by=by or ["subset"], metric=metric, normalize=normalize, n_resamples=resamples
+        )
+    except (RunDirError, ValueError) as exc:
+        _fail(exc)
+    files = write_leaderboard(board, out)
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        files.append(markdown)
+        markdown.write_text((out / "leaderboard.md").read_text(encoding="utf-8"), encoding="utf-8")
+    for section in board["datasets"]:
+        typer.echo(f"{section['dataset']}: " + " / ".join(
+            f"{r['rank']}{'≈' if r.get('tied_with_above') else ''} {r['engine']} {_pct(r[metric])}"
+            for r in section["rows"]
+        ))  # fmt: skip
+    typer.echo("wrote " + ", ".join(str(f) for f in files))
+
+
+@eval_app.command("drift")
+def drift(
+    baseline: Annotated[Path, typer.Argument(help="Baseline run directory.")],
+    new: Annotated[Path, typer.Argument(help="New run directory (same dataset).")],
+    max_increase: Annotated[
+        float, typer.Option(help="Fail when a group worsens by more than this many percentage points.")
+    ] = 0.5,
+    by: GroupOpt = None,
+    metric: MetricOpt = "cer",
+    normalize: Annotated[
+        str | None, typer.Option("--normalize", "-n", help="Profile (default: the runs' own).")
+    ] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report as JSON here.")
+    ] = None,
+) -> None:
+    """Exit 1 when NEW is worse than BASELINE by more than --max-increase points, overall or in any group
+    (paired bootstrap: the 95% CI of the change must exclude 0); exit 2 on bad input."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from deepsynth.evaluation.drift import check_drift
+    from deepsynth.evaluation.harness import RunDirError
+
+    try:
+        result = check_drift(
+            baseline, new, max_increase=max_increase, by=by or ["dataset", "subset", "language", "level"],
+            metric=metric, normalize=normalize, n_resamples=resamples,
+        )  # fmt: skip
+    except (RunDirError, ValueError) as exc:
+        _fail(exc)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    table = Table(title=escape(f"{metric} drift: new - baseline on {result['n_shared']} shared samples, "
+                               f"threshold +{max_increase} pp"))  # fmt: skip
+    for col in ("group", "n", "baseline", "new", "Δ", "95% CI", "p", ""):
+        table.add_column(col, justify="left" if col == "group" else "right")
+    for g in result["groups"]:
+        name = "all" if g["value"] is None else f"{g['group']}={g['value']}"
+        table.add_row(escape(name), str(g["n"]), _pct(g["baseline"]), _pct(g["new"]), f"{100 * g['delta']:+.2f} pp",
+                      f"[{100 * g['ci_low']:+.2f}, {100 * g['ci_high']:+.2f}]", f"{g['p_value']:.3f}",
+                      "[red]FAIL[/red]" if g["failed"] else "ok")  # fmt: skip
+    console = Console()
+    console.print(table)
+    if result["failed"]:
+        names = ", ".join(
+            "all" if g["value"] is None else f"{g['group']}={g['value']}" for g in result["failed"]
+        )
+        console.print(
+            escape(f"drift: {len(result['failed'])} group(s) worse by more than {max_increase} pp: {names}")
+        )
+        raise typer.Exit(1)
+    console.print(f"no group worse by more than {max_increase} pp (significant at 95%)")
 
 
 def register(app: typer.Typer) -> None:

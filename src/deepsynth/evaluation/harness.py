@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from deepsynth.data.sample import Sample, SampleError
-from deepsynth.evaluation.metrics import OCRMetrics, sample_cer
+from deepsynth.evaluation.metrics import OCRMetrics, rate_columns, sample_cer
 from deepsynth.evaluation.normalize import get_normalizer
 from deepsynth.models.base import OCREngine, Prediction
 from deepsynth.models.generation import GenerationConfig
@@ -393,15 +393,16 @@ def compare_runs(
         raise RunDirError(f"references differ between runs for {len(mismatched)} ids, e.g. {mismatched[0]!r}")
     sum_a, m_a = score_records((ok_a[i] for i in common), profile, bootstrap=0)
     sum_b, m_b = score_records((ok_b[i] for i in common), profile, bootstrap=0)
-    arr_a, arr_b = m_a.arrays(), m_b.arrays()
+    cols_a, cols_b = rate_columns(m_a.arrays()), rate_columns(m_b.arrays())
     kw = {"n_resamples": n_resamples, "level": level, "seed": seed}
     rows: dict[str, Any] = {}
-    for key, err, tot in (("cer", "c_err", "c_ref"), ("wer", "w_err", "w_ref")):
-        d = paired_bootstrap_diff(arr_a[err], arr_a[tot], arr_b[err], arr_b[tot], **kw)
-        rows[key] = {"a": sum_a[key], "b": sum_b[key], **d}
-    for key in ("ned", "exact_match", "repetition_rate", "truncation_rate"):
+    for key, (num_a, den_a) in cols_a.items():  # every rate with its paired CI
         a, b = sum_a[key], sum_b[key]
-        rows[key] = {"a": a, "b": b, "delta": None if a is None or b is None else b - a}
+        num_b, den_b = cols_b[key]
+        if a is None or b is None or den_a.sum() == 0 or den_b.sum() == 0:
+            rows[key] = {"a": a, "b": b, "delta": None if a is None or b is None else b - a}
+        else:
+            rows[key] = {"a": a, "b": b, **paired_bootstrap_diff(num_a, den_a, num_b, den_b, **kw)}
     per_subset = {
         name: {"n": sub["n"], "cer_a": sub["cer"], "cer_b": sum_b["per_subset"][name]["cer"],
                "delta": sum_b["per_subset"][name]["cer"] - sub["cer"]}

@@ -171,6 +171,23 @@ _SUMMARY_KEYS = (
 _FIELDS = ("c_err", "c_ref", "c_hyp", "w_err", "w_ref", "w_hyp", "exact", "repeat", "finished")
 
 
+def rate_columns(a: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every rate of a summary as (per-sample numerator, per-sample denominator) over ``OCRMetrics.arrays()``:
+    each is a ratio of sums, so one bootstrap (evaluation.bootstrap) gives all their CIs and paired deltas."""
+    ones = np.ones(len(a["ned"]), dtype=np.int64)
+    c_ref, c_hyp = a["c_ref"], a["c_hyp"]
+    per_cer = np.where(c_ref > 0, a["c_err"] / np.maximum(c_ref, 1), c_hyp.astype(np.float64))
+    return {
+        "cer": (a["c_err"], c_ref),
+        "wer": (a["w_err"], a["w_ref"]),
+        "ned": (a["ned"], ones),
+        "exact_match": (a["exact"], ones),
+        "repetition_rate": (a["repeat"], ones),
+        "truncation_rate": ((a["finished"] == 0).astype(np.int64), (a["finished"] >= 0).astype(np.int64)),
+        "mean_sample_cer_clipped": (np.minimum(per_cer, 1.0), ones),
+    }
+
+
 class OCRMetrics:
     """Streaming OCR metrics: ``update`` per line/page, ``summary`` at any time, ``reset`` to start over.
 
@@ -300,7 +317,7 @@ class OCRMetrics:
         return {label: self._aggregate(a, np.isin(col, ids)) for label, ids in sorted(merged.items())}
 
     def summary(self, *, bootstrap: int = 0, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
-        """All metrics as a JSON-ready dict; ``bootstrap=B`` adds ``cer_ci``/``wer_ci`` from B resamples."""
+        """All metrics as a JSON-ready dict; ``bootstrap=B`` adds a ``<rate>_ci`` for every rate from B resamples."""
         a = self.arrays()
         out = self._aggregate(a)
         out.update(
@@ -314,7 +331,8 @@ class OCRMetrics:
             from deepsynth.evaluation.bootstrap import bootstrap_rate_ci
 
             kw = {"n_resamples": bootstrap, "level": level, "seed": seed}
-            out["cer_ci"] = list(bootstrap_rate_ci(a["c_err"], a["c_ref"], **kw))
-            out["wer_ci"] = list(bootstrap_rate_ci(a["w_err"], a["w_ref"], **kw))
+            for key, (num, den) in rate_columns(a).items():  # cer_ci, wer_ci, ned_ci, exact_match_ci, ...
+                if den.sum() > 0:
+                    out[f"{key}_ci"] = list(bootstrap_rate_ci(num, den, **kw))
             out["ci_level"] = level
         return out
