@@ -203,14 +203,18 @@ def _print_summary(result: dict[str, Any], out: Path | None) -> None:
     console.print(escape(f"wrote {out}/predictions.jsonl, metrics.json, report.html"))
 
 
+NormalizeOpt = Annotated[
+    str | None, typer.Option("--normalize", "-n", help="Profile (default: the (first) run's own).")
+]
+ResamplesOpt = Annotated[int, typer.Option(help="Bootstrap resamples.")]
+
+
 @eval_app.command("compare")
 def compare(
     run_a: Annotated[Path, typer.Argument(help="Baseline run directory (A).")],
     run_b: Annotated[Path, typer.Argument(help="Candidate run directory (B).")],
-    normalize: Annotated[
-        str | None, typer.Option("--normalize", "-n", help="Profile (default: run A's).")
-    ] = None,
-    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
+    normalize: NormalizeOpt = None,
+    resamples: ResamplesOpt = 1000,
     json_out: Annotated[
         str | None,
         typer.Option("--json", help="Write the comparison JSON here ('-': stdout only, no table)."),
@@ -271,10 +275,8 @@ def leaderboard(
     ],
     by: GroupOpt = None,
     metric: MetricOpt = "cer",
-    normalize: Annotated[
-        str | None, typer.Option("--normalize", "-n", help="Profile (default: the runs' own).")
-    ] = None,
-    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
+    normalize: NormalizeOpt = None,
+    resamples: ResamplesOpt = 1000,
     markdown: Annotated[
         Path | None,
         typer.Option("--markdown", help="Also write the Markdown here (e.g. docs/leaderboard.md)."),
@@ -313,10 +315,8 @@ def drift(
     ] = 0.5,
     by: GroupOpt = None,
     metric: MetricOpt = "cer",
-    normalize: Annotated[
-        str | None, typer.Option("--normalize", "-n", help="Profile (default: the runs' own).")
-    ] = None,
-    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
+    normalize: NormalizeOpt = None,
+    resamples: ResamplesOpt = 1000,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the report as JSON here.")
     ] = None,
