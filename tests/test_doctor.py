@@ -174,3 +174,55 @@ def test_model_family_of_a_local_checkpoint(tmp_path):
         model_family(str(tmp_path))
     with pytest.raises(ValueError, match="no config.json"):
         model_family(str(tmp_path / "missing"))
+
+
+def test_gpu_gauge_is_read_from_the_prometheus_text():
+    from deepsynth.doctor.serving import gpu_gauge
+
+    text = (
+        "# HELP deepsynth_gpu_memory_bytes CUDA memory held by the model.\n"
+        "# TYPE deepsynth_gpu_memory_bytes gauge\n"
+        'deepsynth_gpu_memory_bytes{device="0",kind="allocated"} 1.5e+07\n'
+        'deepsynth_gpu_memory_bytes{device="0",kind="max_allocated"} 2.5e+07\n'
+        'deepsynth_requests_total{route="/v1/ocr"} 3.0\n'
+    )
+    assert gpu_gauge(text) == {"0/allocated": 1.5e7, "0/max_allocated": 2.5e7}
+    assert gpu_gauge("") == {}
+
+
+def test_backend_auto_uses_unsloth_only_for_the_families_it_supports(monkeypatch):
+    """CUDA and the unsloth package cannot exist here: both are faked, the family rule is real."""
+    import importlib.util
+
+    from deepsynth.models.vlm import lora as lora_mod
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(lora_mod, "cuda_available", lambda: True)
+    monkeypatch.setattr(
+        lora_mod.importlib.util,
+        "find_spec",
+        lambda n, *a: object() if n == "unsloth" else real_find_spec(n, *a),
+    )
+    assert lora_mod.resolve_backend("auto", "qwen2_5_vl") == "unsloth"
+    assert lora_mod.resolve_backend("auto", "deepseek_ocr2") == "peft"
+    ok, why = lora_mod.unsloth_available("deepseek_ocr2")
+    assert not ok and why.startswith("deepseek_ocr2 is not among Unsloth's vision architectures")
+    assert lora_mod.resolve_backend("unsloth", "deepseek_ocr2") == "unsloth"  # forcing it still tries
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["merge_parity", "serve_vlm"])
+def test_check_logic_runs_on_cpu(tmp_path, name):
+    """The checks' own code (trainer run, export, `deepsynth serve` + HTTP + /metrics) run here with the CUDA
+    expectations off, so a GPU machine is not the first to execute them."""
+    (check,) = [c for c in CHECKS if c.name == name]
+    results, lines, _ = _run([check], tmp_path, env=None)
+    (r,) = results
+    assert r.status == PASS, f"{r.reason}\n{r.error}"
+    if name == "merge_parity":
+        assert r.details["device"] == "cpu" and len(r.details["losses"]) == 4 and r.step_seconds > 0
+        assert r.details["fp32"]["max_abs_diff_merged_vs_unmerged"] < 1e-5
+        assert r.details["fp32"]["max_abs_diff_exported_vs_trained"] < 1e-5
+        assert r.details["bf16"]["max_abs_diff_merged_vs_unmerged"] > 0  # recorded, not judged
+    else:
+        assert r.details["request_seconds"] > 0 and r.details["gauge"] == {}  # no CUDA memory on CPU

@@ -36,13 +36,29 @@ def cuda(ctx: CheckContext) -> dict[str, Any]:
     }
 
 
-_M = "deepsynth.doctor.gpu_checks"
-CHECKS: tuple[Check, ...] = (Check("cuda", f"{_M}:cuda", 120),)
+_D = "deepsynth.doctor"
+CHECKS: tuple[Check, ...] = (
+    Check("cuda", f"{_D}.gpu_checks:cuda", 120),
+    Check("lora_deepseek_ocr2", f"{_D}.finetune:lora_deepseek_ocr2", 300),
+    Check("lora_qwen2_5_vl", f"{_D}.finetune:lora_qwen2_5_vl", 300),
+    Check("qlora_deepseek_ocr2", f"{_D}.finetune:qlora_deepseek_ocr2", 300),
+    Check("unsloth", f"{_D}.backends:unsloth", 600),
+    Check("flash_attention", f"{_D}.backends:flash_attention", 300),
+    Check("merge_parity", f"{_D}.finetune:merge_parity", 300),
+    Check("ppocr_train_serve", f"{_D}.serving:ppocr", 300),
+    Check("serve_vlm", f"{_D}.serving:serve_vlm", 300),
+    Check("ray_gpu_actor", f"{_D}.scale:ray_gpu_actor", 300),
+)
+# with --model PATH: the fine-tune checks again on that checkpoint
+MODEL_CHECKS: tuple[Check, ...] = (
+    Check("model_lora", f"{_D}.finetune:model_lora", 900),
+    Check("model_qlora", f"{_D}.finetune:model_qlora", 900),
+)
 
 
 def select(only: list[str] | None = None, model: str | None = None) -> list[Check]:
     """The checks to run: all (``cuda`` always first), or ``only`` these names; ``model`` adds the real-model ones."""
-    checks = list(CHECKS)
+    checks = list(CHECKS) + (list(MODEL_CHECKS) if model else [])
     names = [c.name for c in checks]
     if only:
         unknown = sorted(set(only) - set(names))

@@ -318,10 +318,13 @@ _BUILD_OPTIONS = {"batch_size", "device"}
 
 def build(arg: str | None = None, **kwargs: Any) -> PPOCRAdapter:
     """Registry factory: ``ppocr`` → the shipped model; ``ppocr:PATH`` → a saved model directory
-    (or an ``.onnx`` recogniser file to convert). Options: batch_size, device."""
+    (or an ``.onnx`` recogniser file to convert). Options: batch_size, device (default: cuda when available)."""
     unknown = set(kwargs) - _BUILD_OPTIONS
     if unknown:
         raise TypeError(f"ppocr: unknown options {sorted(unknown)}; known: {sorted(_BUILD_OPTIONS)}")
+    kwargs.setdefault(
+        "device", "cuda" if torch.cuda.is_available() else "cpu"
+    )  # serve/eval on the GPU if any
     if not arg or arg in ("shipped", "default"):
         return PPOCRAdapter.from_shipped(**kwargs)
     if arg.endswith(".onnx"):

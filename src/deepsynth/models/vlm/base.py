@@ -477,7 +477,9 @@ class VLMAdapter(ModelAdapter):
     @classmethod
     def from_pretrained(cls, ref: str, **options: Any) -> VLMAdapter:
         """Load a hub id / local checkpoint (full model) with device, dtype, quantization, attention options."""
-        if lora_mod.resolve_backend(options.get("backend")) == "unsloth":  # pragma: no cover - GPU only
+        if (
+            lora_mod.resolve_backend(options.get("backend"), cls.family) == "unsloth"
+        ):  # pragma: no cover - GPU
             return cls._from_pretrained_unsloth(ref, **options)
         kw = from_pretrained_kwargs(
             quantization=options.get("quantization"),

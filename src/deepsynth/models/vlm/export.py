@@ -44,11 +44,15 @@ def export_merged(
     adapter.merge()
     merged = adapter.logits(batch)
     adapter.save(out_dir)
-    adapter.model = adapter.model_class().from_pretrained(str(out_dir))
+    device, dtype = adapter.device, next(p.dtype for p in adapter.model.parameters() if p.is_floating_point())
+    where = {"device_map": {"": str(device)}} if device.type != "cpu" else {}  # reload where it was trained
+    adapter.model = adapter.model_class().from_pretrained(str(out_dir), dtype=dtype, **where)
     reloaded = adapter.logits(batch)
     report = {
         "run_dir": str(run_dir),
         "out_dir": str(out_dir),
+        "device": str(device),
+        "dtype": str(dtype),
         "max_abs_diff_merged_vs_unmerged": float((merged - trained).abs().max()),
         "max_abs_diff_exported_vs_trained": float((reloaded - trained).abs().max()),
         "tolerance": tolerance,

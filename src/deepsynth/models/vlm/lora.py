@@ -131,26 +131,36 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def unsloth_available() -> tuple[bool, str]:
-    """Whether the Unsloth backend can run here, and why not."""
+# Families whose architecture Unsloth's FastVisionModel lists as supported: ``backend: auto`` picks Unsloth only
+# for these. ``backend: unsloth`` still tries any family (``make gpu-check`` reports which ones work).
+UNSLOTH_FAMILIES = ("qwen2_5_vl", "qwen3_vl")
+
+
+def unsloth_available(family: str | None = None) -> tuple[bool, str]:
+    """Whether the Unsloth backend can run here (for ``family`` under ``auto``), and why not."""
     if not cuda_available():
         return False, "no CUDA device (Unsloth's FastVisionModel does not support CPU)"
     if importlib.util.find_spec("unsloth") is None:
         return False, "the 'unsloth' package is not installed (pip install 'deepsynth[gpu]')"
+    if family is not None and family not in UNSLOTH_FAMILIES:
+        return False, f"{family} is not among Unsloth's vision architectures ({', '.join(UNSLOTH_FAMILIES)})"
     return True, ""
 
 
-def resolve_backend(requested: str | None) -> str:
-    """``auto`` → unsloth when CUDA+unsloth are present, else peft (logged). ``unsloth`` without them raises."""
+def resolve_backend(requested: str | None, family: str | None = None) -> str:
+    """``auto`` → unsloth when CUDA+unsloth are present and ``family`` is one Unsloth supports, else peft
+    (logged with the reason). ``unsloth`` without CUDA+unsloth raises."""
     requested = (requested or "auto").lower()
     if requested not in BACKENDS:
         raise ValueError(f"unknown training backend {requested!r}; choose one of {', '.join(BACKENDS)}")
-    ok, why = unsloth_available()
-    if requested == "unsloth" and not ok:
-        raise RuntimeError(
-            f"backend 'unsloth' requested but unavailable: {why}. Use backend: peft (or auto)."
-        )
+    if requested == "unsloth":
+        ok, why = unsloth_available()
+        if not ok:
+            raise RuntimeError(
+                f"backend 'unsloth' requested but unavailable: {why}. Use backend: peft (or auto)."
+            )
     if requested == "auto":
+        ok, why = unsloth_available(family)
         chosen = "unsloth" if ok else "peft"
         log.info("training backend: %s%s", chosen, "" if ok else f" (unsloth unavailable: {why})")
         return chosen

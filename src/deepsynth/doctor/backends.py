@@ -1,0 +1,71 @@
+"""Optional GPU backends: Unsloth's FastVisionModel (``backend``) and flash attention (``attn_implementation``)."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from deepsynth.doctor.finetune import lora, train_check
+from deepsynth.doctor.fixtures import checkpoint, line_samples
+from deepsynth.doctor.runner import CheckContext, Skip
+
+OTHER_FAMILIES = ("deepseek_ocr2", "got_ocr2")  # not in Unsloth's list: auto must fall back, with the reason
+FLASH_FAMILIES = ("deepseek_ocr2", "qwen2_5_vl")
+
+
+def unsloth(ctx: CheckContext) -> dict[str, Any]:
+    """``backend: auto`` trains through Unsloth on the families it supports, and falls back to peft with the
+    reason on the others; ``backend: unsloth`` forced on those is tried and its outcome recorded."""
+    from deepsynth.models.vlm import lora as lora_mod
+
+    ok, why = lora_mod.unsloth_available()
+    if not ok:
+        raise Skip(why)
+    out: dict[str, Any] = {}
+    for family in lora_mod.UNSLOTH_FAMILIES:
+        _, details = train_check(ctx, family, f"{family}_lora.yaml", extra=["model.options.backend=auto"])
+        if details["backend"] != "unsloth":
+            raise AssertionError(f"{family}: backend auto chose {details['backend']}, not unsloth")
+        out[family] = details
+    for family in OTHER_FAMILIES:
+        entry: dict[str, Any] = {"auto": lora_mod.resolve_backend("auto", family)}
+        entry["fallback_reason"] = lora_mod.unsloth_available(family)[1]
+        try:
+            forced = train_check(ctx, family, f"{family}_lora.yaml", extra=["model.options.backend=unsloth"])[
+                1
+            ]
+            entry["forced_unsloth"] = f"works ({forced['backend']}, losses {forced['losses']})"
+        except Exception as exc:  # noqa: BLE001 - recorded: the fallback is what users get
+            entry["forced_unsloth"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        out[family] = entry
+    out["step_seconds"] = out[lora_mod.UNSLOTH_FAMILIES[0]]["step_seconds"]
+    return out
+
+
+def _logits(family: str, attn: str) -> tuple[Any, str]:
+    from deepsynth.models.registry import load_engine
+
+    adapter = load_engine(f"{family}:{checkpoint(family)}", attn_implementation=attn)
+    impl = str(adapter.model.config._attn_implementation)
+    return adapter.logits(adapter.collate(line_samples(2))), impl
+
+
+def flash_attention(ctx: CheckContext) -> dict[str, Any]:
+    """``attn_implementation: auto`` picks flash-attention-2 on CUDA when installed; logits match sdpa's
+    (both bf16) within 2% of their scale; a LoRA run trains through it."""
+    if importlib.util.find_spec("flash_attn") is None:
+        raise Skip("flash-attn is not installed (pip install --no-build-isolation flash-attn)")
+    out: dict[str, Any] = {}
+    for family in FLASH_FAMILIES:
+        flash, impl = _logits(family, "auto")
+        if ctx.require_cuda and impl != "flash_attention_2":
+            raise AssertionError(f"{family}: attn_implementation auto gave {impl}, not flash_attention_2")
+        sdpa, _ = _logits(family, "sdpa")
+        diff, scale = float((flash - sdpa).abs().max()), float(sdpa.abs().max())
+        if diff > 0.02 * max(scale, 1.0):
+            raise AssertionError(f"{family}: flash vs sdpa logits differ by {diff:.4g} (scale {scale:.3g})")
+        out[family] = {"attn_implementation": impl, "max_abs_diff_vs_sdpa": diff, "logit_scale": scale}
+    trained = lora(ctx, "qwen2_5_vl")
+    out["lora_attn_implementation"] = trained["attn_implementation"]
+    out["step_seconds"] = trained["step_seconds"]
+    return out
