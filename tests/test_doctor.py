@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from deepsynth.doctor.fixtures import model_family
-from deepsynth.doctor.gpu_checks import CHECKS
+from deepsynth.doctor.gpu_checks import CHECKS, MODEL_CHECKS
 from deepsynth.doctor.runner import FAIL, PASS, SKIP, Check, CheckContext, run_checks, write_report
 
 PROBES = """
@@ -128,23 +128,27 @@ def test_a_first_check_that_skips_skips_every_other_check_when_cuda_is_required(
 
 @pytest.mark.skipif(_cuda(), reason="this machine has CUDA: the checks would run for real")
 def test_doctor_gpu_without_cuda_skips_every_check_and_exits_0(tmp_path):
-    out = tmp_path / "gpu_check.json"
+    out, model = tmp_path / "gpu_check.json", tmp_path / "my-checkpoint"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "deepseek_ocr2"}))
     proc = subprocess.run(
-        [sys.executable, "-m", "deepsynth.cli.main", "doctor", "--gpu", "--out", str(out)],
+        [sys.executable, "-m", "deepsynth.cli.main", "doctor", "--gpu", "--out", str(out), "--model", str(model)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert sum("no CUDA device visible" in line for line in lines) == 1
     skipped = [line for line in lines if line.startswith("SKIP  ")]
-    assert [line.split()[1] for line in skipped] == [c.name for c in CHECKS]
+    checks = [*CHECKS, *MODEL_CHECKS]  # --model adds the fine-tune checks on that checkpoint
+    assert [line.split()[1] for line in skipped] == [c.name for c in checks]
     assert all(line.endswith("(no CUDA)") for line in skipped)
     assert not any(line.startswith(("PASS", "FAIL")) for line in lines)
     report = json.loads(out.read_text())
-    assert report["summary"] == {"pass": 0, "fail": 0, "skip": len(CHECKS)}
+    assert report["summary"] == {"pass": 0, "fail": 0, "skip": len(checks)}
     assert [(c["name"], c["status"], c["reason"]) for c in report["checks"]] == [
-        (c.name, SKIP, "no CUDA") for c in CHECKS
+        (c.name, SKIP, "no CUDA") for c in checks
     ]
+    assert report["model"] == str(model)
     assert report["packages"]["torch"] and report["device"]
 
 
@@ -163,6 +167,8 @@ def test_doctor_prints_the_environment(tmp_path):
     assert not (tmp_path / "gpu_check.json").exists()
     res = CliRunner().invoke(app, ["doctor", "--gpu", "--only", "nope"])
     assert res.exit_code == 2 and "unknown check(s) nope" in res.output
+    res = CliRunner().invoke(app, ["doctor", "--gpu", "--model", str(tmp_path / "nowhere")])
+    assert res.exit_code == 2 and f"--model {tmp_path / 'nowhere'}: no config.json" in res.output
 
 
 def test_model_family_of_a_local_checkpoint(tmp_path):

@@ -34,10 +34,15 @@ def doctor(
         return
     import tempfile
 
+    from deepsynth.doctor.fixtures import model_family
     from deepsynth.doctor.gpu_checks import select
     from deepsynth.doctor.runner import FAIL, CheckContext, run_checks, write_report
 
     try:
+        if model:
+            model_family(
+                model
+            )  # a path without a recognisable model is an error now, not after the other checks
         checks = select(only, model)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -1,57 +1,50 @@
-"""Ray check: a Ray Data ``map_batches`` actor pool whose actor asks for ``num_gpus=1`` and reads on that GPU."""
+"""Ray check: ``deepsynth ocr --ray --gpus-per-worker 1`` (``ocr_on_ray``) with one engine actor on a GPU."""
 
 from __future__ import annotations
 
 import importlib.util
-import io
+import json
+from pathlib import Path
 from typing import Any
 
 from deepsynth.doctor.fixtures import checkpoint, line_samples
 from deepsynth.doctor.runner import CheckContext, Skip
 
 
-class _Reader:
-    """One engine per actor, loaded where Ray placed the actor (its GPU)."""
-
-    def __init__(self, spec: str) -> None:
-        from deepsynth.models.registry import load_engine
-
-        self.engine = load_engine(spec)
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        import ray
-        from PIL import Image
-
-        images = [Image.open(io.BytesIO(b)).convert("RGB") for b in batch["png"]]
-        texts = [p.text for p in self.engine.recognize(images)]
-        where = f"{self.engine.device} gpus={ray.get_gpu_ids()}"
-        return {"id": batch["id"], "text": texts, "where": [where] * len(texts)}
-
-
 def ray_gpu_actor(ctx: CheckContext) -> dict[str, Any]:
+    """A local Ray runtime sees the GPU, an actor reserving ``num_gpus=1`` holds a tiny DeepSeek-OCR-2 loaded
+    there, and every input file gets its record."""
     if importlib.util.find_spec("ray") is None:
         raise Skip("ray is not installed (pip install 'deepsynth[scale]')")
     import ray
     import torch
 
+    from deepsynth.scale.ocr import ocr_on_ray
+    from deepsynth.scale.runtime import RayOptions
+
     gpus = torch.cuda.device_count()
-    rows = []
+    files = []
     for i, sample in enumerate(line_samples(4)):
-        buf = io.BytesIO()
-        sample.image.save(buf, "PNG")
-        rows.append({"id": i, "png": buf.getvalue()})
-    spec = f"deepseek_ocr2:{checkpoint('deepseek_ocr2')}"
-    ray.init(num_cpus=2, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
+        files.append(Path(ctx.workdir) / f"line{i}.png")
+        sample.image.save(files[-1])
+    out = Path(ctx.workdir) / "ocr.jsonl"
+    opts = RayOptions(workers=1, gpus_per_worker=1.0 if gpus else 0.0, batch_size=2, shard_size=2)
     try:
-        ds = ray.data.from_items(rows).map_batches(
-            _Reader, fn_constructor_args=(spec,), batch_size=2, concurrency=1, num_gpus=1 if gpus else 0
+        stats = ocr_on_ray(
+            f"deepseek_ocr2:{checkpoint('deepseek_ocr2')}", files, out, opts=opts, progress=False
         )
-        out = ds.take_all()
+        resources = ray.cluster_resources()
     finally:
         ray.shutdown()
-    where = sorted({r["where"] for r in out})
-    if len(out) != len(rows):
-        raise AssertionError(f"{len(out)} of {len(rows)} rows came back")
-    if ctx.require_cuda and not all(w.startswith("cuda") and "gpus=[]" not in w for w in where):
-        raise AssertionError(f"the actor did not read on its GPU: {where}")
-    return {"rows": len(out), "actors": where, "ray": ray.__version__}
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    ok = sum(r.get("status") == "ok" for r in records)
+    if ok != len(files):
+        raise AssertionError(f"{ok} of {len(files)} files read; failures {dict(stats.failures)}")
+    if ctx.require_cuda and resources.get("GPU", 0) < 1:
+        raise AssertionError(f"Ray sees no GPU: {resources}")
+    return {
+        "records": ok,
+        "ray_gpus": resources.get("GPU", 0),
+        "seconds": stats.seconds,
+        "ray": ray.__version__,
+    }
