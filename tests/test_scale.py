@@ -181,3 +181,44 @@ def test_worker_killed_mid_job_loses_and_duplicates_nothing(ray_runtime, ocr_inp
     got = [without_timing(r) for r in lines(out)]
     assert [r["input"] for r in got] == [str(f) for f in files]  # each file exactly once, in order
     assert got == [without_timing(r) for r in lines(reference)]
+
+
+@pytest.fixture
+def hostile_manifest(shared_data: Path, tmp_path: Path) -> Path:
+    """10 real lines plus: a corrupt image whose id reappears later with a good image (the second copy is
+    kept, as in-process), a missing image, an empty text, an invalid JSON line and a duplicate good id."""
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    rows = [json.loads(x) for x in (shared_data / SET / "manifest.jsonl").read_text().splitlines()[:10]]
+    for r in rows:
+        shutil.copy(shared_data / SET / r["image"], root / "images" / Path(r["image"]).name)
+        r["image"] = "images/" + Path(r["image"]).name
+    (root / "images" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"broken" * 20)
+    extra = [
+        {"id": "twice", "image": "images/bad.png", "text": "corrupt first"},
+        {"id": "gone", "image": "images/missing.png", "text": "no file"},
+        {"id": "blank", "image": rows[0]["image"], "text": "  "},
+        {"id": "twice", "image": rows[1]["image"], "text": "good second"},
+        {"id": rows[2]["id"], "image": rows[2]["image"], "text": "duplicate of a good id"},
+    ]
+    lines_out = [json.dumps(r, ensure_ascii=False) for r in rows[:5] + extra[:3]]
+    lines_out += ["{not json", *(json.dumps(r, ensure_ascii=False) for r in rows[5:] + extra[3:])]
+    (root / "manifest.jsonl").write_text("\n".join(lines_out) + "\n", encoding="utf-8")
+    return root
+
+
+def test_data_prepare_ray_same_kept_skipped_and_report(ray_runtime, hostile_manifest, tmp_path):
+    local, dist = tmp_path / "local", tmp_path / "ray"
+    base = ["data", "prepare", f"set={hostile_manifest}", "--to", "jsonl"]
+    run_ok([*base, "--out", str(local)])
+    out = run_ok([*base, "--out", str(dist), "--ray", "local", "--ray-shard-size", "4"])
+    assert "ray: " in out and "failed: corrupt_image 1" in out
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (local, dist))
+    for key in ("seconds", "out_dir"):
+        ra.pop(key), rb.pop(key)
+    assert ra == rb
+    assert ra["n_written"] == 11 and {s["id"] for s in ra["skipped"]} >= {"twice", "gone", "blank"}
+    kept_a, kept_b = (sorted(p.read_bytes() for p in d.rglob("*") if p.is_file() and p.name != "report.json")
+                      for d in (local, dist))  # fmt: skip
+    assert kept_a == kept_b
+    assert not (tmp_path / "ray.ray-check").exists()

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from deepsynth.cli.ray_options import RayOpt
+
 # same as deepsynth.data.images.DEFAULT_MAX_PIXELS, kept literal so --help needs no PIL import
 DEFAULT_MAX_PIXELS = 89_478_485
 
@@ -79,6 +81,13 @@ def prepare(
     split_key: SplitKeyOpt = "page_id",
     seed: SeedOpt = 0,
     limit: LimitOpt = None,
+    ray: RayOpt = None,
+    cpus_per_task: Annotated[
+        float, typer.Option(help="CPUs per image-checking task.", rich_help_panel="Ray")
+    ] = 0.5,
+    ray_shard_size: Annotated[
+        int, typer.Option(min=1, help="Images per check shard (the unit of resume).", rich_help_panel="Ray")
+    ] = 256,
 ) -> None:
     """Convert SOURCES to sharded Parquet/WebDataset, validating every image and text.
 
@@ -88,11 +97,19 @@ def prepare(
     from deepsynth.data.prepare import prepare as run
     from deepsynth.data.spec import SourceError
 
+    kwargs = {"to": to, "shard_size": shard_size, "max_pixels": max_pixels, "overwrite": overwrite}
     try:
         flt = _filter(lang, subset, level, exclude_flag, split, split_key, seed, limit)
-        report, info = run(
-            sources, out, to=to, shard_size=shard_size, max_pixels=max_pixels, filter=flt, overwrite=overwrite
-        )
+        if ray:
+            from deepsynth.cli.ray_options import print_stats, ray_options
+            from deepsynth.scale.prepare import prepare_on_ray
+
+            opts = ray_options(ray, 1, 1.0, 0.0, ray_shard_size, 16)
+            opts.decode_cpus = cpus_per_task
+            report, info, stats = prepare_on_ray(sources, out, opts=opts, filter=flt, **kwargs)
+            print_stats(stats)
+        else:
+            report, info = run(sources, out, filter=flt, **kwargs)
     except (SourceError, FileExistsError, ValueError) as exc:
         _fail(exc)
     report.print_summary()

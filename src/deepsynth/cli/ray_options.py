@@ -12,7 +12,7 @@ RayOpt = Annotated[
         "--ray",
         metavar="ADDRESS",
         help="Run as a Ray Data pipeline: `local` (a runtime on this machine, or RAY_ADDRESS when set), "
-        "`auto` (the cluster this machine joined) or an address (ray://head:10001). Needs `.[scale]`.",
+        "`auto` (the cluster this machine joined) or an address (ray://head:10001). Needs the scale extra.",
         rich_help_panel="Ray",
     ),
 ]

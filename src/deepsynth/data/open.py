@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from deepsynth.data.filters import SampleFilter
 from deepsynth.data.images import DEFAULT_MAX_PIXELS, ImageRef
@@ -22,6 +22,7 @@ def open_sources(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     require_text: bool = True,
     format: str | None = None,
+    image_check: Callable[[Sample], SampleError | None] | None = None,
 ) -> Iterator[Sample]:
     """Stream Samples from sources given as ``name=path[:image_root]`` or bare paths (format auto-detected).
 
@@ -31,14 +32,17 @@ def open_sources(
     images, and - with ``report`` given - duplicate ids. With ``decode=True`` each image is decoded while
     streaming, so unreadable images and images over ``max_pixels`` (checked from the header first) are caught
     here. Memory stays constant apart from an 8-byte digest per id for duplicate detection.
+    ``image_check(sample)`` replaces that decoding step with answers computed elsewhere (``prepare --ray``
+    decodes on a cluster first); it must return what :func:`image_problem` would.
     """
     if isinstance(specs, str):
         specs = [specs]
     parsed = [parse_spec(s, format=format) for s in specs]
-    return _stream(parsed, filter or SampleFilter(), report, decode, max_pixels, require_text)
+    check = image_check or (lambda s: image_problem(s, decode))
+    return _stream(parsed, filter or SampleFilter(), report, check, max_pixels, require_text)
 
 
-def _image_problem(s: Sample, decode: bool) -> SampleError | None:
+def image_problem(s: Sample, decode: bool) -> SampleError | None:
     """The expensive checks: a header read + decode with ``decode``, else whether the file exists."""
     loader = s.image_loader
     if decode:
@@ -55,7 +59,7 @@ def _stream(
     specs: list[SourceSpec],
     flt: SampleFilter,
     report: DataReport | None,
-    decode: bool,
+    image_check: Callable[[Sample], SampleError | None],
     max_pixels: int | None,
     require_text: bool,
 ) -> Iterator[Sample]:
@@ -79,7 +83,7 @@ def _stream(
                 first = specs[seen[digest]].name
                 sink.skip(s.id, f"duplicate id (first seen in {first})", where, "duplicate_id")
                 continue
-            problem = _image_problem(s, decode)
+            problem = image_check(s)
             if problem is not None:
                 sink.skip(s.id, problem.reason, where, problem.kind)
                 continue

@@ -9,6 +9,7 @@ good samples counted, and the output appears complete (with its report) or not a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from deepsynth.data.filters import SampleFilter
 from deepsynth.data.images import DEFAULT_MAX_PIXELS
 from deepsynth.data.open import open_sources
 from deepsynth.data.report import DataReport
+from deepsynth.data.sample import Sample, SampleError
 from deepsynth.data.writers import staged_writer
 
 REPORT_NAME = "report.json"
@@ -31,13 +33,16 @@ def prepare(
     filter: SampleFilter | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    image_check: Callable[[Sample], SampleError | None] | None = None,
 ) -> tuple[DataReport, dict[str, Any]]:
-    """Validate and convert; returns the report and the run info written with it to ``out_dir/report.json``."""
+    """Validate and convert; returns the report and the run info written with it to ``out_dir/report.json``.
+    ``image_check``: see :func:`~deepsynth.data.open.open_sources` (decoding done elsewhere)."""
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     report = DataReport()
-    stream = open_sources(specs, filter=filter, report=report, decode=True, max_pixels=max_pixels)
+    stream = open_sources(specs, filter=filter, report=report, decode=True, max_pixels=max_pixels,
+                          image_check=image_check)  # fmt: skip
     t0 = time.perf_counter()
     with staged_writer(to, out_dir, shard_size=shard_size, overwrite=overwrite) as writer:
         for sample in tqdm(stream, desc=f"prepare -> {to}", unit="sample", disable=not progress):

@@ -65,7 +65,7 @@ def run_sharded(
     *,
     decode: Callable[..., Any],
     decode_kwargs: dict[str, Any],
-    worker: type,
+    worker: type | None,
     worker_kwargs: dict[str, Any],
     assemble: Assemble,
     opts: RayOptions,
@@ -76,7 +76,8 @@ def run_sharded(
 
     ``shards`` yields ``(index, pyarrow.Table)`` with ``shard`` and ``unit`` columns; ``assemble(parts)``
     turns a unit's result rows (sorted by part) into its record and a failure kind (None when it succeeded).
-    ``on_shard(index, records)`` runs after a shard is written (side outputs, tests).
+    ``on_shard(index, records)`` runs after a shard is written (side outputs, tests). Without ``worker`` the
+    decode tasks' rows are the results.
     """
     import ray
     import ray.data
@@ -98,8 +99,9 @@ def run_sharded(
     ds = ray.data.from_arrow_refs(refs)
     ds = ds.map_batches(decode, fn_kwargs=decode_kwargs, batch_format="pyarrow", batch_size=opts.batch_size,
                         num_cpus=opts.decode_cpus, zero_copy_batch=True)  # fmt: skip
-    ds = ds.map_batches(worker, fn_constructor_kwargs=worker_kwargs, batch_format="pyarrow",
-                        **opts.actor_args())  # fmt: skip
+    if worker is not None:  # jobs without a model (data prepare) stop after the CPU tasks
+        ds = ds.map_batches(worker, fn_constructor_kwargs=worker_kwargs, batch_format="pyarrow",
+                            **opts.actor_args())  # fmt: skip
 
     pending: dict[int, dict[int, dict[int, dict[str, Any]]]] = {k: {} for k in expected}
     complete: Counter[int] = Counter()
