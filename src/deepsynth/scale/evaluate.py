@@ -30,7 +30,7 @@ from deepsynth.evaluation.harness import (
     recognize_records,
 )
 from deepsynth.models.generation import GenerationConfig
-from deepsynth.scale.pipeline import JobStats, run_sharded
+from deepsynth.scale.pipeline import JobStats, run_sharded, shard_tables
 from deepsynth.scale.pixels import NO_PIXELS, from_pixels, to_pixels
 from deepsynth.scale.runtime import RayOptions, connect
 from deepsynth.scale.shards import ShardStore
@@ -63,18 +63,11 @@ def _row(sample: Sample) -> dict[str, Any]:
     return row
 
 
-def sample_shards(samples: Iterable[Sample], shard_size: int) -> Iterator[tuple[int, pa.Table]]:
-    """``(index, table)`` for consecutive groups of ``shard_size`` samples (images as paths or bytes)."""
-    rows: list[dict[str, Any]] = []
-    index = 0
+def sample_rows(samples: Iterable[Sample]) -> Iterator[dict[str, Any]]:
+    """Input rows of ``samples`` (images as paths or bytes; decoded images are released)."""
     for sample in samples:
-        rows.append({"shard": index, "unit": len(rows), **_row(sample)})
+        yield _row(sample)
         sample.release()
-        if len(rows) == shard_size:
-            yield index, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
-            rows, index = [], index + 1
-    if rows:
-        yield index, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
 
 
 def decode_samples(batch: pa.Table, cwd: str) -> pa.Table:
@@ -179,7 +172,7 @@ def evaluate_on_ray(
         return rec, _failure_kind(rec)
 
     kept = (s for s in samples if not excluded.check(s))
-    stats = run_sharded(sample_shards(kept, opts.shard_size), store, decode=decode_samples, decode_kwargs={"cwd": os.getcwd()},
+    stats = run_sharded(shard_tables(sample_rows(kept), opts.shard_size, SAMPLE_SCHEMA), store, decode=decode_samples, decode_kwargs={"cwd": os.getcwd()},
                         worker=EvalWorker, worker_kwargs={"spec": spec, "engine_opts": engine_opts or {},
                         "generation": None if generation is None else generation.to_dict()},
                         assemble=assemble, opts=opts, on_shard=on_shard, progress=progress)  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,12 @@ from deepsynth.inference.batch_files import (
 from deepsynth.inference.inputs import InputError
 from deepsynth.inference.limits import ServingLimits
 from deepsynth.models.generation import GenerationConfig
-from deepsynth.scale.pipeline import JobStats, run_sharded
+from deepsynth.scale.pipeline import JobStats, run_sharded, shard_tables
 from deepsynth.scale.pixels import NO_PIXELS, from_pixels, to_pixels
 from deepsynth.scale.runtime import RayOptions, connect
 from deepsynth.scale.shards import ShardStore, ShardStoreError
 
+FILE_SCHEMA = pa.schema([("shard", pa.int64()), ("unit", pa.int64()), ("path", pa.string())])
 PAGE_SCHEMA = pa.schema([("shard", pa.int64()), ("unit", pa.int64()), ("part", pa.int64()),
                          ("n_parts", pa.int64()), ("path", pa.string()), ("page", pa.int64()),
                          ("width", pa.int64()), ("height", pa.int64()), ("pixels", pa.large_binary()),
@@ -48,14 +49,6 @@ RESULT_SCHEMA = pa.schema([("shard", pa.int64()), ("unit", pa.int64()), ("part",
 def shard_dir(out: Path) -> Path:
     """Where the shards and manifest of ``--out`` live."""
     return out.with_name(out.name + ".shards")
-
-
-def file_shards(paths: Sequence[Path], shard_size: int) -> Iterator[tuple[int, pa.Table]]:
-    """``(index, table of shard/unit/path)`` for consecutive groups of ``shard_size`` files."""
-    for start in range(0, len(paths), shard_size):
-        chunk = [str(p) for p in paths[start : start + shard_size]]
-        index = start // shard_size
-        yield index, pa.table({"shard": [index] * len(chunk), "unit": list(range(len(chunk))), "path": chunk})
 
 
 def decode_files(batch: pa.Table, limits: dict[str, Any]) -> pa.Table:
@@ -168,7 +161,7 @@ def ocr_on_ray(
             on_shard(index, records)
 
     stats = run_sharded(
-        file_shards(files, opts.shard_size), store, decode=decode_files, decode_kwargs={"limits": asdict(limits)},
+        shard_tables(({"path": str(p)} for p in files), opts.shard_size, FILE_SCHEMA), store, decode=decode_files, decode_kwargs={"limits": asdict(limits)},
         worker=OCRWorker, worker_kwargs={"spec": spec, "engine_kwargs": engine_kwargs or {},
                                          "generation": generation.to_dict()},
         assemble=assemble_file(spec), opts=opts, on_shard=side_outputs, progress=progress,

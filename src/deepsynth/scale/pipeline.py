@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,21 @@ class JobStats:
         if self.failures:
             text += "; failed: " + ", ".join(f"{k} {v}" for k, v in self.failures.most_common())
         return text
+
+
+def shard_tables(rows: Iterable[dict[str, Any]], shard_size: int, schema: Any) -> Iterator[tuple[int, Any]]:
+    """Cut a stream of input rows into ``(index, pyarrow.Table)`` shards, adding ``shard`` and ``unit``."""
+    import pyarrow as pa
+
+    batch: list[dict[str, Any]] = []
+    index = 0
+    for row in rows:
+        batch.append({"shard": index, "unit": len(batch), **row})
+        if len(batch) == shard_size:
+            yield index, pa.Table.from_pylist(batch, schema=schema)
+            batch, index = [], index + 1
+    if batch:
+        yield index, pa.Table.from_pylist(batch, schema=schema)
 
 
 def run_sharded(

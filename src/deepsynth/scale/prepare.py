@@ -27,7 +27,7 @@ from deepsynth.data.open import image_problem, open_sources
 from deepsynth.data.prepare import prepare
 from deepsynth.data.report import DataReport
 from deepsynth.data.sample import Sample, SampleError
-from deepsynth.scale.pipeline import JobStats, run_sharded
+from deepsynth.scale.pipeline import JobStats, run_sharded, shard_tables
 from deepsynth.scale.runtime import RayOptions, connect
 from deepsynth.scale.shards import ShardStore
 
@@ -48,24 +48,17 @@ def image_key(sample: Sample) -> str | None:
     return "blake2b:" + hashlib.blake2b(ref.data or b"", digest_size=16).hexdigest()
 
 
-def image_shards(samples: Iterator[Sample], shard_size: int) -> Iterator[tuple[int, pa.Table]]:
-    """Each distinct image of ``samples`` once, in shards of ``shard_size``."""
+def distinct_images(samples: Iterator[Sample]) -> Iterator[dict[str, Any]]:
+    """One input row per distinct image of ``samples``."""
     seen: set[str] = set()
-    rows: list[dict[str, Any]] = []
-    index = 0
     for s in samples:
         key = image_key(s)
         if key is None or key in seen:
             continue
         seen.add(key)
         ref = s.image_loader
-        rows.append({"shard": index, "unit": len(rows), "id": s.id, "key": key, "max_pixels": ref.max_pixels,
-                     "image_path": None if ref.path is None else str(ref.path), "image_bytes": ref.data})  # fmt: skip
-        if len(rows) == shard_size:
-            yield index, pa.Table.from_pylist(rows, schema=IMAGE_SCHEMA)
-            rows, index = [], index + 1
-    if rows:
-        yield index, pa.Table.from_pylist(rows, schema=IMAGE_SCHEMA)
+        yield {"id": s.id, "key": key, "max_pixels": ref.max_pixels,
+               "image_path": None if ref.path is None else str(ref.path), "image_bytes": ref.data}  # fmt: skip
 
 
 def check_images(batch: pa.Table, cwd: str) -> pa.Table:
@@ -115,14 +108,13 @@ def prepare_on_ray(
     out_dir: str | Path,
     *,
     opts: RayOptions,
-    to: str = "parquet",
-    shard_size: int = 1000,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     filter: SampleFilter | None = None,
-    overwrite: bool = False,
     progress: bool = True,
+    **prepare_kwargs: Any,
 ) -> tuple[DataReport, dict[str, Any], JobStats]:
-    """``prepare`` with its image decoding done by Ray tasks; returns (report, info, Ray stats)."""
+    """``prepare`` with its image decoding done by Ray tasks; returns (report, info, Ray stats).
+    ``prepare_kwargs`` (``to``, ``shard_size``, ``overwrite``) go to :func:`~deepsynth.data.prepare.prepare`."""
     flt = filter or SampleFilter()
     out_dir = Path(out_dir)
     check_dir = out_dir.with_name(out_dir.name + ".ray-check")
@@ -133,11 +125,11 @@ def prepare_on_ray(
     dashboard = connect(opts.address)
     candidates = open_sources(specs, filter=dataclasses.replace(flt, limit=None), decode=False,
                               max_pixels=max_pixels)  # fmt: skip
-    stats = run_sharded(image_shards(candidates, opts.shard_size), store, decode=check_images,
+    stats = run_sharded(shard_tables(distinct_images(candidates), opts.shard_size, IMAGE_SCHEMA), store, decode=check_images,
                         decode_kwargs={"cwd": os.getcwd()}, worker=None, worker_kwargs={}, assemble=_assemble,
                         opts=opts, progress=progress)  # fmt: skip
     stats.dashboard = dashboard
-    report, info = prepare(specs, out_dir, to=to, shard_size=shard_size, max_pixels=max_pixels, filter=flt,
-                           overwrite=overwrite, progress=progress, image_check=checked_images(store))  # fmt: skip
+    report, info = prepare(specs, out_dir, max_pixels=max_pixels, filter=flt, progress=progress,
+                           image_check=checked_images(store), **prepare_kwargs)  # fmt: skip
     shutil.rmtree(check_dir, ignore_errors=True)
     return report, info, stats
