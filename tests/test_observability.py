@@ -48,7 +48,7 @@ def _serve_one(obs: Observability, route: str = "/v1/ocr", request_id: str | Non
             with obs.stage(name, batch=1):
                 pass
         obs.record_batch(3, queue_depth=5)
-        obs.record_result(pages=1, lines=4, tokens=17, repetition=True, truncated=True)
+        obs.record_result(pages=1, lines=4, tokens=17, repetition=True, truncated=True, confidence=0.97)
     return ctx.request_id
 
 
@@ -71,7 +71,9 @@ def test_exposition_has_every_metric_and_passes_promtool(tmp_path):
     assert s[("deepsynth_queue_depth", (("model", "tiny-model"),))] == 5
     assert s[("deepsynth_lines_processed_total", (("model", "tiny-model"),))] == 8
     assert s[("deepsynth_tokens_processed_total", (("model", "tiny-model"),))] == 34
-    assert s[("deepsynth_truncations_total", (("model", "tiny-model"),))] == 2
+    unknown = (("doc_type", "unknown"), ("model", "tiny-model"))
+    assert s[("deepsynth_truncations_total", unknown)] == s[("deepsynth_outputs_total", unknown)] == 2
+    assert s[("deepsynth_output_confidence_sum", unknown)] == pytest.approx(1.94)
     assert s[("deepsynth_errors_total", (("model", "tiny-model"), ("type", "bad_image")))] == 1
     assert s[("deepsynth_stage_duration_seconds_count", (("model", "tiny-model"), ("stage", "model")))] == 2
     promtool = shutil.which("promtool")
@@ -312,3 +314,19 @@ def test_gpu_memory_comes_from_the_engine_that_holds_the_model():
     assert gauge() == {"allocated": 1.5e9, "reserved": 2.0e9}
     engine.readings = [("0", "allocated", 3.0e9)]  # read at scrape time
     assert gauge() == {"allocated": 3.0e9}
+
+
+def test_quality_signals_per_doc_type_with_bounded_label_values():
+    obs = Observability("m")
+    obs.record_result(pages=1, empty=True, confidence=0.5, doc_type="invoice")
+    obs.record_result(pages=1, confidence=float("nan"), doc_type="invoice")  # not observed
+    obs.record_result(pages=1, repetition=True, doc_type='letter"}\nx')  # sanitised, cannot break the format
+    for i in range(40):
+        obs.record_result(pages=1, doc_type=f"t{i}")
+    s = _samples(obs.exposition()[0])
+    invoice = (("doc_type", "invoice"), ("model", "m"))
+    assert s[("deepsynth_outputs_total", invoice)] == 2 and s[("deepsynth_empty_outputs_total", invoice)] == 1
+    assert s[("deepsynth_output_confidence_count", invoice)] == 1
+    assert s[("deepsynth_repetitions_total", (("doc_type", "letter___x"), ("model", "m")))] == 1
+    doc_types = {dict(k[1])["doc_type"] for k in s if k[0] == "deepsynth_outputs_total"}
+    assert len(doc_types) == 32 + 1 and "other" in doc_types  # MAX_DOC_TYPES, then "other"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import time
@@ -252,7 +253,11 @@ class Observability:
         tokens: int = 0,
         repetition: bool = False,
         truncated: bool = False,
+        empty: bool = False,
+        confidence: float | None = None,
+        doc_type: str | None = None,
     ) -> None:
+        """Count one output (a page): its size and quality signals, labelled by model and ``doc_type``."""
         m = self.metrics
         if m is None:
             return
@@ -262,10 +267,16 @@ class Observability:
             m.lines.inc(lines)
         if tokens:
             m.tokens.inc(tokens)
+        labels = (m.model_id, m.doc_type(_SAFE_LABEL.sub("_", doc_type)[:32] if doc_type else None))
+        m.outputs.labels(*labels).inc()
         if repetition:
-            m.repetitions.inc()
+            m.repetitions.labels(*labels).inc()
         if truncated:
-            m.truncations.inc()
+            m.truncations.labels(*labels).inc()
+        if empty:
+            m.empty_outputs.labels(*labels).inc()
+        if confidence is not None and math.isfinite(confidence):
+            m.confidence.labels(*labels).observe(confidence)
 
     def record_error(self, kind: str) -> None:
         """Count an error by a short type name (e.g. ``bad_image``, ``timeout``, an exception class name)."""

@@ -18,6 +18,9 @@ from prometheus_client.process_collector import ProcessCollector
 # OCR latencies run from a few ms (one line on ONNX) to minutes (a VLM page on CPU).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# a model's mean confidence per output (CTC mean max probability, VLM mean token probability) sits near 1
+CONFIDENCE_BUCKETS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 1.0)
+MAX_DOC_TYPES = 32  # distinct doc_type label values per process; later ones are counted as "other"
 
 METRIC_NAMES = (
     "deepsynth_info",
@@ -33,6 +36,9 @@ METRIC_NAMES = (
     "deepsynth_tokens_processed_total",
     "deepsynth_repetitions_total",
     "deepsynth_truncations_total",
+    "deepsynth_outputs_total",
+    "deepsynth_empty_outputs_total",
+    "deepsynth_output_confidence",
     "deepsynth_samples_stored_total",
     "deepsynth_samples_deleted_total",
 )
@@ -129,12 +135,28 @@ class ServiceMetrics:
         self.tokens = Counter(
             "deepsynth_tokens_processed", "Output tokens generated.", ["model"], registry=r
         ).labels(model_id)
+        # quality signals per model and doc type (a label the client may send), for drift alerts without labels
         self.repetitions = Counter(
-            "deepsynth_repetitions", "Outputs flagged as degenerate repetition.", ["model"], registry=r
-        ).labels(model_id)
+            "deepsynth_repetitions",
+            "Outputs flagged as degenerate repetition.",
+            ["model", "doc_type"],
+            registry=r,
+        )
         self.truncations = Counter(
-            "deepsynth_truncations", "Outputs cut at the length limit (no end token).", ["model"], registry=r
-        ).labels(model_id)
+            "deepsynth_truncations", "Outputs cut at the length limit (no end token).", ["model", "doc_type"],
+            registry=r,
+        )  # fmt: skip
+        self.outputs = Counter(
+            "deepsynth_outputs", "Outputs (pages) returned.", ["model", "doc_type"], registry=r
+        )
+        self.empty_outputs = Counter(
+            "deepsynth_empty_outputs", "Outputs with no text.", ["model", "doc_type"], registry=r
+        )
+        self.confidence = Histogram(
+            "deepsynth_output_confidence", "Mean confidence of each output (engines that report one).",
+            ["model", "doc_type"], buckets=CONFIDENCE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._doc_types: set[str] = set()
         self.samples_stored = Counter(
             "deepsynth_samples_stored", "Requests persisted by the sample store.", ["model"], registry=r
         ).labels(model_id)
@@ -179,6 +201,15 @@ class ServiceMetrics:
         if child is None:
             child = self._error_children[kind] = self.errors.labels(kind, self.model_id)
         return child
+
+    def doc_type(self, value: str | None) -> str:
+        """The label value for a doc type: ``unknown`` when not given, ``other`` past MAX_DOC_TYPES values."""
+        value = value or "unknown"
+        if value not in self._doc_types:
+            if len(self._doc_types) >= MAX_DOC_TYPES:
+                return "other"
+            self._doc_types.add(value)
+        return value
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE
