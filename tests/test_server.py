@@ -404,3 +404,17 @@ def test_multipart_pdf_with_dpi_field_and_unknown_field(server):
     assert (p["source"], p["width"], p["height"], p["text"]) == ("scan.pdf", 200, 100, "#ffffff")
     r = httpx.post(f"{server.url}/v1/ocr", files=files, data={"colour": "red"})
     assert r.status_code == 400 and "unknown form field 'colour'" in r.json()["error"]["message"]
+
+
+def test_doc_type_labels_the_quality_metrics_and_is_validated(server):
+    raw = base64.b64encode(png(colour_image((255, 255, 255)))).decode()
+    r = httpx.post(f"{server.url}/v1/ocr", json={"images": [raw], "doc_type": "invoice"})
+    assert r.status_code == 200, r.text
+    files = [("files", ("a.png", png(colour_image((9, 9, 9))), "image/png"))]
+    r = httpx.post(f"{server.url}/v1/ocr", files=files, data={"doc_type": "letter"})
+    assert r.status_code == 200, r.text
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'deepsynth_outputs_total{doc_type="invoice",model="colour"} 1.0' in metrics
+    assert 'deepsynth_outputs_total{doc_type="letter",model="colour"} 1.0' in metrics
+    r = httpx.post(f"{server.url}/v1/ocr", json={"images": [raw], "doc_type": "Bad Type!"})
+    assert r.status_code == 400 and "doc_type" in r.text

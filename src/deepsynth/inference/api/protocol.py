@@ -61,6 +61,13 @@ def overrides(gen: BaseModel | None) -> dict[str, Any]:
 # -- DeepSynth OCR ---------------------------------------------------------------------------------------------
 
 Dpi = Annotated[float, Field(ge=36, le=600, description="PDF render resolution for this request")]
+DocType = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$",
+        description="a label for the kind of document (e.g. invoice); quality metrics are broken down by it",
+    ),
+]
 
 
 class ImageItem(StrictModel):
@@ -75,6 +82,7 @@ class OCRRequest(StrictModel):
 
     images: list[str | ImageItem] = Field(min_length=1)
     dpi: Dpi | None = None
+    doc_type: DocType | None = None
     generation: GenerationOverrides | None = None  # type: ignore[valid-type]
 
 
@@ -83,10 +91,11 @@ class OCRForm(StrictModel):
 
     files: list[bytes] = Field(min_length=1)
     dpi: Dpi | None = None
+    doc_type: DocType | None = None
     generation: Json[GenerationOverrides] | None = None  # type: ignore[valid-type]
 
 
-FORM_FIELDS = ("dpi", "generation")  # the text fields of OCRForm
+FORM_FIELDS = ("dpi", "doc_type", "generation")  # the text fields of OCRForm
 
 
 class OCRPage(BaseModel):

@@ -19,9 +19,15 @@ def resolve_generation(service: OCRService, overrides: dict[str, Any]) -> Genera
 
 
 def record(
-    obs: Observability, ctx: RequestContext, pages: list[PageInput], preds: list[Prediction], model_id: str
+    obs: Observability,
+    ctx: RequestContext,
+    pages: list[PageInput],
+    preds: list[Prediction],
+    model_id: str,
+    doc_type: str | None = None,
 ) -> None:
-    """Count pages, lines, tokens and guard flags; offer each page to the sample store."""
+    """Count pages, lines, tokens, guard flags, empty outputs and confidence (per ``doc_type``); offer each
+    page to the sample store."""
     for page, pred in zip(pages, preds, strict=True):
         obs.record_result(
             pages=1,
@@ -29,6 +35,9 @@ def record(
             tokens=pred.num_tokens or 0,
             repetition=bool(pred.meta.get("repetition")),
             truncated=bool(pred.meta.get("truncated")),
+            empty=not pred.text.strip(),
+            confidence=pred.confidence if isinstance(pred.confidence, int | float) else None,
+            doc_type=doc_type,
         )
         obs.maybe_store_sample(ctx.request_id, page.image, pred.text, dict(ctx.timings), model_id)
 

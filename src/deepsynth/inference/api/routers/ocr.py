@@ -33,12 +33,12 @@ async def ocr(request: Request) -> Response:
 async def _ocr(request: Request, state: ServerState, ctx: RequestContext) -> Response:
     service, obs = state.service, state.service.obs
     with obs.stage("preprocess"):
-        pages, gen = await _read_pages(request, state)
+        pages, gen, doc_type = await _read_pages(request, state)
         gen = resolve_generation(service, gen)
     preds = await service.recognize_async([p.image for p in pages], gen)
     with obs.stage("postprocess"):
         out_pages = [_page_json(p, pred) for p, pred in zip(pages, preds, strict=True)]
-        record(obs, ctx, pages, preds, service.model_id)
+        record(obs, ctx, pages, preds, service.model_id, doc_type)
     return JSONResponse(
         {
             "id": ctx.request_id,
@@ -51,14 +51,16 @@ async def _ocr(request: Request, state: ServerState, ctx: RequestContext) -> Res
     )
 
 
-async def _read_pages(request: Request, state: ServerState) -> tuple[list[PageInput], dict[str, Any]]:
-    """Pages + generation overrides from a multipart form or a JSON body."""
+async def _read_pages(
+    request: Request, state: ServerState
+) -> tuple[list[PageInput], dict[str, Any], str | None]:
+    """Pages, generation overrides and doc type from a multipart form or a JSON body."""
     settings = state.settings
     ctype = content_type(request)
     if ctype == "multipart/form-data":
         form, files = await read_form(request, max_files=settings.limits.max_pages)
         budget = settings.budget(state.service, form.dpi)
-        return await decode_pages(files, budget), overrides(form.generation)
+        return await decode_pages(files, budget), overrides(form.generation), form.doc_type
     if ctype == "application/json":
         body = await read_json(request, OCRRequest)
         files = []
@@ -69,7 +71,7 @@ async def _read_pages(request: Request, state: ServerState) -> tuple[list[PageIn
             raw, mime = decode_base64(data, name)
             files.append((raw, name, mime))
         budget = settings.budget(state.service, body.dpi)
-        return await decode_pages(files, budget), overrides(body.generation)
+        return await decode_pages(files, budget), overrides(body.generation), body.doc_type
     raise InputError(
         415,
         "unsupported_media_type",
