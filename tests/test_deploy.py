@@ -146,11 +146,51 @@ def test_prometheus_config_and_alert_rules_pass_promtool():
     promtool = _tool("promtool")
     for args in (
         ("check", "config", "prometheus.yml"),
-        ("check", "rules", "alerts.yml"),
+        (
+            "check",
+            "rules",
+            "alerts.yml",
+            *sorted(str(p.relative_to(DEPLOY)) for p in DEPLOY.glob("baselines/*.yml")),
+        ),
         ("test", "rules", "alerts_test.yml"),
     ):
         res = _run(promtool, *args, cwd=DEPLOY)
         assert res.returncode == 0, f"promtool {' '.join(args)}:\n{res.stdout}{res.stderr}"
+
+
+def test_quality_baseline_from_a_committed_run_drives_the_quality_alerts(tmp_path, monkeypatch):
+    """`deepsynth eval quality-baseline` on the committed rapidocr run gives deploy/baselines/rapidocr.yml, and
+    with it alerts.yml fires when served confidence drops: promtool evaluates both files on fake traffic."""
+    from typer.testing import CliRunner
+
+    from deepsynth.cli.main import app
+
+    promtool = _tool("promtool")
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "rapidocr.yml"
+    args = ["eval", "quality-baseline", "bench/results/runs/rapidocr", "--model", "rapidocr", "-o", str(out)]
+    res = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    committed = (DEPLOY / "baselines" / "rapidocr.yml").read_text()
+    assert out.read_text() == committed
+    series = {"outputs_total": "0+100x100", "output_confidence_count": "0+100x100",
+              "output_confidence_sum": "0+90x100"}  # fmt: skip
+    test = {
+        "rule_files": [str(DEPLOY / "alerts.yml"), str(out)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [{"series": f'deepsynth_{k}{{model="rapidocr",doc_type="unknown"}}', "values": v}
+                             for k, v in series.items()],
+            "alert_rule_test": [{"eval_time": "95m", "alertname": "DeepSynthConfidenceDrop", "exp_alerts": [
+                {"exp_labels": {"severity": "warning", "model": "rapidocr", "doc_type": "unknown"},
+                 "exp_annotations": {"summary": "Mean confidence of rapidocr on unknown documents fell to 0.900, "
+                                                "more than 0.05 below its value at promotion"}}]}],
+        }],
+    }  # fmt: skip
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    res = _run(promtool, "test", "rules", "test.yml", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_compose_wiring():

@@ -168,3 +168,21 @@ def test_docs_leaderboard_is_generated_from_the_committed_runs(monkeypatch):
     runs = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "bench/results/runs").iterdir())
     board = build_leaderboard(runs, by=["subset", "language"])
     assert to_markdown(board) == (ROOT / "docs/leaderboard.md").read_text(encoding="utf-8")
+
+
+def test_quality_baseline_counts_signals_per_doc_type_like_the_server(tmp_path):
+    from deepsynth.evaluation.quality_baseline import baseline_rules, quality_baseline
+
+    loop = "the same words again " * 12  # a decoding loop the serving guard flags
+    hyps = {0: ("", True), 1: (loop, True), 2: ("fine", False), 3: ("fine", True)}
+    samples = [_sample(i, "fine", hyps[i % 4][0], finished=hyps[i % 4][1]) for i in range(40)]
+    evaluate_engine(InfoEngine("gen"), samples, tmp_path / "gen", progress=False, bootstrap=0, report=False)
+    base = quality_baseline(tmp_path / "gen", doc_type_key="subset")
+    assert set(base) == {"book0", "book1"}  # i % 2
+    assert base["book0"] == {"n": 20, "empty_rate": 0.5, "repetition_rate": 0.0, "truncation_rate": 0.5}
+    assert base["book1"] == {"n": 20, "empty_rate": 0.0, "repetition_rate": 0.5, "truncation_rate": 0.0}
+    rules = baseline_rules(base, "gen-model")
+    assert "vector(0.5)" in rules and "doc_type: book1" in rules and "signal: mean_confidence" not in rules
+    assert set(quality_baseline(tmp_path / "gen")) == {"unknown"}
+    with pytest.raises(RunDirError, match="unknown group key 'doc_type'"):
+        quality_baseline(tmp_path / "gen", doc_type_key="doc_type")

@@ -362,6 +362,37 @@ def drift(
     console.print(f"no group worse by more than {max_increase} pp (significant at 95%)")
 
 
+@eval_app.command("quality-baseline")
+def quality_baseline(
+    run: Annotated[Path, typer.Argument(help="The evaluation run that promoted the model.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="The model id the server reports (its `model` label).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Rules file to write, e.g. deploy/baselines/NAME.yml.")
+    ],
+    doc_type_key: Annotated[
+        str | None,
+        typer.Option(help="Sample field whose values are the doc types (default: one doc type, `unknown`)."),
+    ] = None,
+) -> None:
+    """Write the run's label-free quality signals (mean confidence, empty, repetition and truncation rates)
+    as Prometheus recording rules, the reference of the quality alerts in deploy/alerts.yml."""
+    from deepsynth.evaluation.harness import RunDirError
+    from deepsynth.evaluation.quality_baseline import baseline_rules
+    from deepsynth.evaluation.quality_baseline import quality_baseline as compute
+
+    try:
+        baseline = compute(run, doc_type_key=doc_type_key)
+    except (RunDirError, ValueError) as exc:
+        _fail(exc)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(baseline_rules(baseline, model, str(run)), encoding="utf-8")
+    for doc_type, values in baseline.items():
+        typer.echo(f"{doc_type}: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+    typer.echo(f"wrote {out}")
+
+
 def register(app: typer.Typer) -> None:
     """Add `deepsynth eval` (and `eval compare`) to the main app."""
     app.add_typer(eval_app, name="eval")
