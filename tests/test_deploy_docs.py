@@ -14,7 +14,10 @@ from deepsynth.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
-GROUPS = {"data": {"prepare", "stats", "synth"}, "eval": {"compare", "leaderboard", "drift", "quality-baseline"}}
+GROUPS = {
+    "data": {"prepare", "stats", "synth"},
+    "eval": {"compare", "leaderboard", "drift", "quality-baseline"},
+}
 
 
 def _shell_lines(path: Path) -> list[str]:
