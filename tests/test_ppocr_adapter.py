@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from deepsynth.data.sample import Sample, SampleError
-from deepsynth.models.ppocr.adapter import PPOCRAdapter, build, frames_for_width
-from deepsynth.models.ppocr.preprocess import preprocess_batch
+from deepsynth.models.ppocr.adapter import PPOCRAdapter, build
+from deepsynth.models.ppocr.preprocess import frames_for_width, preprocess_batch
 from deepsynth.models.registry import load_engine
 from tests.ppocr_helpers import real_lines, synthetic_samples
 
@@ -100,9 +100,23 @@ def test_collate_rejects_bad_samples_by_id(tiny):
 
     with pytest.raises(SampleError, match="'broken'.*unreadable"):
         tiny.collate([Sample(id="broken", text="abc", image_loader=broken)])
-    long_text = "ab" * 200  # 400 characters cannot fit a short line's frames
-    with pytest.raises(SampleError, match="'long'.*frames"):
+    long_text = "ab" * 200  # 400 characters: more than 4x what a short line's frames can hold
+    with pytest.raises(SampleError, match="'long'.*frames.*widened"):
         tiny.collate([Sample.from_image("long", synthetic_samples(["ab"])[0].image, long_text)])
+
+
+def test_collate_widens_lines_whose_text_needs_more_frames(tiny):
+    """A dense line (text needs more CTC frames than its width gives) is widened, not dropped."""
+    image = synthetic_samples(["abab"])[0].image  # a short line: padded to 320 px = 40 frames
+    natural = tiny.collate([Sample.from_image("short", image, "ab")])
+    assert natural["stretched"] == 0
+    dense = tiny.collate([Sample.from_image("dense", image, "ab" * 30)])  # 60 labels > 40 frames
+    assert dense["stretched"] == 1 and "dense" in tiny.stretched_ids
+    width = dense["pixel_values"].shape[3]
+    assert frames_for_width(width) >= 60
+    assert torch.isfinite(tiny.loss(dense))
+    # lines that fit keep rapidocr's exact preprocessing
+    assert torch.equal(natural["pixel_values"], tiny.preprocess([image]))
 
 
 def test_frames_formula_matches_model(tiny):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deepsynth.config import ConfigError
+from deepsynth.data.line_augment import LineAugment
 from deepsynth.models.generation import GenerationConfig
 
 
@@ -32,10 +33,16 @@ class DataSettings:
 
     train: list[str] = field(default_factory=list)  # source specs: "name=path[:image_root]" or a path
     eval: list[str] | None = None  # None = the `eval_split` of the train sources
-    train_split: str | None = "train"  # None = use every sample of `train`
+    train_split: str | None = (
+        "auto"  # auto = every sample when `eval` is given, else "train"; None = every sample
+    )
     eval_split: str | None = "val"
-    split_key: str = "page_id"  # group key for splits: page_id | subset | id
-    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_key: str = "page_id"  # group key for splits: page_id | subset | id | writer | any manifest key
+    split_ratios: tuple[float, float, float] = (
+        0.9,
+        0.1,
+        0.0,
+    )  # train / val / test (a test share is unused here)
     split_seed: int = 0
     languages: list[str] | None = None
     subsets: list[str] | None = None
@@ -59,6 +66,9 @@ class OptimSettings:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_steps: int = 0
+    warmup_ratio: float = (
+        0.0  # > 0: warm up over this share of the planned steps (follows a time budget's plan)
+    )
     schedule: str = "cosine"  # cosine | linear | constant
     min_lr_ratio: float = 0.1
     grad_clip: float | None = 1.0  # max global grad norm; None = off
@@ -88,6 +98,7 @@ class EvalSettings:
     """Evaluation during training: CER/WER on the eval split, early stopping and best checkpoint by ``metric``."""
 
     every_steps: int = 50  # 0 = only at the end
+    times: int | None = None  # evaluations per run, spread over the planned steps (overrides every_steps)
     batch_size: int = 16
     normalize: str = "none"  # deepsynth.evaluation.normalize profile applied to refs and hyps
     metric: str = "cer"  # lower is better: cer | wer
@@ -102,6 +113,7 @@ class CheckpointSettings:
     """Atomic, verified checkpoints: keep the last ``keep_last`` plus ``best`` (by the eval metric)."""
 
     every_steps: int = 100  # 0 = only at the end
+    times: int | None = None  # checkpoints per run, spread over the planned steps (overrides every_steps)
     keep_last: int = 2
     save_best: bool = True
     save_final: bool = True
@@ -123,6 +135,7 @@ class TrainConfig:
     eval: EvalSettings = field(default_factory=EvalSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    augment: LineAugment = field(default_factory=LineAugment.off)  # seeded training-image augmentation
     batch_size: int = 8  # per process, per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     max_steps: int | None = None  # optimizer steps; the first of max_steps / epochs / max_minutes stops

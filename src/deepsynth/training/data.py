@@ -11,6 +11,7 @@ same global batches as ``W`` processes with batch ``B``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -19,8 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 
 from deepsynth.data import DataReport, Sample, SampleError, SampleFilter, open_sources
+from deepsynth.data.line_augment import LineAugment
 from deepsynth.training.config import DataSettings
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,10 @@ def sample_filter(d: DataSettings, split: str | None, limit: int | None) -> Samp
 def load_split(d: DataSettings, which: str, report: DataReport) -> list[Sample]:
     """The training (``which="train"``) or evaluation samples described by ``d``, read with the data layer."""
     if which == "train":
-        specs, split, limit = d.train, d.train_split, d.limit
+        split = d.train_split
+        if split == "auto":
+            split = None if d.eval else "train"
+        specs, limit = d.train, d.limit
     else:
         specs, split, limit = (
             (d.eval, None, d.eval_limit) if d.eval else (d.train, d.eval_split, d.eval_limit)
@@ -51,6 +57,24 @@ def load_split(d: DataSettings, which: str, report: DataReport) -> list[Sample]:
     if not specs:
         return []
     return list(open_sources(list(specs), filter=sample_filter(d, split, limit), report=report))
+
+
+def describe_split(d: DataSettings, n_train: int, n_eval: int) -> str:
+    """One log line saying how the labelled data was divided (nothing is dropped silently)."""
+    if d.eval:
+        return (
+            f"data: {n_train} training samples (all of data.train), {n_eval} evaluation samples (data.eval)"
+        )
+    tr, va, te = d.split_ratios
+    text = (
+        f"data: {n_train} train / {n_eval} validation samples, split by {d.split_key!r} hash "
+        f"(seed {d.split_seed}, ratios {tr:g}/{va:g}/{te:g})"
+    )
+    if te > 0:
+        text += f"; {te:.0%} of the groups form a test split that training never uses (set data.split_ratios)"
+    if d.eval_limit is not None and n_eval >= d.eval_limit:
+        text += f"; evaluation capped at data.eval_limit={d.eval_limit}"
+    return text
 
 
 def aspect_ratios(samples: Sequence[Sample]) -> list[float]:
@@ -169,17 +193,47 @@ def collate_skipping(
     return None, skipped
 
 
-class EpochBatches(torch.utils.data.Dataset):
-    """Map-style dataset whose item ``i`` is the collated micro-batch ``i`` of one epoch (DataLoader-ready)."""
+def augmented(sample: Sample, augment: LineAugment, seed: int) -> Sample:
+    """A copy of ``sample`` whose image is augmented with ``seed``; bad images fail later, naming the sample."""
 
-    def __init__(self, samples: Sequence[Sample], batches: list[list[int]], collate: Callable):
+    def load() -> Image.Image:
+        try:
+            return augment(sample.image, seed)
+        finally:
+            sample.release()
+
+    return dataclasses.replace(sample, image_loader=load, _image=None)
+
+
+class EpochBatches(torch.utils.data.Dataset):
+    """Map-style dataset whose item ``i`` is the collated micro-batch ``i`` of one epoch (DataLoader-ready).
+
+    With ``augment``, each sample's image is augmented with a seed fixed by (seed, epoch, sample index), so a
+    resumed run sees exactly the images an uninterrupted one would.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        batches: list[list[int]],
+        collate: Callable,
+        augment: LineAugment | None = None,
+        seed: int = 0,
+    ):
         self.samples, self.batches, self.collate = samples, batches, collate
+        self.augment = augment if augment is not None and augment.enabled else None
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> tuple[dict[str, Any] | None, list[tuple[str, str, str]], int]:
         chosen = [self.samples[j] for j in self.batches[i]]
+        if self.augment is not None:
+            chosen = [
+                augmented(s, self.augment, self.seed + 7919 * j)
+                for s, j in zip(chosen, self.batches[i], strict=True)
+            ]
         batch, skipped = collate_skipping(self.collate, chosen)
         return batch, skipped, len(chosen)
 
@@ -195,9 +249,11 @@ def epoch_loader(
     start: int,
     collate: Callable,
     num_workers: int = 0,
+    augment: LineAugment | None = None,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over micro-batches ``start..`` of ``epoch`` (workers collate ahead of the training step)."""
-    ds = EpochBatches(samples, plan.epoch_batches(epoch), collate)
+    seed = (plan.seed * 1_000_003 + epoch) * 1_000_003
+    ds = EpochBatches(samples, plan.epoch_batches(epoch), collate, augment, seed)
     return torch.utils.data.DataLoader(
         ds,
         batch_size=None,

@@ -31,8 +31,16 @@ from deepsynth.data import DataReport, Sample, SampleError
 from deepsynth.models.base import ModelAdapter
 from deepsynth.models.threads import respect_omp_thread_limit
 from deepsynth.training import checkpoint as ckpt
+from deepsynth.training.budget import StepPlan, every, warmup_steps
 from deepsynth.training.config import TrainConfig
-from deepsynth.training.data import BatchPlan, aspect_ratios, epoch_loader, fingerprint, load_split
+from deepsynth.training.data import (
+    BatchPlan,
+    aspect_ratios,
+    describe_split,
+    epoch_loader,
+    fingerprint,
+    load_split,
+)
 from deepsynth.training.runtime import (
     LossModule,
     build_adapter,
@@ -133,6 +141,8 @@ class Trainer:
             self.train_samples = load_split(cfg.data, "train", self.report)
         if self.eval_samples is None:
             self.eval_samples = load_split(cfg.data, "eval", self.report)
+        if self.is_main:
+            log.info("%s", describe_split(cfg.data, len(self.train_samples), len(self.eval_samples)))
         if not self.train_samples:
             raise ValueError(
                 f"no training samples (data.train={cfg.data.train}, split={cfg.data.train_split})"
@@ -169,8 +179,11 @@ class Trainer:
         if epochs:
             limits.append(max(1, math.ceil(epochs * steps_per_epoch)))
         self.total_steps = min(limits) if limits else None
+        budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+        self.planner = StepPlan(self.total_steps, budget, t_start=self.t_start)
         self.optimizer = build_optimizer(model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
+        self._set_schedule_length(self.total_steps)
 
         if resume_from is not None:
             self._load_checkpoint(resume_from)
@@ -204,6 +217,11 @@ class Trainer:
                 len(self.eval_samples),
                 self.total_steps or "time-limited",
             )
+            if cfg.max_minutes:
+                log.info(
+                    "time budget %.1f min for the whole run (final evaluation and save included)",
+                    cfg.max_minutes,
+                )
         self.resumed = resume_from is not None
 
     def _resolve_resume(self) -> Path | None:
@@ -252,13 +270,14 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoints/step-N`` atomically (main process) and prune old ones; all processes wait."""
-        path = None
+        path, t0 = None, time.perf_counter()
         if self.is_main:
             path = ckpt.save_training_checkpoint(
                 ckpt.step_dir(self.ckpt_dir, self.step), self._model_state(), self._trainer_state()
             )
             ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.checkpoint.keep_last)
         self.acc.wait_for_everyone()
+        self.planner.save_s = time.perf_counter() - t0
         return path
 
     def _load_checkpoint(self, path: Path) -> None:
@@ -336,6 +355,7 @@ class Trainer:
                         s.release()
             summary = metrics.summary()
             summary["seconds"] = round(time.perf_counter() - t0, 2)
+            self.planner.eval_s = summary["seconds"]
             summary["step"] = self.step
             if examples:
                 self.tracker.log_text("eval/examples", "\n\n".join(examples), self.step)
@@ -393,14 +413,45 @@ class Trainer:
                 self.position,
                 self.adapter.collate,
                 self.cfg.num_workers,
+                self.cfg.augment,
             )
             for item in loader:
                 self.position += 1
                 yield item
 
     def _out_of_time(self) -> bool:
-        mm = self.cfg.max_minutes
-        return mm is not None and (time.perf_counter() - self.t_start) / 60 >= mm
+        return self.planner.out_of_time()
+
+    def _due(self, last: int, times: int | None, every_steps: int) -> bool:
+        """Whether an evaluation/checkpoint is due: every ``every_steps``, or ``times`` per planned run."""
+        interval = every(self.total_steps, times, every_steps)
+        if not interval:
+            return False
+        return self.step - max(last, 0) >= interval if times else self.step % interval == 0
+
+    def _set_schedule_length(self, total: int | None) -> None:
+        """Point the LR schedule (warm-up and decay) at ``total`` planned steps."""
+        o = self.cfg.optim
+        fn = self.scheduler.lr_lambdas[0]
+        fn.total = total
+        fn.warmup = warmup_steps(total or 100, o.warmup_ratio, o.warmup_steps)
+
+    def _replan(self) -> None:
+        """Re-plan the run's length from the measured step time (time-budgeted runs only)."""
+        if self.planner.budget_s is None:
+            return
+        times = self.cfg.eval.times
+        interval = every(self.total_steps, times, self.cfg.eval.every_steps) if self.eval_samples else 0
+        evals_left = (self.planner.total or 0) / interval - self.step / interval if interval else 0.0
+        total = self.planner.replan(self.step, max(0.0, evals_left))
+        if total != self.total_steps:
+            self.total_steps = total
+            self._set_schedule_length(total)
+            if self.step in (3, 10) or self.step % 50 == 0:
+                log.info(
+                    "plan: %s steps in the %.1f-min budget (%.2f s/step, evaluation %.1f s)",
+                    total, self.cfg.max_minutes, self.planner.step_time(), self.planner.eval_s,
+                )  # fmt: skip
 
     def train(self) -> TrainResult:
         cfg, acc = self.cfg, self.acc
@@ -422,7 +473,10 @@ class Trainer:
         last_ckpt_step = self.step
         while not self.result.stopped:
             if self.total_steps is not None and self.step >= self.total_steps:
-                self.result.stopped = "max steps" if cfg.max_steps == self.total_steps else "epochs"
+                if self.total_steps < (self.planner.limit or self.total_steps + 1):
+                    self.result.stopped = "time budget"
+                else:
+                    self.result.stopped = "max steps" if cfg.max_steps == self.total_steps else "epochs"
                 break
             if self._any_process(self._stop_requested):
                 self.result.stopped = "interrupted"
@@ -472,6 +526,10 @@ class Trainer:
             loss_value = loss_sum / n_good
             self.result.losses[self.step] = loss_value
             dt = time.perf_counter() - t0
+            self.planner.record_step(dt)
+            if self.step in (3, 6) or self.step % 10 == 0:
+                self._replan()
+                bar.total = self.total_steps
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
             if self.step % max(cfg.log_every, 1) == 0:
@@ -486,11 +544,11 @@ class Trainer:
                 if grad_norm is not None and math.isfinite(grad_norm):
                     metrics["train/grad_norm"] = grad_norm
                 self.tracker.log_metrics(metrics, self.step)
-            if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.eval_samples:
+            if self.eval_samples and self._due(last_eval_step, cfg.eval.times, cfg.eval.every_steps):
                 last_eval_step = self.step
                 if self._after_eval(self.evaluate()):
                     self.result.stopped = "early stopping"
-            if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
+            if self._due(last_ckpt_step, cfg.checkpoint.times, cfg.checkpoint.every_steps):
                 self.save_checkpoint()
                 last_ckpt_step = self.step
             for callback in self.callbacks:

@@ -8,6 +8,7 @@ taken before the model's softmax; every BatchNorm stays in eval mode (:meth:`tra
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,20 +31,23 @@ from deepsynth.models.ppocr.convert import (
     shipped_model_path,
 )
 from deepsynth.models.ppocr.ctc import ctc_loss, min_frames, pack_targets
-from deepsynth.models.ppocr.preprocess import HEIGHT, MIN_WIDTH, batch_width, preprocess_batch, to_bgr
+from deepsynth.models.ppocr.preprocess import (
+    HEIGHT,
+    MIN_WIDTH,
+    fit_frames,
+    preprocess_batch,
+    to_bgr,
+)
 from deepsynth.models.registry import MODEL_CARD
 from deepsynth.models.threads import respect_omp_thread_limit
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from transformers import PPOCRV6SmallRecForTextRecognition
 
 FAMILY = "ppocr"
 LORA_DIR = "lora"
-
-
-def frames_for_width(width: int) -> int:
-    """CTC frames the recogniser emits for a padded input width (stride 2, 2 and a 2-wide pool)."""
-    return ((width + 1) // 2 + 1) // 2 // 2
 
 
 class PPOCRAdapter(ModelAdapter):
@@ -74,6 +78,7 @@ class PPOCRAdapter(ModelAdapter):
         self.added_chars: list[str] = list(added_chars)
         self.source = source
         self.lora_config: dict[str, Any] | None = None
+        self.stretched_ids: set[str] = set()  # training lines widened to fit their text (logged once each)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -199,27 +204,20 @@ class PPOCRAdapter(ModelAdapter):
         self.model.eval()
 
     # ------------------------------------------------------------------ training
-    def encode_text(self, sample_id: str, text: str, width: int) -> list[int]:
-        """Class ids for a sample's text; SampleError if nothing is trainable or it cannot fit the frames."""
+    def encode_text(self, sample_id: str, text: str) -> list[int]:
+        """Class ids for a sample's text; SampleError if nothing in it is trainable."""
         ids, _dropped = self.charset.encode(text)
         if not ids:
             if not normalize_text(text):
                 raise SampleError(sample_id, "empty text", kind="empty_text")
             raise SampleError(sample_id, f"no trainable character in {text[:40]!r}", kind="other")
-        frames = frames_for_width(width)
-        if min_frames(ids) > frames:
-            raise SampleError(
-                sample_id,
-                f"text needs {min_frames(ids)} CTC frames, the image gives {frames} (line too short/wide?)",
-                kind="other",
-            )
         return ids
 
     def collate(self, samples: Sequence[Sample]) -> dict[str, Any]:
         """Samples → ``pixel_values`` + packed CTC targets. Raises SampleError naming the first bad sample."""
         if not samples:
             raise ValueError("collate needs at least one sample")
-        bgrs, targets, dropped = [], [], 0
+        bgrs, targets, dropped, stretched = [], [], 0, 0
         for s in samples:
             try:
                 bgr = to_bgr(s.image)
@@ -233,10 +231,23 @@ class PPOCRAdapter(ModelAdapter):
                 raise SampleError(
                     s.id, f"image too small ({bgr.shape[1]}x{bgr.shape[0]})", kind="corrupt_image"
                 )
-            own_width = batch_width([(bgr.shape[1], bgr.shape[0])])
-            ids = self.encode_text(s.id, s.text, own_width)
+            ids = self.encode_text(s.id, s.text)
             dropped += len(self.charset.encode(s.text)[1])
-            bgrs.append(bgr)
+            try:
+                fitted = fit_frames(bgr, min_frames(ids))
+            except ValueError as exc:
+                raise SampleError(s.id, str(exc), kind="other") from exc
+            if fitted is not bgr:
+                stretched += 1
+                if s.id not in self.stretched_ids:
+                    self.stretched_ids.add(s.id)
+                    log.info(
+                        "%s: widened %d -> %d px so its text fits the CTC frames",
+                        s.id,
+                        bgr.shape[1],
+                        fitted.shape[1],
+                    )
+            bgrs.append(fitted)
             targets.append(ids)
         flat, lengths = pack_targets(targets)
         return {
@@ -245,6 +256,7 @@ class PPOCRAdapter(ModelAdapter):
             "target_lengths": lengths,
             "ids": [s.id for s in samples],
             "dropped_chars": dropped,
+            "stretched": stretched,
         }
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:

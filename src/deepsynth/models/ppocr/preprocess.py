@@ -15,6 +15,7 @@ from PIL import Image
 
 HEIGHT = 48
 MIN_WIDTH = 320
+MAX_STRETCH = 4  # fit_frames widens a training line at most this much
 
 
 def to_bgr(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -37,6 +38,31 @@ def batch_width(sizes: Sequence[tuple[int, int]], height: int = HEIGHT, min_widt
     """Padded width of a batch of (width, height) images."""
     ratio = max([min_width / height] + [w / h for w, h in sizes])
     return int(height * ratio)
+
+
+def frames_for_width(width: int) -> int:
+    """CTC frames the recogniser emits for a padded input width (stride 2, 2 and a 2-wide pool)."""
+    return ((width + 1) // 2 + 1) // 2 // 2
+
+
+def fit_frames(bgr: np.ndarray, frames: int, height: int = HEIGHT) -> np.ndarray:
+    """Stretch a line horizontally so that, at ``height``, it gives at least ``frames`` CTC frames.
+
+    Training only: a line whose text needs more frames than its width yields (tall crops of dense handwriting)
+    is widened instead of dropped. Lines that already fit are returned unchanged (exact rapidocr parity).
+    """
+    h, w = bgr.shape[:2]
+    natural = int(math.ceil(height * (w / float(h))))
+    if frames_for_width(max(natural, MIN_WIDTH)) >= frames:
+        return bgr
+    target = 8 * frames + 8  # 8 input columns per frame, one frame of margin
+    if target > MAX_STRETCH * max(natural, MIN_WIDTH):
+        raise ValueError(
+            f"text needs {frames} CTC frames, the image gives {frames_for_width(max(natural, MIN_WIDTH))} "
+            f"even widened {MAX_STRETCH}x (does the label belong to this image?)"
+        )
+    new_w = int(math.ceil(target * h / float(height)))
+    return cv2.resize(bgr, (new_w, h), interpolation=cv2.INTER_CUBIC)
 
 
 def resize_norm(bgr: np.ndarray, width: int, height: int = HEIGHT) -> np.ndarray:
