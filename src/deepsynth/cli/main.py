@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from deepsynth.cli import data, demo, doctor, evaluate, ocr, samples, serve, train
+from deepsynth.cli import bench, data, demo, doctor, evaluate, ocr, samples, serve, train
 
 app = typer.Typer(
     name="deepsynth",
@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (data, train, evaluate, ocr, serve, samples, demo, doctor):
+for module in (data, train, evaluate, ocr, serve, samples, demo, doctor, bench):
     module.register(app)
 
 
