@@ -120,3 +120,33 @@ def test_learning_curve_writes_points_and_plot(tmp_path):
         tmp_path / "curve.html"
     ).read_text()
     assert result["split_key"] == "subset"
+
+
+def test_identity_batchnorms_as_bias_adds_keep_outputs_and_freeze_works(tmp_path):
+    """The memory-saving BatchNorm path gives the same logits; model.freeze stops the named parameters."""
+    import torch
+
+    from deepsynth.models.ppocr.adapter import PPOCRAdapter
+    from deepsynth.models.ppocr.frozen_norm import identity_norms_as_bias
+    from deepsynth.training.runtime import freeze_parameters
+
+    adapter = PPOCRAdapter.from_shipped()
+    batch = adapter.collate(real_lines(2))
+    with torch.no_grad():
+        before = adapter.logits(batch["pixel_values"])
+    n = identity_norms_as_bias(adapter.model)
+    assert n >= 30  # the converter's folded-bias BatchNorms (the neck's real ones are left alone)
+    with torch.no_grad():
+        after = adapter.logits(batch["pixel_values"])
+    assert torch.allclose(before, after, atol=1e-4)
+    adapter.train_mode()
+    stem = "model.backbone.encoder.convolution"
+    frozen = freeze_parameters(adapter.model, [stem])
+    assert frozen > 0
+    assert all(not p.requires_grad for name, p in adapter.model.named_parameters() if name.startswith(stem))
+    adapter.loss(batch).backward()
+    assert all(p.grad is None for name, p in adapter.model.named_parameters() if name.startswith(stem))
+    head = [p for name, p in adapter.model.named_parameters() if name.startswith("head.")]
+    assert all(p.grad is not None for p in head)
+    with pytest.raises(ConfigError, match="no parameter under 'backbone.nope'"):
+        freeze_parameters(adapter.model, ["backbone.nope"])

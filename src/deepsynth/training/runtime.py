@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from deepsynth.config import ConfigError
 from deepsynth.models.base import ModelAdapter
 from deepsynth.training.config import TrainConfig
 
@@ -78,6 +80,22 @@ def ensure_trainable(engine: Any, family: str) -> ModelAdapter:
             f"model family {family!r} is not trainable ({type(engine).__name__} is not a ModelAdapter)"
         )
     return engine
+
+
+def freeze_parameters(model: torch.nn.Module, prefixes: Sequence[str]) -> int:
+    """Stop training the parameters under any of ``prefixes`` (module paths; a LoRA wrapper's prefix is
+    ignored); returns how many were frozen. A prefix that matches nothing is a ConfigError."""
+    total = 0
+    for prefix in prefixes:
+        hits = [p for name, p in model.named_parameters() if name == prefix or name.startswith(prefix + ".")
+                or f".{prefix}." in f".{name}"]  # fmt: skip
+        if not hits:
+            raise ConfigError(f"model.freeze: no parameter under {prefix!r}")
+        for p in hits:
+            if p.requires_grad:
+                p.requires_grad_(False)
+                total += p.numel()
+    return total
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

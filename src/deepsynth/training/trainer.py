@@ -47,6 +47,7 @@ from deepsynth.training.runtime import (
     choose_precision,
     cpu_only,
     ensure_trainable,
+    freeze_parameters,
     to_device,
 )
 from deepsynth.training.schedule import build_optimizer, build_scheduler
@@ -158,6 +159,9 @@ class Trainer:
         ad.prepare_for_training(cfg)
         if cfg.lora.enabled:
             ad.apply_lora(cfg.lora)
+        frozen = freeze_parameters(ad.model, cfg.model.freeze)
+        if frozen and self.is_main:
+            log.info("frozen: %d parameters under %s", frozen, cfg.model.freeze)
         ad.to(self.acc.device)  # adapters that move their batches follow the accelerator
         model = ad.model
         self.trainable = [p for p in model.parameters() if p.requires_grad]

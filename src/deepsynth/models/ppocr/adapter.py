@@ -193,6 +193,12 @@ class PPOCRAdapter(ModelAdapter):
         hidden = core.head.encoder(features).last_hidden_state
         return core.head.head(hidden)
 
+    def prepare_for_training(self, cfg: Any = None) -> None:
+        """Compute the converter's identity BatchNorms as bias adds (same outputs, less memory; frozen_norm.py)."""
+        from deepsynth.models.ppocr.frozen_norm import identity_norms_as_bias
+
+        identity_norms_as_bias(self.model)
+
     def train_mode(self) -> None:
         """Train mode with every BatchNorm kept in eval (their folded statistics must not move)."""
         self.model.train()
