@@ -58,9 +58,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--label", default="default")
     p.add_argument("--out", default=str(ROOT / "runs" / "hard_documents"))
     args, overrides = p.parse_known_args(argv if argv is not None else [])
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}
+    results: dict = {"runs": []}
     for name in args.sets:
         s = run_set(name, args.minutes, overrides, Path(args.out), args.label)
+        results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}  # others may have written
         results["runs"] = [r for r in results["runs"] if (r["set"], r["label"]) != (s["set"], s["label"])] + [
             s
         ]
