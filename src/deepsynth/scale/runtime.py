@@ -68,6 +68,7 @@ def connect(address: str | None = LOCAL) -> str | None:
     target = None if address in (None, "", LOCAL) else address
     if target is None and os.environ.get("RAY_ADDRESS"):
         target = os.environ["RAY_ADDRESS"]
-    context = ray.init(address=target, log_to_driver=False, configure_logging=False)
+    local = {} if target else {"_node_ip_address": "127.0.0.1"}  # a local runtime listens on loopback only
+    context = ray.init(address=target, log_to_driver=False, configure_logging=False, **local)
     url = getattr(context, "dashboard_url", None)
     return f"http://{url}" if url and not str(url).startswith("http") else url or None
