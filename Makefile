@@ -63,11 +63,13 @@ deepseek-ocr-smoke: install
 	$(PY) -m deepsynth.cli.main train configs/deepseek_ocr2_smoke.yaml
 
 # Every CUDA-only path, each check in its own process with a timeout -> gpu_check.json (docs/models.md).
-# The gpu extra (flash-attn, unsloth) only installs where there is a GPU driver; without one every check says
+# The gpu extra (flash-attn, unsloth) only installs where there is a GPU driver (flash-attn builds against the
+# installed torch, hence --no-build-isolation and its build tools first); without one every check says
 # SKIP(no CUDA) and the target still succeeds. MODEL=/path/to/checkpoint repeats the fine-tune checks on it.
 gpu-check: install
 	@if command -v nvidia-smi >/dev/null 2>&1; then \
 	  echo "nvidia-smi found: installing the gpu extra"; \
+	  $(PIP) install -q "setuptools>=68" wheel packaging psutil ninja; \
 	  $(PIP) install -q --no-build-isolation -e ".[$(EXTRAS),gpu]" \
 	  || echo "WARNING: installing the gpu extra failed (see above); the checks that need it report why"; \
 	else echo "no nvidia-smi (no GPU driver): the gpu extra is not installed, the GPU checks will skip"; fi

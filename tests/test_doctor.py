@@ -33,6 +33,16 @@ def crash(ctx):
 def skip(ctx):
     raise Skip("nothing to check here")
 
+def partial(ctx):
+    from deepsynth.doctor.backends import per_family
+
+    def one(family):
+        if family == "b":
+            raise RuntimeError("b broke")
+        return {"ok": family}
+
+    return per_family(["a", "b", "c"], one)
+
 def hang(ctx):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     open(os.path.join(ctx.workdir, "child.pid"), "w").write(str(child.pid))
@@ -76,10 +86,18 @@ def test_each_outcome_is_reported_in_one_line_with_the_error(tmp_path, probe_env
         Check("crash", "doctor_probes:crash"),
         Check("skip", "doctor_probes:skip"),
         Check("missing", "doctor_probes:no_such_check"),
+        Check("partial", "doctor_probes:partial"),
     ]
     results, lines, ctx = _run(checks, tmp_path, probe_env)
     by = {r.name: r for r in results}
-    assert [r.status for r in results] == [PASS, FAIL, FAIL, SKIP, FAIL]
+    assert [r.status for r in results] == [PASS, FAIL, FAIL, SKIP, FAIL, FAIL]
+    # every family is tried; the failure names the broken one and keeps what the others found
+    assert by["partial"].reason == "CheckFailed: b: RuntimeError: b broke"
+    assert by["partial"].details == {
+        "a": {"ok": "a"},
+        "b": {"error": "RuntimeError: b broke"},
+        "c": {"ok": "c"},
+    }
     assert by["ok"].step_seconds == 0.25 and by["ok"].details["answer"] == 42
     assert by["ok"].details["workdir"] == str(tmp_path / "work" / "ok")  # each check has its own directory
     assert by["boom"].reason == "ValueError: boom: the check failed on purpose"
@@ -95,7 +113,7 @@ def test_each_outcome_is_reported_in_one_line_with_the_error(tmp_path, probe_env
     report = write_report(tmp_path / "out" / "gpu_check.json", results, ctx, {"device": "test"})
     on_disk = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
-    assert on_disk["summary"] == {"pass": 1, "fail": 3, "skip": 1}
+    assert on_disk["summary"] == {"pass": 1, "fail": 4, "skip": 1}
     assert on_disk["checks"][0]["step_seconds"] == 0.25 and on_disk["device"] == "test"
 
 
@@ -232,3 +250,29 @@ def test_check_logic_runs_on_cpu(tmp_path, name):
         assert r.details["bf16"]["max_abs_diff_merged_vs_unmerged"] > 0  # recorded, not judged
     else:
         assert r.details["request_seconds"] > 0 and r.details["gauge"] == {}  # no CUDA memory on CPU
+
+
+@pytest.mark.parametrize("driver", [True, False])
+def test_make_gpu_check_installs_the_gpu_extra_only_with_a_gpu_driver(tmp_path, driver):
+    """The target's own recipe, with pip and python replaced by echo (`-o install`: nothing is installed)."""
+    import shutil
+
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if driver:
+        (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / "nvidia-smi").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    root = Path(__file__).resolve().parents[1]
+    cmd = [make, "-s", "-o", "install", "gpu-check", "PIP=echo pip", "PY=echo py", "MODEL=/models/x"]
+    out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    installs = [line for line in lines if line.startswith("pip install") and "gpu]" in line]
+    assert len(installs) == (1 if driver else 0), out.stdout
+    if not driver:
+        assert "no nvidia-smi (no GPU driver): the gpu extra is not installed" in out.stdout
+    assert lines[-1] == "py -m deepsynth.cli.main doctor --gpu --out gpu_check.json --model /models/x"

@@ -3,8 +3,8 @@
 A check is a function ``check(ctx: CheckContext) -> dict`` named by ``"module:function"``. It runs in its own
 process (``python -m deepsynth.doctor.worker``), so a CUDA crash, a hang or leaked GPU memory cannot affect
 the next one. It returns details (``step_seconds`` and ``peak_gpu_bytes`` are recognised), raises
-:class:`Skip` with a reason, or raises anything else to fail. A check still running after its timeout is
-killed with its whole process group and reported as FAIL.
+:class:`Skip` with a reason, or raises anything else to fail (:class:`CheckFailed` keeps its details). A
+check still running after its timeout is killed with its whole process group and reported as FAIL.
 """
 
 from __future__ import annotations
@@ -27,6 +27,14 @@ MIB = 1024**2
 
 class Skip(Exception):  # noqa: N818 - raised by a check to say "not applicable here", with the reason
     """The check does not apply on this machine; ``str(exc)`` is the reason."""
+
+
+class CheckFailed(AssertionError):
+    """A failure that keeps what the check learnt before failing (e.g. which families passed)."""
+
+    def __init__(self, message: str, details: dict[str, Any]):
+        super().__init__(message)
+        self.details = details
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ def run(target: str, ctx: CheckContext) -> dict[str, Any]:
     except BaseException as exc:  # noqa: BLE001 - any failure of the check is its result
         out.update(status=FAIL, reason=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
         out["error"] = traceback.format_exc()
-        details = {}
+        details = dict(getattr(exc, "details", None) or {})
     step = details.pop("step_seconds", None)
     peak_bytes = details.pop("peak_gpu_bytes", None)  # measured elsewhere (e.g. a server's model process)
     out["step_seconds"] = round(float(step), 4) if step is not None else None
