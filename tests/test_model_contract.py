@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 from deepsynth.models.base import ModelAdapter  # noqa: E402
 from deepsynth.models.generation import GenerationConfig  # noqa: E402
 from deepsynth.models.ppocr.adapter import PPOCRAdapter  # noqa: E402
-from deepsynth.models.vlm.tiny import FAMILIES, build_tiny  # noqa: E402
+from deepsynth.testing.tiny_models import FAMILIES, build_tiny  # noqa: E402
 from deepsynth.training.runtime import ensure_trainable  # noqa: E402
 from tests.vlm_helpers import TEXTS, line_samples  # noqa: E402
 
@@ -99,3 +99,32 @@ def test_trainer_refuses_an_engine_that_is_not_a_model_adapter():
 
     with pytest.raises(TypeError, match="'tesseract' is not trainable"):
         ensure_trainable(TesseractEngine.__new__(TesseractEngine), "tesseract")
+
+
+def test_model_and_data_layers_import_no_higher_layer_or_test_builders():
+    import ast
+    from pathlib import Path
+
+    import deepsynth
+
+    root = Path(deepsynth.__file__).parent
+    higher = ("training", "evaluation", "inference", "cli", "testing", "loop", "scale")
+    layers = [["deepsynth", h] for h in higher]
+    bad = []
+    for path in [*root.glob("models/**/*.py"), *root.glob("data/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            bad += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[:2] in layers]
+    assert not bad
+
+
+def test_one_family_table_feeds_the_vlm_package_and_the_tiny_builders():
+    from deepsynth.models.registry import vlm_families
+    from deepsynth.models.vlm import adapter_classes
+    from deepsynth.testing import tiny_models
+
+    assert list(adapter_classes()) == vlm_families() == list(FAMILIES)
+    assert set(tiny_models._BUILDERS) == set(vlm_families())
+    assert all(cls.family == name for name, cls in adapter_classes().items())

@@ -41,7 +41,9 @@ def inputs(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def colour_spec(monkeypatch) -> str:
-    monkeypatch.setitem(registry.ENGINES, "colour-test", "tests.serving_engines:build_colour")
+    monkeypatch.setitem(
+        registry.ENGINES, "colour-test", registry.Family("tests.serving_engines:build_colour")
+    )
     return "colour-test"
 
 

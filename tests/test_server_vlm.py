@@ -27,7 +27,7 @@ def page(i: int) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def vlm_server():
-    from deepsynth.models.vlm.tiny import build_tiny
+    from deepsynth.testing.tiny_models import build_tiny
 
     engine = build_tiny("deepseek_ocr2")
     service = OCRService(

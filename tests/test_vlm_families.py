@@ -18,7 +18,7 @@ pytest.importorskip("peft")
 from deepsynth.models.generation import GenerationConfig  # noqa: E402
 from deepsynth.models.registry import MODEL_CARD, load_engine  # noqa: E402
 from deepsynth.models.vlm import adapter_class  # noqa: E402
-from deepsynth.models.vlm.tiny import FAMILIES, build_tiny  # noqa: E402
+from deepsynth.testing.tiny_models import FAMILIES, build_tiny  # noqa: E402
 from tests.vlm_helpers import line_samples, train_steps  # noqa: E402
 
 GEN = GenerationConfig(max_new_tokens=6)

@@ -11,10 +11,11 @@ pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from deepsynth.config import load_config  # noqa: E402
+from deepsynth.models.registry import vlm_families  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-VLM_FAMILIES = ("deepseek_ocr2", "got_ocr2", "lighton_ocr", "qwen2_5_vl", "qwen3_vl", "trocr")
+VLM_FAMILIES = vlm_families()
 FAMILY_CONFIGS = [f"{f}_lora.yaml" for f in VLM_FAMILIES]
 TINY_OVERRIDES = [
     "model.path=tiny",

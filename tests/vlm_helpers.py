@@ -5,6 +5,8 @@ from __future__ import annotations
 from PIL import Image, ImageDraw
 
 from deepsynth.data.sample import Sample
+from deepsynth.training.config import OptimSettings
+from deepsynth.training.schedule import build_optimizer
 
 TEXTS = ["hello world", "the lazy fox 42", "OCR test line", "brown dog 7"]
 
@@ -21,7 +23,7 @@ def line_samples(n: int = 2) -> list[Sample]:
 
 def train_steps(adapter, batch, steps: int = 5, lr: float = 2e-2) -> list[float]:
     """Plain optimizer loop over one batch; returns the loss of every step."""
-    opt = adapter.build_optimizer(lr=lr)
+    opt = build_optimizer(adapter.model, OptimSettings(lr=lr, weight_decay=0.0))  # the trainer's builder
     adapter.train_mode()
     losses = []
     for _ in range(steps):

@@ -48,7 +48,7 @@ def recipe(name: str) -> Path | None:
 def checkpoint(family: str) -> str:
     """A tiny random-weight model of ``family`` saved with ``save_pretrained``: loaded like a real checkpoint
     (device, dtype, quantization and attention chosen by the same code), without any download."""
-    from deepsynth.models.vlm.tiny import tiny_checkpoint
+    from deepsynth.testing.tiny_models import tiny_checkpoint
 
     return str(tiny_checkpoint(family))
 

@@ -10,24 +10,53 @@ from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from deepsynth.models.base import OCREngine
 
-# family name -> "module:callable"; the callable takes (arg: str | None, **kwargs) and returns an OCREngine.
-ENGINES: dict[str, str] = {}
-
 MODEL_CARD = "deepsynth_model.json"
+TINY_MODELS = "deepsynth.testing.tiny_models:build_spec"
+"""Where ``FAMILY:tiny``, ``FAMILY:tiny@SEED`` and ``FAMILY:smoke`` of an adapter family are built: random tiny
+models of the real architectures, kept out of the model layer (named here, imported only when used)."""
 
 
-def register_engine(name: str, target: str) -> None:
+@dataclass(frozen=True)
+class Family:
+    """One engine family: ``factory`` (``"module:callable"`` taking ``(arg, **kwargs)``) and, for the
+    vision-language families, ``adapter`` (``"module:Class"``, a trainable VLMAdapter with tiny test models)."""
+
+    factory: str
+    adapter: str = ""
+
+
+# The one family table: the registry, deepsynth.models.vlm and the tiny test models all read it.
+ENGINES: dict[str, Family] = {}
+
+
+def register_engine(name: str, factory: str, adapter: str = "") -> None:
     """Register ``name`` → ``"package.module:factory"`` (import deferred until the engine is used)."""
-    ENGINES[name] = target
+    ENGINES[name] = Family(factory, adapter)
 
 
 def available_engines() -> list[str]:
     return sorted(ENGINES)
+
+
+def vlm_families() -> list[str]:
+    """The vision-language adapter families, in table order."""
+    return [name for name, fam in ENGINES.items() if fam.adapter]
+
+
+def import_target(target: str) -> Any:
+    """The object ``"package.module:attr"`` names (imported now)."""
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def is_tiny_arg(arg: str | None) -> bool:
+    return arg in ("tiny", "smoke") or (arg or "").startswith("tiny@")
 
 
 def load_engine(spec: str, **kwargs: Any) -> OCREngine:
@@ -40,22 +69,24 @@ def load_engine(spec: str, **kwargs: Any) -> OCREngine:
             f"unknown engine {name!r}; known: {', '.join(available_engines())} "
             f"(or a directory saved by DeepSynth)"
         )
-    module_name, _, attr = ENGINES[name].partition(":")
-    factory = getattr(importlib.import_module(module_name), attr)
-    return factory(arg or None, **kwargs)
+    family = ENGINES[name]
+    if family.adapter and is_tiny_arg(arg):
+        return import_target(TINY_MODELS)(name, arg, **kwargs)
+    return import_target(family.factory)(arg or None, **kwargs)
 
 
 # Built-in families. Each line points at the module that implements it.
+_VLM = "deepsynth.models.vlm"
 register_engine("rapidocr", "deepsynth.models.baselines.rapidocr_engine:build")
 register_engine("tesseract", "deepsynth.models.baselines.tesseract_engine:build")
 register_engine("ppocr", "deepsynth.models.ppocr.adapter:build")
 register_engine("ppocr-onnx", "deepsynth.models.ppocr.onnx_engine:build")
 register_engine("ppocr-page", "deepsynth.models.ppocr.pages:build")
-register_engine("deepseek_ocr2", "deepsynth.models.vlm.deepseek_ocr2:build")
-register_engine("deepseek_ocr", "deepsynth.models.vlm.deepseek_ocr:build")
-register_engine("got_ocr2", "deepsynth.models.vlm.got_ocr2:build")
-register_engine("lighton_ocr", "deepsynth.models.vlm.lighton_ocr:build")
-register_engine("qwen2_5_vl", "deepsynth.models.vlm.qwen_vl:build_qwen2_5")
-register_engine("qwen3_vl", "deepsynth.models.vlm.qwen_vl:build_qwen3")
-register_engine("trocr", "deepsynth.models.vlm.trocr:build")
+register_engine("deepseek_ocr2", f"{_VLM}.deepseek_ocr2:build", f"{_VLM}.deepseek_ocr2:DeepseekOcr2Adapter")
+register_engine("deepseek_ocr", f"{_VLM}.deepseek_ocr:build")
+register_engine("got_ocr2", f"{_VLM}.got_ocr2:build", f"{_VLM}.got_ocr2:GotOcr2Adapter")
+register_engine("lighton_ocr", f"{_VLM}.lighton_ocr:build", f"{_VLM}.lighton_ocr:LightOnOcrAdapter")
+register_engine("qwen2_5_vl", f"{_VLM}.qwen_vl:build_qwen2_5", f"{_VLM}.qwen_vl:Qwen25VLAdapter")
+register_engine("qwen3_vl", f"{_VLM}.qwen_vl:build_qwen3", f"{_VLM}.qwen_vl:Qwen3VLAdapter")
+register_engine("trocr", f"{_VLM}.trocr:build", f"{_VLM}.trocr:TrOCRAdapter")
 register_engine("server", "deepsynth.inference.client:build")

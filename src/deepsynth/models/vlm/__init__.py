@@ -1,31 +1,21 @@
-"""Vision-language OCR adapters (DeepSeek-OCR-2, DeepSeek-OCR v1, GOT-OCR2, LightOnOCR, Qwen-VL, TrOCR)."""
+"""Vision-language OCR adapters (DeepSeek-OCR-2, DeepSeek-OCR v1, GOT-OCR2, LightOnOCR, Qwen-VL, TrOCR).
+
+The families are the entries of :data:`deepsynth.models.registry.ENGINES` that name an adapter class.
+"""
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-_CLASSES = {
-    "deepseek_ocr2": "deepsynth.models.vlm.deepseek_ocr2:DeepseekOcr2Adapter",
-    "got_ocr2": "deepsynth.models.vlm.got_ocr2:GotOcr2Adapter",
-    "lighton_ocr": "deepsynth.models.vlm.lighton_ocr:LightOnOcrAdapter",
-    "qwen2_5_vl": "deepsynth.models.vlm.qwen_vl:Qwen25VLAdapter",
-    "qwen3_vl": "deepsynth.models.vlm.qwen_vl:Qwen3VLAdapter",
-    "trocr": "deepsynth.models.vlm.trocr:TrOCRAdapter",
-}
+from deepsynth.models.registry import ENGINES, import_target, vlm_families
 
 
 def adapter_classes() -> dict[str, Any]:
     """Family name → adapter class (imports the family modules)."""
-    out = {}
-    for family, target in _CLASSES.items():
-        module, _, attr = target.partition(":")
-        out[family] = getattr(importlib.import_module(module), attr)
-    return out
+    return {family: adapter_class(family) for family in vlm_families()}
 
 
 def adapter_class(family: str) -> Any:
-    if family not in _CLASSES:
-        raise ValueError(f"unknown VLM family {family!r}; known: {', '.join(_CLASSES)}")
-    module, _, attr = _CLASSES[family].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    if family not in vlm_families():
+        raise ValueError(f"unknown VLM family {family!r}; known: {', '.join(vlm_families())}")
+    return import_target(ENGINES[family].adapter)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -217,7 +216,7 @@ class VLMAdapter(ModelAdapter):
     def trainable_parameters(self) -> list[Any]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    # ------------------------------------------------------------------ LoRA / k-bit / optimizer
+    # ------------------------------------------------------------------ LoRA / k-bit
     def prepare_for_training(self, cfg: Any = None) -> None:
         """k-bit preparation for quantised models and gradient checkpointing when asked (idempotent)."""
         gc = as_bool(self.options.get("gradient_checkpointing")) or as_bool(
@@ -298,24 +297,6 @@ class VLMAdapter(ModelAdapter):
             lora_dropout=spec.dropout,
             bias="none",
             use_gradient_checkpointing="unsloth" if self.options.get("gradient_checkpointing") else False,
-        )
-
-    def optimizer_name(self, cfg: Any = None) -> str:
-        """``paged_adamw_8bit`` with CUDA+bitsandbytes, else ``adamw``; a TrainConfig's ``optim.name`` decides
-        through the trainer's own rule (``deepsynth.training.schedule.optimizer_name``)."""
-        optim = _find(cfg, "optim")
-        if optim is not None and hasattr(optim, "name"):
-            from deepsynth.training.schedule import optimizer_name
-
-            return optimizer_name(optim)
-        return lora_mod.optimizer_name()
-
-    def build_optimizer(self, lr: float, weight_decay: float = 0.0, name: str | None = None) -> Any:
-        """Optimizer over the trainable parameters (see :meth:`optimizer_name`)."""
-        name = name or self.optimizer_name()
-        log.info("optimizer: %s", name)
-        return lora_mod.build_optimizer(
-            self.trainable_parameters(), lr=lr, weight_decay=weight_decay, name=name
         )
 
     @property
@@ -556,14 +537,11 @@ class VLMAdapter(ModelAdapter):
     @classmethod
     def build_source(cls, source: dict[str, Any], **options: Any) -> VLMAdapter:
         """Rebuild the base model a saved adapter refers to."""
-        if source.get("kind") == "tiny":
-            from deepsynth.models.vlm.tiny import build_tiny
+        if source.get("kind") == "tiny":  # a tiny test model: rebuilt through the registry's tiny spec
+            from deepsynth.models.registry import load_engine
 
-            return build_tiny(
-                cls.family,
-                seed=int(source.get("seed", 0)),
-                **{k: v for k, v in options.items() if k != "seed"},
-            )
+            spec = f"{cls.family}:tiny@{int(source.get('seed', 0))}"
+            return load_engine(spec, **{k: v for k, v in options.items() if k != "seed"})  # type: ignore[return-value]
         ref = source.get("ref")
         if not ref:
             raise ValueError(f"saved adapter has no base reference: {source}")
@@ -597,9 +575,9 @@ def _find(obj: Any, name: str) -> Any:
 
 
 def make_build(adapter_cls: type[VLMAdapter]) -> Any:
-    """Registry factory ``build(arg, **options)``: ``tiny`` → random tiny model, saved dir or hub id → load.
+    """Registry factory ``build(arg, **options)``: a saved directory or hub id → :meth:`VLMAdapter.load`.
 
-    ``smoke`` → the checkpoint named by ``DEEPSYNTH_SMOKE_MODEL`` when set, else ``tiny``.
+    (``tiny``, ``tiny@SEED`` and ``smoke`` are resolved by the registry, see ``registry.TINY_MODELS``.)
     """
 
     def build(arg: str | None = None, **options: Any) -> VLMAdapter:
@@ -608,14 +586,7 @@ def make_build(adapter_cls: type[VLMAdapter]) -> Any:
                 f"{adapter_cls.family}: give a checkpoint, e.g. {adapter_cls.family}:PATH_OR_HUB_ID "
                 f"(or {adapter_cls.family}:tiny for a random tiny model)"
             )
-        if arg == "smoke":  # the smoke recipe: a real checkpoint from the environment, else a tiny model
-            arg = os.environ.get("DEEPSYNTH_SMOKE_MODEL") or "tiny"
-        if arg == "tiny" or arg.startswith("tiny@"):
-            from deepsynth.models.vlm.tiny import build_tiny
-
-            seed = int(arg.partition("@")[2] or options.pop("seed", 0) or 0)
-            return build_tiny(adapter_cls.family, seed=seed, **options)
         return adapter_cls.load(arg, **options)
 
-    build.__doc__ = f"Build a {adapter_cls.family} adapter from 'tiny', a saved directory or a hub id."
+    build.__doc__ = f"Build a {adapter_cls.family} adapter from a saved directory or a hub id."
     return build

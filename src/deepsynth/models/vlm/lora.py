@@ -165,26 +165,3 @@ def resolve_backend(requested: str | None, family: str | None = None) -> str:
         log.info("training backend: %s%s", chosen, "" if ok else f" (unsloth unavailable: {why})")
         return chosen
     return requested
-
-
-def optimizer_name() -> str:
-    """``paged_adamw_8bit`` where CUDA and bitsandbytes exist, else ``adamw``."""
-    if cuda_available() and importlib.util.find_spec("bitsandbytes") is not None:
-        return "paged_adamw_8bit"
-    return "adamw"
-
-
-def build_optimizer(params: Any, *, lr: float, weight_decay: float = 0.0, name: str | None = None) -> Any:
-    """Paged 8-bit AdamW (CUDA + bitsandbytes) or torch AdamW; ``name`` forces one ("adamw"/"paged_adamw_8bit")."""
-    import torch
-
-    name = name or optimizer_name()
-    if name == "paged_adamw_8bit":
-        if not cuda_available():
-            raise RuntimeError("paged_adamw_8bit needs CUDA; use optimizer 'adamw' on CPU")
-        import bitsandbytes as bnb
-
-        return bnb.optim.PagedAdamW8bit(params, lr=lr, weight_decay=weight_decay)
-    if name != "adamw":
-        raise ValueError(f"unknown optimizer {name!r}; choose adamw or paged_adamw_8bit")
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)

@@ -2,14 +2,17 @@
 
 No download is involved: configs are the real transformers classes shrunk to a few thousand parameters,
 tokenizers are byte-level BPEs trained in milliseconds on a small corpus. Used by the tests, by
-``make deepseek-ocr-smoke`` (spec ``deepseek_ocr2:tiny``) and by the serving tests and benchmarks::
+``make deepseek-ocr-smoke`` (spec ``deepseek_ocr2:smoke``), ``deepsynth doctor`` and the serving benchmarks.
+The model layer never imports this module: the registry builds the specs ``FAMILY:tiny``, ``FAMILY:tiny@SEED``
+and ``FAMILY:smoke`` through :func:`build_spec` (``registry.TINY_MODELS``)::
 
-    adapter = build_tiny("deepseek_ocr2", seed=0)   # any of FAMILIES
+    adapter = build_tiny("deepseek_ocr2", seed=0)   # any of FAMILIES (the registry's VLM families)
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import string
 import tempfile
@@ -18,7 +21,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("deepseek_ocr2", "got_ocr2", "lighton_ocr", "qwen2_5_vl", "qwen3_vl", "trocr")
+from deepsynth.models.registry import load_engine, vlm_families
+
+FAMILIES = tuple(vlm_families())
 
 _CORPUS = [
     "the quick brown fox jumps over the lazy dog",
@@ -349,7 +354,7 @@ def build_tiny(family: str, seed: int = 0, **options: Any) -> Any:
     path a real model takes; other options (prompt, image_mode, gradient_checkpointing, ...) as for ``build``.
     """
     if family not in _BUILDERS:
-        raise ValueError(f"no tiny builder for {family!r}; known: {', '.join(FAMILIES)}")
+        raise ValueError(f"no tiny builder for {family!r}; known: {', '.join(_BUILDERS)}")
     from deepsynth.models.vlm import adapter_class
 
     cls = adapter_class(family)
@@ -362,3 +367,15 @@ def build_tiny(family: str, seed: int = 0, **options: Any) -> Any:
         return adapter
     model, proc = _BUILDERS[family](seed)
     return cls.create(model, proc, source=source, **options)
+
+
+def build_spec(family: str, arg: str, **options: Any) -> Any:
+    """The registry's ``FAMILY:tiny[@SEED]`` and ``FAMILY:smoke`` (the checkpoint named by
+    ``DEEPSYNTH_SMOKE_MODEL`` when set, else the tiny model)."""
+    if arg == "smoke":
+        real = os.environ.get("DEEPSYNTH_SMOKE_MODEL")
+        if real:
+            return load_engine(f"{family}:{real}", **options)
+        arg = "tiny"
+    seed = int(arg.partition("@")[2] or options.pop("seed", 0) or 0)
+    return build_tiny(family, seed=seed, **options)
