@@ -98,8 +98,10 @@ class LoopingEngine:
 
 
 @contextlib.contextmanager
-def running_server(app, *, ready: bool = True, timeout_s: float = 60.0):
-    """Run a FastAPI app under a real uvicorn server on a free loopback port (in a thread); yields its URL."""
+def running_server(app, *, ready: bool = True, timeout_s: float = 60.0, graceful_s: float | None = None):
+    """Run a FastAPI app under a real uvicorn server on a free loopback port (in a thread); yields its URL.
+
+    ``graceful_s``: uvicorn's graceful-shutdown window (requests still running then are cancelled)."""
     import socket
 
     import httpx
@@ -109,7 +111,14 @@ def running_server(app, *, ready: bool = True, timeout_s: float = 60.0):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=graceful_s,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

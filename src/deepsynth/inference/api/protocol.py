@@ -15,7 +15,7 @@ from deepsynth.models.generation import GenerationConfig
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # -- generation overrides: GenerationConfig's own fields, each optional, with bounds ---------------------------
@@ -77,8 +77,19 @@ class ImageItem(StrictModel):
     data: str = Field(description="base64 or a data: URI (remote URLs are refused)")
 
 
+# an 8x8 PNG: the schema's request examples (schemathesis and /docs send them)
+EXAMPLE_IMAGE = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFUlEQVR42mPUCKhgwAaYGHCAwSkBAMBYAQAS"
+    "bbp9AAAAAElFTkSuQmCC"
+)
+
+
 class OCRRequest(StrictModel):
     """``POST /v1/ocr`` as JSON: images or PDFs as base64 / data URIs."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"images": [EXAMPLE_IMAGE], "generation": {"max_new_tokens": 64}}]}
+    )
 
     images: list[str | ImageItem] = Field(min_length=1)
     dpi: Dpi | None = None
@@ -88,6 +99,8 @@ class OCRRequest(StrictModel):
 
 class OCRForm(StrictModel):
     """``POST /v1/ocr`` as multipart/form-data: every file part is read (``files`` or ``file``, repeatable)."""
+
+    model_config = ConfigDict(strict=False)  # form fields arrive as text ("150")
 
     files: list[bytes] = Field(min_length=1)
     dpi: Dpi | None = None
@@ -168,6 +181,25 @@ class StreamOptions(StrictModel):
 
 class ChatCompletionRequest(StrictModel):
     """The subset of OpenAI's chat completion request an OCR model can honour; images only as data: URIs."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "text", "text": "Free OCR."},
+                                {"type": "image_url", "image_url": {"url": EXAMPLE_IMAGE}},
+                            ],
+                        }
+                    ],
+                    "max_tokens": 64,
+                }
+            ]
+        }
+    )
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = None

@@ -19,12 +19,19 @@ from deepsynth.inference.inputs import InputError, decode_base64
 from deepsynth.observability.core import RequestContext
 
 router = APIRouter(tags=["openai"])
+SSE_EVENT = {  # one server-sent event of a streamed answer (``stream: true``)
+    "type": "object",
+    "properties": {
+        "data": {"type": "string", "description": "a JSON chat.completion.chunk; the last event is [DONE]"}
+    },
+    "required": ["data"],
+}
 
 
 @router.post(
     "/v1/chat/completions",
     response_model=ChatCompletionResponse,
-    responses=ERRORS,
+    responses={**ERRORS, 200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}},
     openapi_extra=request_body({"application/json": ChatCompletionRequest}),
 )
 async def chat_completions(request: Request) -> Response:
