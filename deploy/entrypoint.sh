@@ -4,6 +4,7 @@
 #                            unless --model/--host/--port are given (see deepsynth serve --help)
 #   train CONFIG [k=v ...]   fine-tune (deepsynth train)
 #   ocr FILES... [options]   read images / PDFs into JSONL (deepsynth ocr)
+#   doctor [--gpu]           what the container can run; --gpu runs every CUDA path (docs/models.md)
 #   any other deepsynth subcommand (eval, data, demo, demo-ui, version), or a program to run (bash, python, ...)
 set -eu
 export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
@@ -27,7 +28,7 @@ case "$cmd" in
     esac
     exec deepsynth serve "$@"
     ;;
-  train | ocr | eval | data | demo | demo-ui | version)
+  train | ocr | eval | data | demo | demo-ui | version | doctor)
     exec deepsynth "$cmd" "$@"
     ;;
   *)

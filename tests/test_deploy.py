@@ -139,6 +139,7 @@ def test_entrypoint_passes_shellcheck_and_dispatches(tmp_path):
     ]
     assert argv("train", "configs/x.yaml", "epochs=1") == ["train", "configs/x.yaml", "epochs=1"]
     assert argv("ocr", "a.png", "--model", "rapidocr") == ["ocr", "a.png", "--model", "rapidocr"]
+    assert argv("doctor", "--gpu") == ["doctor", "--gpu"]
     assert _run("sh", script, "echo", "hi", env=env).stdout.strip() == "hi"  # any other program
 
 

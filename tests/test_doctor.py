@@ -166,7 +166,7 @@ def test_doctor_gpu_without_cuda_skips_every_check_and_exits_0(tmp_path):
     assert [(c["name"], c["status"], c["reason"]) for c in report["checks"]] == [
         (c.name, SKIP, "no CUDA") for c in checks
     ]
-    assert report["model"] == str(model)
+    assert report["model"] == str(model) and report["created"] and "commit" in report["git"]
     assert report["packages"]["torch"] and report["device"]
 
 
@@ -276,3 +276,16 @@ def test_make_gpu_check_installs_the_gpu_extra_only_with_a_gpu_driver(tmp_path, 
     if not driver:
         assert "no nvidia-smi (no GPU driver): the gpu extra is not installed" in out.stdout
     assert lines[-1] == "py -m deepsynth.cli.main doctor --gpu --out gpu_check.json --model /models/x"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs CUDA: on this machine every GPU check is SKIP(no CUDA)")
+def test_every_gpu_check_passes_on_this_gpu(tmp_path):  # pragma: no cover - GPU machines only
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "deepsynth.cli.main", "doctor", "--gpu", "--out", str(out), "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=3600,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    failed = {c["name"]: c["reason"] for c in report["checks"] if c["status"] == FAIL}
+    assert proc.returncode == 0 and not failed, failed or proc.stdout

@@ -33,10 +33,12 @@ def doctor(
     if not gpu:
         return
     import tempfile
+    import time
 
     from deepsynth.doctor.fixtures import model_family
     from deepsynth.doctor.gpu_checks import select
     from deepsynth.doctor.runner import FAIL, CheckContext, run_checks, write_report
+    from deepsynth.training.run_info import git_info
 
     try:
         if model:
@@ -50,7 +52,11 @@ def doctor(
     with tempfile.TemporaryDirectory(prefix="deepsynth-gpu-check-") as tmp:
         ctx = CheckContext(str(workdir or tmp), model=model)
         results = run_checks(checks, ctx, echo=typer.echo)
-        meta = {k: env[k] for k in ("python", "platform", "packages", "device")}
+        meta = {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "git": git_info(),
+            **{k: env[k] for k in ("python", "platform", "packages", "device")},
+        }
         report = write_report(out, results, ctx, meta)
     s = report["summary"]
     typer.echo(f"{s['pass']} passed, {s['fail']} failed, {s['skip']} skipped -> {out}")

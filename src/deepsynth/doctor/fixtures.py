@@ -40,9 +40,10 @@ def line_samples(n: int = 8) -> list[Sample]:
 
 
 def recipe(name: str) -> Path | None:
-    """``configs/NAME`` of the source checkout (None for an installed wheel: the overrides then say it all)."""
-    path = Path(deepsynth.__file__).resolve().parents[2] / "configs" / name
-    return path if path.is_file() else None
+    """``configs/NAME`` of the source checkout, else of the working directory (the Docker images' /workspace);
+    None when neither has it (the overrides then say it all)."""
+    roots = (Path(deepsynth.__file__).resolve().parents[2], Path.cwd())
+    return next((p for root in roots if (p := root / "configs" / name).is_file()), None)
 
 
 def checkpoint(family: str) -> str:
