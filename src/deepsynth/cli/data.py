@@ -30,6 +30,10 @@ LangOpt = Annotated[list[str] | None, typer.Option("--lang", help="Keep only the
 SubsetOpt = Annotated[
     list[str] | None, typer.Option("--subset", help="Keep only these subsets (repeatable).")
 ]
+DocTypeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--doc-type", help="Keep only these document types (manifest `doc_type`, else `subset`)."),
+]
 LevelOpt = Annotated[
     list[str] | None, typer.Option("--level", help="Keep only line / page rows (repeatable).")
 ]
@@ -43,12 +47,13 @@ LimitOpt = Annotated[int | None, typer.Option(help="Stop after this many good sa
 PixelsOpt = Annotated[int, typer.Option(help="Refuse images with more pixels (checked from the header).")]
 
 
-def _filter(lang, subset, level, exclude_flag, split, split_key, seed, limit):  # noqa: ANN001, ANN202
+def _filter(lang, subset, level, exclude_flag, split, split_key, seed, limit, doc_type=None):  # noqa: ANN001, ANN202
     from deepsynth.data import SampleFilter
 
     return SampleFilter(
         languages=lang or None,
         subsets=subset or None,
+        doc_types=doc_type or None,
         levels=level or None,
         exclude_flags=exclude_flag or None,
         split=split,
@@ -75,6 +80,7 @@ def prepare(
     ] = False,
     lang: LangOpt = None,
     subset: SubsetOpt = None,
+    doc_type: DocTypeOpt = None,
     level: LevelOpt = None,
     exclude_flag: FlagOpt = None,
     split: SplitOpt = None,
@@ -99,7 +105,7 @@ def prepare(
 
     kwargs = {"to": to, "shard_size": shard_size, "max_pixels": max_pixels, "overwrite": overwrite}
     try:
-        flt = _filter(lang, subset, level, exclude_flag, split, split_key, seed, limit)
+        flt = _filter(lang, subset, level, exclude_flag, split, split_key, seed, limit, doc_type)
         if ray:
             from deepsynth.cli.ray_options import print_stats, ray_options
             from deepsynth.scale.prepare import prepare_on_ray
@@ -131,6 +137,7 @@ def stats(
     max_pixels: PixelsOpt = DEFAULT_MAX_PIXELS,
     lang: LangOpt = None,
     subset: SubsetOpt = None,
+    doc_type: DocTypeOpt = None,
     level: LevelOpt = None,
     exclude_flag: FlagOpt = None,
     split: SplitOpt = None,
@@ -138,12 +145,12 @@ def stats(
     seed: SeedOpt = 0,
     limit: LimitOpt = None,
 ) -> None:
-    """Count samples per dataset / language / subset / level and list bad ones."""
+    """Count samples per dataset / language / subset / document type / level and list bad ones."""
     from deepsynth.data.spec import SourceError
     from deepsynth.data.stats import compute_stats
 
     try:
-        flt = _filter(lang, subset, level, exclude_flag, split, split_key, seed, limit)
+        flt = _filter(lang, subset, level, exclude_flag, split, split_key, seed, limit, doc_type)
         report, extra = compute_stats(sources, filter=flt, decode=decode, max_pixels=max_pixels)
     except (SourceError, ValueError) as exc:
         _fail(exc)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from deepsynth.cli.data import DocTypeOpt
 from deepsynth.cli.ray_options import CpusOpt, GpusOpt, RayOpt, ShardOpt, WorkersOpt
 
 eval_app = typer.Typer(
@@ -78,6 +79,7 @@ def evaluate(
     subset: Annotated[
         list[str] | None, typer.Option("--subset", help="Only these subsets (repeatable).")
     ] = None,
+    doc_type: DocTypeOpt = None,
     limit: Annotated[
         int | None, typer.Option(help="At most this many samples from each --data source.")
     ] = None,
@@ -126,7 +128,7 @@ def evaluate(
         report = DataReport()
         streams = []
         for spec in data or []:
-            flt = SampleFilter(languages=lang or None, subsets=subset or None,
+            flt = SampleFilter(languages=lang or None, subsets=subset or None, doc_types=doc_type or None,
                                levels=None if level == "all" else [level], split=split, split_key=split_key,
                                seed=seed, limit=limit)  # fmt: skip
             streams.append(open_sources([spec], filter=flt, report=report))
@@ -145,7 +147,7 @@ def evaluate(
         from deepsynth.scale.shards import ShardStoreError
 
         job = {"data": list(data or []), "level": level, "split": split, "split_key": split_key, "seed": seed,
-               "lang": lang, "subset": subset, "limit": limit, "exclude": list(exclude)}  # fmt: skip
+               "lang": lang, "subset": subset, "doc_type": doc_type, "limit": limit, "exclude": list(exclude)}  # fmt: skip
         try:
             result, stats = evaluate_on_ray(
                 engine, samples, out, opts=pool, job=job, engine_opts=opts, normalize=normalize,
@@ -257,7 +259,7 @@ def compare(
 
 GroupOpt = Annotated[
     list[str] | None,
-    typer.Option("--by", help="Group key (repeatable): dataset, subset, language or level."),
+    typer.Option("--by", help="Group key (repeatable): dataset, subset, doc_type, language or level."),
 ]
 MetricOpt = Annotated[
     str,

@@ -1,4 +1,4 @@
-"""SampleFilter: language/subset/level/flag filters and deterministic group-key splits."""
+"""SampleFilter: language/subset/doc type/level/flag filters and deterministic group-key splits."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ class SampleFilter:
 
     languages: list[str] | None = None
     subsets: list[str] | None = None
+    doc_types: list[str] | None = None
     levels: list[str] | None = None
     exclude_flags: list[str] | None = None
     split: str | None = None
@@ -67,6 +68,8 @@ class SampleFilter:
         if self.languages is not None and sample.language not in self.languages:
             return False
         if self.subsets is not None and sample.subset not in self.subsets:
+            return False
+        if self.doc_types is not None and sample.doc_type not in self.doc_types:
             return False
         if self.levels is not None and sample.level not in self.levels:
             return False

@@ -48,13 +48,14 @@ def _infer_kind(reason: str) -> str:
 
 @dataclass
 class DataReport:
-    """Counts of good samples (per dataset/language/subset/level) and the list of skipped ones."""
+    """Counts of good samples (per dataset/language/subset/doc type/level) and the list of skipped ones."""
 
     skipped: list[dict[str, str]] = field(default_factory=list)
     n_ok: int = 0
     by_dataset: Counter = field(default_factory=Counter)
     by_language: Counter = field(default_factory=Counter)
     by_subset: Counter = field(default_factory=Counter)
+    by_doc_type: Counter = field(default_factory=Counter)
     by_level: Counter = field(default_factory=Counter)
     text_chars: int = 0
     charset: Counter = field(default_factory=Counter)
@@ -76,6 +77,7 @@ class DataReport:
         self.by_dataset[str(sample.meta.get("dataset", ""))] += 1
         self.by_language[sample.language or "?"] += 1
         self.by_subset[sample.subset or "?"] += 1
+        self.by_doc_type[sample.doc_type or "?"] += 1
         self.by_level[sample.level or "?"] += 1
         self.text_chars += len(sample.text)
         self.charset.update(sample.text)
@@ -95,6 +97,7 @@ class DataReport:
             "by_dataset": dict(self.by_dataset.most_common()),
             "by_language": dict(self.by_language.most_common()),
             "by_subset": dict(self.by_subset.most_common()),
+            "by_doc_type": dict(self.by_doc_type.most_common()),
             "by_level": dict(self.by_level.most_common()),
             "text_chars": self.text_chars,
             "n_distinct_chars": len(self.charset),
@@ -119,6 +122,7 @@ class DataReport:
             ("language", self.by_language),
             ("level", self.by_level),
             ("subset", self.by_subset),
+            ("doc_type", self.by_doc_type),
         ):
             items = counter.most_common()
             shown = items[:12]

@@ -58,7 +58,19 @@ class Sample:
             self._image = img if img.mode == "RGB" else img.convert("RGB")
         return self._image
 
+    @property
+    def doc_type(self) -> str | None:
+        """The document type: the manifest key ``doc_type``, else the ``subset`` (None when neither is set)."""
+        return doc_type_of(self.meta.get("doc_type"), self.subset)
+
     def release(self) -> None:
         """Drop the decoded image (keeps the loader) so long streams stay at constant memory."""
         if self.image_loader is not None:
             self._image = None
+
+
+def doc_type_of(doc_type: object, subset: str | None) -> str | None:
+    """The one rule for a document type: an explicit non-empty ``doc_type`` wins, else ``subset``."""
+    if doc_type is not None and str(doc_type).strip():
+        return str(doc_type)
+    return subset or None

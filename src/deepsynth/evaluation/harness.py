@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from deepsynth.data.sample import Sample, SampleError
-from deepsynth.evaluation.metrics import OCRMetrics, rate_columns, sample_cer
+from deepsynth.evaluation.metrics import GROUP_KEYS, OCRMetrics, rate_columns, sample_cer
 from deepsynth.evaluation.normalize import get_normalizer
 from deepsynth.models.base import OCREngine, Prediction
 from deepsynth.models.generation import GenerationConfig
@@ -105,6 +105,7 @@ def _record(sample: Sample, pred: Prediction | None, error: str | None = None) -
         "hyp": None if pred is None else pred.text,
         "language": sample.language,
         "subset": sample.subset,
+        "doc_type": sample.doc_type,
         "level": sample.level,
         "source": sample.meta.get("origin"),
         "image": _image_path(sample),
@@ -183,8 +184,8 @@ def score_records(
     metrics = OCRMetrics(normalize)
     for r in records:
         if r.get("error") is None and r.get("hyp") is not None:
-            metrics.update(r["ref"], r["hyp"], language=r.get("language"), subset=r.get("subset"),
-                           finished=r.get("finished"), sample_id=r["id"])  # fmt: skip
+            groups = {k: r.get(k) for k in GROUP_KEYS}
+            metrics.update(r["ref"], r["hyp"], **groups, finished=r.get("finished"), sample_id=r["id"])
     return metrics.summary(bootstrap=bootstrap), metrics
 
 

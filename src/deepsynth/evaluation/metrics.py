@@ -168,6 +168,7 @@ _SUMMARY_KEYS = (
     "cer", "wer", "ned", "exact_match", "repetition_rate", "truncation_rate", "mean_sample_cer_clipped",
     "chars", "char_errors", "words", "word_errors",
 )  # fmt: skip
+GROUP_KEYS = ("language", "subset", "doc_type")  # per-group breakdowns: summary()["per_<key>"]
 _FIELDS = ("c_err", "c_ref", "c_hyp", "w_err", "w_ref", "w_hyp", "exact", "repeat", "finished")
 
 
@@ -192,7 +193,7 @@ class OCRMetrics:
     """Streaming OCR metrics: ``update`` per line/page, ``summary`` at any time, ``reset`` to start over.
 
     Keeps a few integers per sample (not the texts), so it scales to millions of lines and supports
-    bootstrap confidence intervals and per-language / per-subset breakdowns.
+    bootstrap confidence intervals and per-language / per-subset / per-document-type breakdowns.
 
     ``normalize``: a profile name or callable applied to both sides before scoring (default: none).
     """
@@ -222,9 +223,8 @@ class OCRMetrics:
         # compact per-sample columns (~90 bytes/sample): int64 counts, float ned, interned group codes
         self._cols: dict[str, array[int]] = {k: array("q") for k in _FIELDS}
         self._ned: array[float] = array("d")
-        self._codes: dict[str, dict[str | None, int]] = {"language": {}, "subset": {}}
-        self._language: array[int] = array("i")
-        self._subset: array[int] = array("i")
+        self._codes: dict[str, dict[str | None, int]] = {k: {} for k in GROUP_KEYS}
+        self._group_cols: dict[str, array[int]] = {k: array("i") for k in GROUP_KEYS}
         self.ids: list[str | None] = []
         self.confusions: Counter[tuple[str, str]] = Counter()
         self.ops = Counter({"substitutions": 0, "deletions": 0, "insertions": 0})
@@ -239,6 +239,7 @@ class OCRMetrics:
         *,
         language: str | None = None,
         subset: str | None = None,
+        doc_type: str | None = None,
         finished: bool | None = None,
         sample_id: str | None = None,
     ) -> dict[str, Any]:
@@ -266,8 +267,8 @@ class OCRMetrics:
             self._cols[k].append(row[k])
         sample_ned = c_err / max(c_ref, c_hyp) if c_err else 0.0
         self._ned.append(sample_ned)
-        self._language.append(self._codes["language"].setdefault(language, len(self._codes["language"])))
-        self._subset.append(self._codes["subset"].setdefault(subset, len(self._codes["subset"])))
+        for kind, value in zip(GROUP_KEYS, (language, subset, doc_type), strict=True):
+            self._group_cols[kind].append(self._codes[kind].setdefault(value, len(self._codes[kind])))
         self.ids.append(sample_id)
         return {
             "cer": rate(c_err, c_ref, c_hyp), "wer": rate(w_err, w_ref, w_hyp), "ned": sample_ned,
@@ -306,11 +307,11 @@ class OCRMetrics:
             "word_errors": int(a["w_err"].sum()),
         }
 
-    def _groups(self, kind: str, codes: array[int], a: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    def _groups(self, kind: str, a: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
         names = self._codes[kind]
         if not names or list(names) == [None]:
             return {}
-        col = np.frombuffer(codes, dtype=np.int32)
+        col = np.frombuffer(self._group_cols[kind], dtype=np.int32)
         merged: dict[str, list[int]] = {}
         for name, code in names.items():
             merged.setdefault("unknown" if name is None else str(name), []).append(code)
@@ -323,8 +324,7 @@ class OCRMetrics:
         out.update(
             normalize=self.profile,
             **{k: int(v) for k, v in self.ops.items()},
-            per_language=self._groups("language", self._language, a),
-            per_subset=self._groups("subset", self._subset, a),
+            **{f"per_{kind}": self._groups(kind, a) for kind in GROUP_KEYS},
             top_confusions=[[r, h, c] for (r, h), c in self.confusions.most_common(self.top_k)],
         )
         if bootstrap and len(self):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deepsynth.evaluation.alignment import align
-from deepsynth.evaluation.metrics import sample_cer
+from deepsynth.evaluation.metrics import GROUP_KEYS, sample_cer
 from deepsynth.evaluation.normalize import get_normalizer
 
 _CSS = """
@@ -57,8 +57,8 @@ def _plots(per_sample: Sequence[float], summary: dict[str, Any]) -> list[tuple[s
     ax.set_yscale("log")
     out.append(("CER histogram", _png(fig)))
     plt.close(fig)
-    for key, title in (("per_subset", "CER by subset"), ("per_language", "CER by language")):
-        groups = summary.get(key) or {}
+    for kind in GROUP_KEYS:
+        groups, title = summary.get(f"per_{kind}") or {}, f"CER by {kind.replace('_', ' ')}"
         if len(groups) < 1:
             continue
         names = sorted(groups, key=lambda g: groups[g]["cer"] or 0)
@@ -172,10 +172,8 @@ def render_report(
         f"<td>{result.get('substitutions', 0)}</td><td>{result.get('deletions', 0)}</td>"
         f"<td>{result.get('insertions', 0)}</td><td>{result.get('seconds_per_image_median') or '–'}</td></tr></table>"
     )
-    groups = (
-        "<h2>Breakdowns</h2>"
-        + _table(result.get("per_language") or {}, "language")
-        + _table(result.get("per_subset") or {}, "subset")
+    groups = "<h2>Breakdowns</h2>" + "".join(
+        _table(result.get(f"per_{kind}") or {}, kind.replace("_", " ")) for kind in GROUP_KEYS
     )
     plots = "".join(f"<h3>{t}</h3><img alt='{t}' src='{uri}'>" for t, uri in _plots(scores, result))
     conf_rows = "".join(

@@ -18,7 +18,7 @@ import numpy as np
 from deepsynth.evaluation.harness import METRICS, RunDirError, load_run, score_records
 from deepsynth.evaluation.metrics import rate_columns
 
-GROUP_KEYS = ("dataset", "language", "subset", "level")
+GROUP_KEYS = ("dataset", "language", "subset", "doc_type", "level")
 LOWER_IS_BETTER = {"cer": True, "wer": True, "ned": True, "exact_match": False, "repetition_rate": True,
                    "truncation_rate": True, "mean_sample_cer_clipped": True}  # fmt: skip
 

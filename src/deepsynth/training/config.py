@@ -49,6 +49,7 @@ class DataSettings:
     split_seed: int = 0
     languages: list[str] | None = None
     subsets: list[str] | None = None
+    doc_types: list[str] | None = None  # document types (manifest `doc_type`, else `subset`)
     levels: list[str] | None = None
     exclude_flags: list[str] = field(default_factory=lambda: ["has_untranscribed"])
     limit: int | None = None  # cap on training samples (after filtering)

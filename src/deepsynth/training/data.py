@@ -33,6 +33,7 @@ def sample_filter(d: DataSettings, split: str | None, limit: int | None) -> Samp
     return SampleFilter(
         languages=d.languages,
         subsets=d.subsets,
+        doc_types=d.doc_types,
         levels=d.levels,
         exclude_flags=d.exclude_flags,
         split=split,

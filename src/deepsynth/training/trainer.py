@@ -351,7 +351,7 @@ class Trainer:
                     preds = self.adapter.recognize(images, generation=cfg.generation)
                     for s, p in zip(chunk, preds, strict=True):
                         metrics.update(
-                            s.text, p.text, language=s.language, subset=s.subset, finished=p.finished,
+                            s.text, p.text, language=s.language, subset=s.subset, doc_type=s.doc_type, finished=p.finished,
                             sample_id=s.id,
                         )  # fmt: skip
                         if len(examples) < cfg.eval.num_examples:
