@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"runs": []}
     for name in args.sets:
         s = run_set(name, args.minutes, overrides, Path(args.out), args.label)
-        results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}  # others may have written
+        results = (
+            json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}
+        )  # others may have written
         results["runs"] = [r for r in results["runs"] if (r["set"], r["label"]) != (s["set"], s["label"])] + [
             s
         ]

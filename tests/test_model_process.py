@@ -61,7 +61,8 @@ def test_metrics_show_the_model_process_cpu_and_memory(engine):
     from prometheus_client.parser import text_string_to_metric_families
 
     obs = Observability(SPEC)
-    OCRService(engine, model_id=SPEC, obs=obs, owns_engine=False)
+    service = OCRService(engine, model_id=SPEC, obs=obs, owns_engine=False)
+    assert service.engine is engine and service.batcher.max_inflight == 2  # a ServingEngine, pipelined
     fams = {f.name: f for f in text_string_to_metric_families(obs.exposition()[0].decode())}
     rss = fams["deepsynth_model_process_resident_memory_bytes"].samples[0].value
     own = fams["process_resident_memory_bytes"].samples[0].value

@@ -200,4 +200,4 @@ def test_a_request_cut_by_shutdown_gets_a_json_503():
         r = asyncio.run(main())
         gate.set()  # let the model finish so the drain ends
     assert_sane(r.status_code, r.headers.get("content-type", ""), r.content, server_error=True)
-    assert r.status_code == 503 and r.json()["error"]["type"] == "unavailable", r.text
+    assert r.status_code == 503 and r.json()["error"]["type"] == "shutting_down", r.text

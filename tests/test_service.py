@@ -154,3 +154,36 @@ def test_guard_leaves_non_generative_outputs_alone():
 
     (pred,) = OCRService(Leaders(), obs=obs()).recognize([colour_image((0, 0, 0))])
     assert pred.text.count(".") == 40 and pred.meta["repetition"] is False
+
+
+def test_an_in_process_engine_is_served_through_the_serving_engine_protocol():
+    """A plain OCREngine is wrapped (alive, not pipelined, no process of its own); an owned one is closed
+    with the service, once."""
+    from deepsynth.inference.engine import InProcessEngine, ServingEngine
+
+    class Closable(ColourEngine):
+        closed = 0
+
+        def close(self) -> None:
+            self.closed += 1
+
+    engine = Closable()
+    service = OCRService(engine, obs=obs(), owns_engine=True)
+    assert isinstance(service.engine, InProcessEngine) and isinstance(service.engine, ServingEngine)
+    assert service.engine.alive and not service.engine.pipelined and service.engine.pid is None
+    assert service.batcher.max_inflight == 1 and service.model_id == "colour"
+    assert service.engine.gpu_memory() == []
+
+    async def main():
+        await service.start(warmup=False)
+        assert service.ready
+        await service.aclose()
+        await service.aclose()
+
+    asyncio.run(main())
+    assert engine.closed == 1
+    not_owned = Closable()
+    asyncio.run(OCRService(not_owned, obs=obs()).aclose())
+    assert not_owned.closed == 0
+    wrapped = InProcessEngine(ColourEngine())
+    assert OCRService(wrapped, obs=obs()).engine is wrapped  # a ServingEngine is used as it is

@@ -13,6 +13,7 @@ not ready, BatcherClosed, dead model      503     unavailable (Retry-After)
 TimeoutError                              504     timeout
 HTTPException (404, 405 + Allow, ...)     its     not_found / method_not_allowed
 anything else                             500     model_error (in a route) / internal_error
+cancelled by the server's shutdown        503     shutting_down (middleware)
 ========================================  ======  ===========================
 """
 

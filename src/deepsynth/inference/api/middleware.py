@@ -111,7 +111,7 @@ class ShutdownErrorsMiddleware:
                 log.warning("request cancelled by the server's shutdown", extra={"path": scope["path"]})
                 resp = error_response(
                     503,
-                    "unavailable",
+                    "shutting_down",
                     "the server is shutting down; retry on another instance or later",
                     **{"Retry-After": "5", "Connection": "close"},
                 )
