@@ -23,6 +23,42 @@ SHORT_RUN = [
 ]  # fmt: skip
 
 
+def overrides(ctx: CheckContext, family: str, path: str | None, extra: list[str]) -> list[str]:
+    """``key=value`` overrides of the recipe: the checkpoint, a fresh output dir, a 4-step run."""
+    out = [
+        f"model.family={family}",
+        f"model.path={path or checkpoint(family)}",
+        "lora.enabled=true",
+        f"output_dir={tempfile.mkdtemp(prefix=f'{family}-', dir=ctx.workdir)}",
+        f"batch_size={1 if path else 2}",
+        *SHORT_RUN,
+    ]
+    if path is None:  # a tiny processor's own image size (the recipes' named modes are the released models')
+        out.append("model.options.image_mode=null")
+    return out + extra
+
+
+def describe(trainer: Any, result: Any, timer: StepTimer) -> dict[str, Any]:
+    """What ran: device, precision, where the weights are, optimizer, backend, attention, losses, step time."""
+    model = trainer.adapter.model
+    weight = next(p for p in model.parameters() if p.is_floating_point())
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # inside accelerate's wrapper
+    last_eval = result.evals[-1] if result.evals else {}
+    return {
+        "device": str(trainer.acc.device),
+        "mixed_precision": trainer.acc.mixed_precision,
+        "weights": f"{weight.dtype} on {weight.device}",
+        "optimizer": type(optimizer).__name__,
+        "backend": getattr(trainer.adapter, "backend", "peft"),
+        "attn_implementation": getattr(getattr(model, "config", None), "_attn_implementation", None),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "losses": [round(v, 4) for v in result.losses.values()],
+        "eval": {k: v for k, v in last_eval.items() if k in ("cer", "wer")},
+        "final_dir": result.final_dir,
+        "step_seconds": timer.median(),
+    }
+
+
 def train_check(
     ctx: CheckContext, family: str, recipe_name: str, path: str | None = None, extra: list[str] | None = None
 ) -> tuple[Any, dict[str, Any]]:
@@ -33,45 +69,18 @@ def train_check(
     from deepsynth.training.config import TrainConfig
     from deepsynth.training.trainer import Trainer
 
-    real = path is not None
-    overrides = [
-        f"model.family={family}", f"model.path={path or checkpoint(family)}", "lora.enabled=true",
-        f"output_dir={tempfile.mkdtemp(prefix=f'{family}-', dir=ctx.workdir)}", f"batch_size={1 if real else 2}", *SHORT_RUN, *(extra or []),
-    ]  # fmt: skip
-    if (
-        not real
-    ):  # a tiny processor's own image size (the recipes' named modes are the released models' sizes)
-        overrides.append("model.options.image_mode=null")
-    cfg = load_config(TrainConfig, recipe(recipe_name), overrides)
-    samples = line_samples(4 * cfg.batch_size)
-    timer = StepTimer()
+    cfg = load_config(TrainConfig, recipe(recipe_name), overrides(ctx, family, path, extra or []))
+    samples, timer = line_samples(4 * cfg.batch_size), StepTimer()
     trainer = Trainer(cfg, train_samples=samples, eval_samples=samples[:2], callbacks=[timer])
     result = trainer.run()
-    model = trainer.adapter.model
-    weight = next(p for p in model.parameters() if p.is_floating_point())
-    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-    details = {
-        "family": family,
-        "checkpoint": "tiny" if not real else path,
-        "device": str(trainer.acc.device),
-        "mixed_precision": trainer.acc.mixed_precision,
-        "weights": f"{weight.dtype} on {weight.device}",
-        "optimizer": type(optimizer).__name__,
-        "backend": getattr(trainer.adapter, "backend", "peft"),
-        "attn_implementation": getattr(getattr(model, "config", None), "_attn_implementation", None),
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "losses": [round(v, 4) for v in result.losses.values()],
-        "eval": {k: v for k, v in (result.evals[-1] if result.evals else {}).items() if k in ("cer", "wer")},
-        "final_dir": result.final_dir,
-        "step_seconds": timer.median(),
-    }
+    details = {"family": family, "checkpoint": path or "tiny", **describe(trainer, result, timer)}
     if result.steps != STEPS or result.skipped_batches:
         raise RuntimeError(f"{result.steps}/{STEPS} steps, {result.skipped_batches} skipped batch(es)")
     if not all(math.isfinite(v) and v > 0 for v in result.losses.values()):
         raise RuntimeError(f"non-finite or zero losses: {details['losses']}")
     if ctx.require_cuda:
         _expect(details["device"].startswith("cuda"), f"trained on {details['device']}, not CUDA")
-        _expect(weight.device.type == "cuda", f"weights on {weight.device}, not CUDA")
+        _expect(" on cuda" in details["weights"], f"weights {details['weights']}, not on CUDA")
         bf16 = torch.cuda.is_bf16_supported()
         _expect(not bf16 or trainer.acc.mixed_precision == "bf16", "bf16 supported but not used")
     return trainer, details

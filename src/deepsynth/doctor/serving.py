@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deepsynth.doctor.finetune import SHORT_RUN, describe
 from deepsynth.doctor.fixtures import StepTimer, checkpoint, line_samples, recipe
 from deepsynth.doctor.runner import CheckContext
 
@@ -105,23 +106,20 @@ def serve_vlm(ctx: CheckContext) -> dict[str, Any]:
 
 
 def ppocr(ctx: CheckContext) -> dict[str, Any]:
-    """The embedded PP-OCRv6 recogniser: 4 fine-tune steps on CUDA (the demo's recipe), then served on CUDA."""
+    """The embedded PP-OCRv6 recogniser: 4 fine-tune steps on CUDA (configs/ppocr_finetune.yaml), then served
+    on CUDA by ``deepsynth serve``."""
     from deepsynth.config import load_config
     from deepsynth.training.config import TrainConfig
     from deepsynth.training.trainer import Trainer
 
-    overrides = [
-        f"output_dir={Path(ctx.workdir) / 'run'}", "max_steps=4", "epochs=null", "max_minutes=null",
-        "batch_size=4", "optim.warmup_steps=0", "eval.every_steps=0", "eval.at_start=false", "checkpoint.every_steps=0",
-        "trackers=[jsonl]", "progress=false", "precision=auto",
-    ]  # fmt: skip
-    cfg = load_config(TrainConfig, recipe("ppocr_finetune.yaml"), overrides)
+    run = [f"output_dir={Path(ctx.workdir) / 'run'}", "batch_size=4", "max_minutes=null", *SHORT_RUN]
+    cfg = load_config(TrainConfig, recipe("ppocr_finetune.yaml"), run)
     samples, timer = line_samples(16), StepTimer()
     trainer = Trainer(cfg, train_samples=samples, eval_samples=samples[:4], callbacks=[timer])
     result = trainer.run()
-    device = str(trainer.acc.device)
-    if ctx.require_cuda and not device.startswith("cuda"):
-        raise AssertionError(f"trained on {device}, not CUDA")
-    train = {"device": device, "losses": [round(v, 4) for v in result.losses.values()], "steps": result.steps}
+    train = describe(trainer, result, timer)
+    if ctx.require_cuda and not train["device"].startswith("cuda"):
+        raise AssertionError(f"trained on {train['device']}, not CUDA")
+    step_seconds = train.pop("step_seconds")
     served = serve_and_probe(ctx, f"ppocr:{result.final_dir}")
-    return {"train": train, **served, "step_seconds": timer.median()}
+    return {"train": train, **served, "step_seconds": step_seconds}
