@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from deepsynth.cli.console import ProgressOpt, show_progress
 from deepsynth.cli.data import DocTypeOpt
 from deepsynth.cli.ray_options import CpusOpt, GpusOpt, RayOpt, ShardOpt, WorkersOpt
 
@@ -37,6 +38,20 @@ def _parse_opts(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _load_engine(spec: str | None, opts: dict[str, Any]) -> Any:
+    """``load_engine``; an engine that does not take an --engine-opt is a one-line error, not a traceback."""
+    from deepsynth.models.registry import load_engine
+
+    try:
+        return load_engine(spec, **opts)
+    except TypeError as exc:
+        if not opts or "argument" not in str(exc):
+            raise
+        raise ValueError(
+            f"--engine-opt {', '.join(opts)}: engine {spec!r} does not accept it ({exc})"
+        ) from exc
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}%"
 
@@ -49,14 +64,22 @@ def evaluate(
         typer.Option(
             "--engine",
             "-e",
-            help="Engine spec: rapidocr, tesseract, rapidocr:page, ppocr:runs/x/best, server:http://...",
+            help="Engine spec: rapidocr, tesseract, rapidocr:page, ppocr:runs/x/best, server:http://... "
+            "[required]",
         ),
     ] = None,
     data: Annotated[
         list[str] | None,
-        typer.Option("--data", "-d", help="Dataset source (repeatable): `name=path[:image_root]` or a path."),
+        typer.Option(
+            "--data",
+            "-d",
+            help="Dataset source (repeatable): `name=path[:image_root]` or a path; a manifest's images may "
+            "be absolute paths or relative to image_root (default: the manifest's folder). [required]",
+        ),
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (rerun to resume).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (rerun to resume). [required]")
+    ] = None,
     normalize: Annotated[
         str,
         typer.Option(
@@ -72,7 +95,7 @@ def evaluate(
     split_key: Annotated[
         str, typer.Option(help="Grouping key of the split hash (page_id, subset, ...).")
     ] = "page_id",
-    seed: Annotated[int, typer.Option(help="Seed of the split hash.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the split hash and of --sample.")] = 0,
     lang: Annotated[
         list[str] | None, typer.Option("--lang", help="Only these languages (repeatable).")
     ] = None,
@@ -81,7 +104,16 @@ def evaluate(
     ] = None,
     doc_type: DocTypeOpt = None,
     limit: Annotated[
-        int | None, typer.Option(help="At most this many samples from each --data source.")
+        int | None, typer.Option(help="At most this many samples from each --data source (the first ones).")
+    ] = None,
+    sample: Annotated[
+        int | None,
+        typer.Option(
+            "--sample",
+            min=1,
+            help="This many samples from each --data source, drawn at random with --seed and spread over its "
+            "subsets in proportion to their sizes (at least one each).",
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per engine call.")] = 8,
     include_flagged: Annotated[
@@ -100,7 +132,7 @@ def evaluate(
         ),
     ] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Generative engines: output limit.")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    progress: ProgressOpt = None,
     ray: RayOpt = None,
     workers: WorkersOpt = 1,
     cpus_per_worker: CpusOpt = 1.0,
@@ -115,13 +147,16 @@ def evaluate(
         _fail(f"missing {', '.join(missing)} (see `deepsynth eval --help`)")
     if level not in ("line", "page", "all"):
         _fail(f"--level must be line, page or all, got {level!r}")
+    if sample and limit:
+        _fail("--sample and --limit exclude each other (--sample draws at random, --limit takes the first)")
+    progress = show_progress(progress)
     import itertools
 
     from deepsynth.data import DataReport, SampleFilter, open_sources
+    from deepsynth.data.sampling import stratified_sample
     from deepsynth.evaluation.harness import RunDirError, evaluate_engine
     from deepsynth.evaluation.normalize import get_normalizer
     from deepsynth.models.generation import GenerationConfig
-    from deepsynth.models.registry import load_engine
 
     try:
         get_normalizer(normalize)
@@ -131,9 +166,10 @@ def evaluate(
             flt = SampleFilter(languages=lang or None, subsets=subset or None, doc_types=doc_type or None,
                                levels=None if level == "all" else [level], split=split, split_key=split_key,
                                seed=seed, limit=limit)  # fmt: skip
-            streams.append(open_sources([spec], filter=flt, report=report))
+            stream = open_sources([spec], filter=flt, report=report, absolute_images=True)
+            streams.append(stratified_sample(stream, sample, seed) if sample else stream)
         opts = _parse_opts(engine_opt)
-        eng = None if ray else load_engine(engine, **opts)
+        eng = None if ray else _load_engine(engine, opts)
     except (ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
     generation = GenerationConfig(max_new_tokens=max_new_tokens) if max_new_tokens else None
@@ -147,7 +183,8 @@ def evaluate(
         from deepsynth.scale.shards import ShardStoreError
 
         job = {"data": list(data or []), "level": level, "split": split, "split_key": split_key, "seed": seed,
-               "lang": lang, "subset": subset, "doc_type": doc_type, "limit": limit, "exclude": list(exclude)}  # fmt: skip
+               "lang": lang, "subset": subset, "doc_type": doc_type, "limit": limit, "sample": sample,
+               "exclude": list(exclude)}  # fmt: skip
         try:
             result, stats = evaluate_on_ray(
                 engine, samples, out, opts=pool, job=job, engine_opts=opts, normalize=normalize,
@@ -162,7 +199,7 @@ def evaluate(
         if mode in ("line", "page") and level in ("line", "page") and mode != level:
             typer.secho(f"warning: engine reads {mode}s but --level {level} selects {level} rows "
                         f"(use e.g. `-e {engine.partition(':')[0]}:{level}`)", fg=typer.colors.YELLOW, err=True)  # fmt: skip
-        total = limit * len(data) if limit else None
+        total = (sample or limit) * len(data) if (sample or limit) else None
         try:
             result = evaluate_engine(
                 eng, samples, out, normalize=normalize, batch_size=batch_size, generation=generation,
@@ -171,9 +208,12 @@ def evaluate(
             )  # fmt: skip
         except RunDirError as exc:
             _fail(exc)
-    _print_summary(result, out)
     if report.n_skipped:
         report.print_summary()
+    if not result["n"]:
+        _fail(f"no samples were scored: {report.n_skipped} skipped (listed above), the others did not match "
+              "the filters (--lang, --subset, --level, --split) or are flagged (--include-flagged)")  # fmt: skip
+    _print_summary(result, out)
 
 
 def _print_summary(result: dict[str, Any], out: Path | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from deepsynth.cli import bench, data, demo, doctor, evaluate, ocr, samples, serve, train
+from deepsynth.cli.console import plain_help
 
 app = typer.Typer(
     name="deepsynth",
@@ -22,12 +23,32 @@ for module in (data, train, evaluate, ocr, serve, samples, demo, doctor, bench):
     module.register(app)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from deepsynth import __version__
+
+        typer.echo(f"deepsynth {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Fine-tune, evaluate and serve OCR models on your own documents."""
+
+
 @app.command()
 def version() -> None:
     """Print the DeepSynth version."""
     from deepsynth import __version__
 
     typer.echo(__version__)
+
+
+plain_help(app)
 
 
 if __name__ == "__main__":

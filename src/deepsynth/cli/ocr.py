@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from deepsynth.cli.console import ProgressOpt, show_progress
 from deepsynth.cli.ray_options import CpusOpt, GpusOpt, RayOpt, ShardOpt, WorkersOpt
 
 
@@ -37,7 +38,7 @@ def ocr(
         None, "--max-new-tokens", help="Generative models: output limit."
     ),
     retry_truncated: int = typer.Option(0, "--retry-truncated", help="Retries for outputs cut at the limit."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: ProgressOpt = None,
     ray: RayOpt = None,
     workers: WorkersOpt = 1,
     cpus_per_worker: CpusOpt = 1.0,
@@ -47,6 +48,8 @@ def ocr(
     """OCR every input into --out (one JSON record per file; inputs already done are skipped)."""
     import dataclasses
     import json
+
+    progress = show_progress(progress)
 
     from deepsynth.inference.batch_files import OFFLINE_LIMITS, expand_paths, ocr_files
     from deepsynth.inference.service import ModelLoadError, OCRService

@@ -73,11 +73,13 @@ def serve(
     """Serve a model over HTTP: /v1/ocr, OpenAI-compatible /v1/chat/completions, /metrics.
 
     Every limit (see the Limits options) is also shown by GET /v1/models."""
+    from deepsynth.cli.console import ensure_port_free
     from deepsynth.inference.api import ServerSettings, run
     from deepsynth.inference.model_process import ProcessEngine
     from deepsynth.inference.service import ModelLoadError, OCRService
     from deepsynth.models.generation import GenerationConfig
 
+    ensure_port_free(host, port)  # before the model loads: a busy port is a one-line error
     if threads and not model_process:
         import torch  # set before the model loads; the batcher's worker thread picks it up when it starts
 
@@ -126,6 +128,9 @@ def demo_ui(
     """Gradio web demo: upload an image or PDF, pick a model, see the text and timings."""
     import os
 
+    from deepsynth.cli.console import ensure_port_free
+
+    ensure_port_free(host, port)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from deepsynth.inference.web_demo import build_demo
 

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from deepsynth.cli.console import ProgressOpt, show_progress
+
 
 def register(app: typer.Typer) -> None:
     """Add ``deepsynth train`` to the main app."""
@@ -27,6 +29,7 @@ def register(app: typer.Typer) -> None:
         print_config: Annotated[
             bool, typer.Option("--print-config", help="Print the resolved config as YAML and exit.")
         ] = False,
+        progress: ProgressOpt = None,
     ) -> None:
         """Fine-tune a model: full or LoRA, with evaluation, early stopping, checkpoints and trackers.
 
@@ -40,6 +43,8 @@ def register(app: typer.Typer) -> None:
         from deepsynth.training.config import TrainConfig
 
         items = list(overrides or []) + (["resume=true"] if resume else [])
+        if not show_progress(progress):  # --no-progress, or stderr is a log file: no carriage-return bars
+            items.append("progress=false")
         try:
             cfg = load_config(TrainConfig, config, items)
         except ConfigError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Iterator
 
@@ -23,6 +24,7 @@ def open_sources(
     require_text: bool = True,
     format: str | None = None,
     image_check: Callable[[Sample], SampleError | None] | None = None,
+    absolute_images: bool = False,
 ) -> Iterator[Sample]:
     """Stream Samples from sources given as ``name=path[:image_root]`` or bare paths (format auto-detected).
 
@@ -34,10 +36,14 @@ def open_sources(
     here. Memory stays constant apart from an 8-byte digest per id for duplicate detection.
     ``image_check(sample)`` replaces that decoding step with answers computed elsewhere (``prepare --ray``
     decodes on a cluster first); it must return what :func:`image_problem` would.
+    ``absolute_images=True`` accepts absolute image paths in JSONL manifests (for sources the user points a
+    command at); relative paths must still stay inside the image root.
     """
     if isinstance(specs, str):
         specs = [specs]
-    parsed = [parse_spec(s, format=format) for s in specs]
+    parsed = [
+        dataclasses.replace(parse_spec(s, format=format), absolute_images=absolute_images) for s in specs
+    ]
     check = image_check or (lambda s: image_problem(s, decode))
     return _stream(parsed, filter or SampleFilter(), report, check, max_pixels, require_text)
 

@@ -21,6 +21,7 @@ class SourceSpec:
     path: Path
     image_root: Path | None
     format: str
+    absolute_images: bool = False  # manifests may name images by absolute path (sources the user points at)
 
     @property
     def label(self) -> str:

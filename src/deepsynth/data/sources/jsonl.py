@@ -3,7 +3,9 @@ the manifest's folder (or to the spec's image root)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 from deepsynth.data.images import ImageRef, resolve_inside
 from deepsynth.data.report import DataReport
@@ -39,7 +41,7 @@ def _sample(row: dict, sample_id: str, spec: SourceSpec, root, where: str, max_p
         raise RowError("missing field 'image' (a path)", "missing_field")
     if not isinstance(row.get("text"), str):
         raise RowError("missing field 'text' (a string)", "missing_field")
-    path = resolve_inside(root, image)
+    path = Path(image) if spec.absolute_images and os.path.isabs(image) else resolve_inside(root, image)
     if path is None:
         raise RowError(f"image path {image!r} escapes the data root {root}", "path_escape")
     row = {k: v for k, v in row.items() if k not in IMAGE_KEYS}

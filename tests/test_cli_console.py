@@ -1,0 +1,158 @@
+"""The `deepsynth` command as a person meets it: --version, -h, help at 80 columns, one-line errors, progress
+bars only on a terminal, --sample, zero matched samples, manifests with absolute image paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from deepsynth.cli.main import app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run([sys.executable, "-m", "deepsynth.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def test_version_and_short_help_flag():
+    from deepsynth import __version__
+
+    r = _run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"deepsynth {__version__}"
+    for path in ([], ["eval"], ["eval", "compare"], ["data", "prepare"], ["serve"]):
+        r = _run(*path, "-h")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("Usage:") and "-h, --help" in r.stdout
+
+
+def _commands(cmd: typer.core.TyperCommand, path: tuple[str, ...] = ()):
+    yield path, cmd
+    for name, sub in (getattr(cmd, "commands", None) or {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_help_at_80_columns_shows_every_name_whole_and_marks_required():
+    root = typer.main.get_command(app)
+    runner = CliRunner()
+    seen = 0
+    for path, cmd in _commands(root):
+        out = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80", "NO_COLOR": "1"}).output
+        assert max(len(line) for line in out.splitlines()) <= 80, (path, out)
+        assert "…" not in out and "<bool>" not in out, (path, out)
+        for param in cmd.params:
+            for name in [*param.opts, *param.secondary_opts]:
+                if name.startswith("-"):
+                    assert name in out, f"{path}: {name} missing or cut in\n{out}"
+            envvar = getattr(param, "envvar", None)
+            if isinstance(envvar, str) and param.show_envvar:
+                assert envvar in out, (path, out)
+            if param.required and param.param_type_name == "option":
+                assert "[required]" in out, (path, param.name)
+        seen += 1
+    assert seen > 20
+    serve = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "80"}).output
+    assert "DEEPSYNTH_API_TOKEN" in serve and "\nLimits:\n" in serve  # panels kept as sections
+    ev = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "80"}).output
+    assert ev.count("[required]") == 3 and "\nRay:\n" in ev and "\nCommands:\n" in ev
+
+
+def test_engine_opt_typo_is_one_line(shared_data, tmp_path):
+    data = str(shared_data / "gt4histocr_dta19_lines")
+    r = _run("eval", "-e", "rapidocr", "--engine-opt", "thredas=1", "-d", data, "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "thredas" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "demo-ui"])
+def test_busy_port_is_one_line_before_loading_the_model(command):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = _run(command, "-m", "tesseract", "--port", str(port), timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: already in use (stop the other " \
+                               "server or pick --port)"  # fmt: skip
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path):
+    config = ROOT / "configs" / "ppocr_finetune.yaml"
+    # stderr is a pipe here: the resolved config turns progress off; --progress forces it back on
+    r = _run("train", str(config), "--print-config")
+    assert r.returncode == 0 and "progress: false" in r.stdout
+    r = _run("train", str(config), "--print-config", "--progress")
+    assert r.returncode == 0 and "progress: true" in r.stdout
+    code = "import sys; from deepsynth.cli.console import show_progress; print(show_progress(None))"
+    piped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")})  # fmt: skip
+    assert piped.stdout.strip() == "False"
+
+
+def test_stratified_sample_covers_subsets_and_is_seeded(shared_data):
+    from deepsynth.data import open_sources
+    from deepsynth.data.sampling import quotas, stratified_sample
+
+    rows = list(open_sources([str(shared_data / "tapuscorpus_fr")]))
+    subsets = {s.subset for s in rows}
+    assert len(subsets) >= 5
+    a = stratified_sample(iter(rows), 20, seed=1)
+    assert len(a) == 20 and {s.subset for s in a} == subsets
+    assert [s.id for s in a] == [s.id for s in stratified_sample(iter(rows), 20, seed=1)]
+    assert [s.id for s in a] != [s.id for s in stratified_sample(iter(rows), 20, seed=2)]
+    order = {s.id: i for i, s in enumerate(rows)}
+    assert [order[s.id] for s in a] == sorted(order[s.id] for s in a)  # original order kept
+    assert quotas({"a": 90, "b": 9, "c": 1}, 10) == {"a": 8, "b": 1, "c": 1}
+    assert quotas({"a": 3, "b": 1}, 10) == {"a": 3, "b": 1}
+    assert sum(quotas({"a": 5, "b": 5, "c": 5}, 2).values()) == 2
+
+
+def _manifest(tmp_path: Path, shared_data: Path, image_of) -> Path:  # noqa: ANN001
+    src = shared_data / "gt4histocr_dta19_lines"
+    rows = [json.loads(line) for line in (src / "manifest.jsonl").read_text().splitlines()[:2]]
+    out = tmp_path / "mine" / "manifest.jsonl"
+    out.parent.mkdir()
+    out.write_text("".join(json.dumps({**r, "image": image_of(src, r)}) + "\n" for r in rows))
+    return out
+
+
+def test_eval_accepts_absolute_image_paths_and_fails_on_zero_samples(shared_data, tmp_path):
+    runner = CliRunner()
+    absolute = _manifest(tmp_path, shared_data, lambda src, r: str((src / r["image"]).resolve()))
+    common = ["-e", "rapidocr", "--engine-opt", "threads=1", "--no-progress", "--bootstrap", "0"]
+    r = runner.invoke(app, ["eval", *common, "-d", f"mine={absolute}", "-o", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["n"] == 2
+    # a relative path that climbs out of the image root is still refused, so nothing is scored: exit 2
+    (tmp_path / "esc").mkdir()
+    escaping = _manifest(tmp_path / "esc", shared_data, lambda src, r: "../../" + r["image"])
+    r = runner.invoke(app, ["eval", *common, "-d", f"esc={escaping}", "-o", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "no samples were scored: 2 skipped" in r.output, r.output
+    assert "path_escape: 2" in r.output
+    r = runner.invoke(app, ["eval", *common, "-d", f"mine={absolute}", "--subset", "nosuch",
+                            "-o", str(tmp_path / "c")])  # fmt: skip
+    assert r.exit_code == 2 and "no samples were scored" in r.output
+
+
+def test_eval_sample_option(shared_data, tmp_path):
+    runner = CliRunner()
+    data = f"tapus={shared_data / 'tapuscorpus_fr'}"
+    common = ["-e", "rapidocr", "--engine-opt", "threads=1", "--no-progress", "--bootstrap", "0", "-d", data]
+    r = runner.invoke(app, ["eval", *common, "--sample", "3", "--seed", "4", "-o", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    ids = [json.loads(line)["id"] for line in (tmp_path / "s" / "predictions.jsonl").read_text().splitlines()]
+    first = [json.loads(line)["id"] for line in (shared_data / "tapuscorpus_fr" / "manifest.jsonl")
+             .read_text().splitlines()[:3]]  # fmt: skip
+    assert len(ids) == 3 and ids != first
+    r = runner.invoke(app, ["eval", *common, "--sample", "3", "--limit", "3", "-o", str(tmp_path / "t")])
+    assert r.exit_code == 2 and "exclude each other" in r.output
