@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw
 
@@ -31,6 +31,9 @@ from deepsynth.inference.guard import find_repetition, retry_generation, trim_ta
 from deepsynth.inference.limits import InputGeometry, engine_geometry
 from deepsynth.models.base import OCREngine, Prediction
 from deepsynth.models.generation import GenerationConfig
+
+if TYPE_CHECKING:
+    from deepsynth.observability import Observability
 
 log = logging.getLogger("deepsynth.inference")
 
@@ -107,7 +110,7 @@ class OCRService:
         generation: GenerationConfig | None = None,
         trim_repetition: bool = True,
         model_id: str | None = None,
-        obs: Any = None,
+        obs: Observability | None = None,
         engine_kwargs: dict[str, Any] | None = None,
         owns_engine: bool | None = None,
         geometry: InputGeometry | None = None,
@@ -166,9 +169,7 @@ class OCRService:
         await self.batcher.close(drain=drain)
         if self.owns_engine:
             self.engine.close()
-        close = getattr(self.obs, "close", None)
-        if close is not None:
-            close()
+        self.obs.close()
 
     @property
     def ready(self) -> bool:
