@@ -91,7 +91,7 @@ class OCRRequest(StrictModel):
         json_schema_extra={"examples": [{"images": [EXAMPLE_IMAGE], "generation": {"max_new_tokens": 64}}]}
     )
 
-    images: list[str | ImageItem] = Field(min_length=1)
+    images: list[Annotated[str | ImageItem, Field(union_mode="left_to_right")]] = Field(min_length=1)
     dpi: Dpi | None = None
     doc_type: DocType | None = None
     generation: GenerationOverrides | None = None  # type: ignore[valid-type]
@@ -150,7 +150,7 @@ class ImageURL(StrictModel):
 
 class ImagePart(StrictModel):
     type: Literal["image_url"]
-    image_url: ImageURL | str
+    image_url: ImageURL | str = Field(union_mode="left_to_right")
 
 
 def _part_tag(part: Any) -> str | None:
@@ -171,7 +171,8 @@ ContentPart = Annotated[
 
 class ChatMessage(StrictModel):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+    # left to right: a smart union would validate (and copy) a big data URI once per member it tries
+    content: str | list[ContentPart] | None = Field(None, union_mode="left_to_right")
     name: str | None = None
 
 
