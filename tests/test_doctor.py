@@ -247,7 +247,8 @@ def test_check_logic_runs_on_cpu(tmp_path, name):
         assert r.details["device"] == "cpu" and len(r.details["losses"]) == 4 and r.step_seconds > 0
         assert r.details["fp32"]["max_abs_diff_merged_vs_unmerged"] < 1e-5
         assert r.details["fp32"]["max_abs_diff_exported_vs_trained"] < 1e-5
-        assert r.details["bf16"]["max_abs_diff_merged_vs_unmerged"] > 0  # recorded, not judged
+        # recorded, not judged: bf16 rounding alone exceeds the export's 1e-3 (hence export --dtype float32)
+        assert r.details["bf16"]["max_abs_diff_merged_vs_unmerged"] > 1e-3
     else:
         assert r.details["request_seconds"] > 0 and r.details["gauge"] == {}  # no CUDA memory on CPU
 

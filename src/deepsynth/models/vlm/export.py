@@ -72,8 +72,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("run_dir", help="a directory saved by DeepSynth with a LoRA adapter (e.g. runs/x/final)")
     ap.add_argument("out_dir", help="where the merged model goes (loadable with plain transformers)")
     ap.add_argument("--tolerance", type=float, default=1e-3)
+    ap.add_argument(
+        "--dtype",
+        default=None,
+        help="weights to merge in (float32 | bfloat16; default: bf16 on CUDA, else fp32). Merging into bf16 "
+        "weights moves logits by more than 1e-3 (rounding): use float32 for a strict parity check",
+    )
     args = ap.parse_args(argv)
-    print(json.dumps(export_merged(args.run_dir, args.out_dir, tolerance=args.tolerance), indent=2))
+    options = {"dtype": args.dtype} if args.dtype else {}
+    print(json.dumps(export_merged(args.run_dir, args.out_dir, tolerance=args.tolerance, **options), indent=2))
 
 
 if __name__ == "__main__":  # pragma: no cover
