@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     options = {"dtype": args.dtype} if args.dtype else {}
-    print(json.dumps(export_merged(args.run_dir, args.out_dir, tolerance=args.tolerance, **options), indent=2))
+    report = export_merged(args.run_dir, args.out_dir, tolerance=args.tolerance, **options)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":  # pragma: no cover
