@@ -167,6 +167,7 @@ def test_doctor_gpu_without_cuda_skips_every_check_and_exits_0(tmp_path):
         (c.name, SKIP, "no CUDA") for c in checks
     ]
     assert report["model"] == str(model) and report["created"] and "commit" in report["git"]
+    assert all(c["log"] == "" for c in report["checks"])  # no path into the deleted temp dir
     assert report["packages"]["torch"] and report["device"]
 
 
