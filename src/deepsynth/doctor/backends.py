@@ -110,3 +110,20 @@ def flash_attention(ctx: CheckContext) -> dict[str, Any]:
     out["lora_attn_implementation"] = trained["attn_implementation"]
     out["step_seconds"] = trained["step_seconds"]
     return out
+
+
+def model_unsloth(ctx: CheckContext) -> dict[str, Any]:
+    """``--model PATH``: ``backend: auto`` on the real checkpoint trains through Unsloth where it applies."""
+    from deepsynth.doctor.fixtures import model_family
+    from deepsynth.models.vlm import lora as lora_mod
+
+    if not ctx.model:
+        raise Skip("no --model given")
+    family, path = model_family(ctx.model)
+    ok, why = lora_mod.unsloth_available(family)
+    if not ok:
+        raise Skip(why)
+    details = train_check(ctx, family, f"{family}_lora.yaml", path, ["model.options.backend=auto"])[1]
+    if details["backend"] != "unsloth":
+        raise AssertionError(f"backend auto chose {details['backend']}, not unsloth")
+    return details

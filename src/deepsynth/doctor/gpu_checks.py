@@ -53,6 +53,7 @@ CHECKS: tuple[Check, ...] = (
 MODEL_CHECKS: tuple[Check, ...] = (
     Check("model_lora", f"{_D}.finetune:model_lora", 900),
     Check("model_qlora", f"{_D}.finetune:model_qlora", 900),
+    Check("model_unsloth", f"{_D}.backends:model_unsloth", 900),
 )
 
 
