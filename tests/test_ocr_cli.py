@@ -58,7 +58,7 @@ def test_expand_paths_files_folders_globs(inputs: Path):
 
 def test_ocr_folder_writes_jsonl_txt_md_and_resumes(inputs: Path, tmp_path: Path, colour_spec: str):
     out = tmp_path / "results.jsonl"
-    args = ["ocr", str(inputs), "--model", colour_spec, "--out", str(out), "--no-progress"]
+    args = ["ocr", str(inputs), "--model", colour_spec, "--out", str(out), "--no-progress", "--json"]
     args += ["--txt-dir", str(tmp_path / "txt"), "--md-dir", str(tmp_path / "md"), "--dpi", "72"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
@@ -179,3 +179,87 @@ def test_decode_ahead_decodes_in_order_on_a_background_thread(inputs: Path, monk
     next(first_two)
     first_two.close()  # stopping early ends the worker thread
     assert not any(t.name == "deepsynth-decode" for t in threading.enumerate())
+
+
+def test_resume_refuses_another_model_or_options(inputs: Path, tmp_path: Path, colour_spec: str):
+    out = tmp_path / "r.jsonl"
+    base = ["ocr", str(inputs / "a.png"), "-o", str(out), "--no-progress"]
+    assert runner.invoke(app, [*base, "-m", colour_spec]).exit_code == 0
+    (rec,) = records(out)
+    assert rec["model"] == colour_spec and rec["options"] == {"dpi": 150.0}
+    for other in (["-m", f"{colour_spec}:0.01"], ["-m", colour_spec, "--dpi", "72"],
+                  ["-m", colour_spec, "--max-new-tokens", "9"]):  # fmt: skip
+        r = runner.invoke(app, [*base, *other])
+        assert r.exit_code == 2 and "use another --out" in r.output and "skipped" not in r.output, other
+    assert len(records(out)) == 1  # nothing appended by a refused run
+    r = runner.invoke(app, [*base, "-m", colour_spec])  # same model and options: resumes
+    assert r.exit_code == 0 and "1 already done earlier" in r.output, r.output
+
+
+def test_each_file_gets_its_own_time_and_a_human_summary(tmp_path: Path, colour_spec: str):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):
+        colour_image((i, i, i)).save(folder / f"{i}.png")
+    out = tmp_path / "r.jsonl"
+    # 0.4 s per model call, 2 one-page files per call: each file's share is ~0.2 s, not the call's 0.4 s
+    r = runner.invoke(app, ["ocr", str(folder), "-m", f"{colour_spec}:0.4", "-b", "2", "-o", str(out),
+                            "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    seconds = [x["seconds"] for x in records(out)]
+    assert len(seconds) == 4 and all(0.19 <= s < 0.35 for s in seconds), seconds
+    assert "read 4 file(s), 4 page(s) in" in r.output and "0 failed; 0 already done earlier" in r.output
+    assert not r.output.lstrip().startswith("{")
+
+
+SLOW_OCR = """
+import sys
+from deepsynth.models import registry
+registry.ENGINES["colour-test"] = registry.Family("tests.serving_engines:build_colour")
+from deepsynth.cli.main import app
+sys.argv = ["deepsynth", *sys.argv[1:]]
+app()
+"""
+
+
+def test_ctrl_c_keeps_finished_records_and_says_how_to_resume(tmp_path: Path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(6):
+        colour_image((i, 0, 0)).save(folder / f"{i}.png")
+    out = tmp_path / "r.jsonl"
+    root = Path(__file__).resolve().parents[1]
+    cmd = [
+        sys.executable,
+        "-c",
+        SLOW_OCR,
+        "ocr",
+        str(folder),
+        "-m",
+        "colour-test:0.5",
+        "-b",
+        "1",
+        "-o",
+        str(out),
+    ]
+    env = {**os.environ, "PYTHONPATH": f"{root / 'src'}{os.pathsep}{root}"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out.is_file() and len(records(out)) >= 2):
+        time.sleep(0.05)  # records appear one by one while the run goes on
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    n = len(records(out))
+    assert 2 <= n < 6 and "Traceback" not in stderr
+    assert f"interrupted: {n} of 6 file(s) have their record in {out}" in stdout
+    again = subprocess.run([*cmd, "--json"], capture_output=True, text=True, env=env, cwd=root, timeout=60)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout.strip().splitlines()[-1])
+    assert summary["skipped_done"] == n and summary["ok"] == 6 - n

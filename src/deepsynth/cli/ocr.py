@@ -39,6 +39,9 @@ def ocr(
     ),
     retry_truncated: int = typer.Option(0, "--retry-truncated", help="Retries for outputs cut at the limit."),
     progress: ProgressOpt = None,
+    json_summary: bool = typer.Option(
+        False, "--json", help="Print the final summary as one JSON line instead of sentences."
+    ),
     ray: RayOpt = None,
     workers: WorkersOpt = 1,
     cpus_per_worker: CpusOpt = 1.0,
@@ -51,7 +54,13 @@ def ocr(
 
     progress = show_progress(progress)
 
-    from deepsynth.inference.batch_files import OFFLINE_LIMITS, expand_paths, ocr_files
+    from deepsynth.inference.batch_files import (
+        OFFLINE_LIMITS,
+        ResumeError,
+        expand_paths,
+        ocr_files,
+        run_options,
+    )
     from deepsynth.inference.service import ModelLoadError, OCRService
     from deepsynth.models.generation import GenerationConfig
     from deepsynth.observability import Observability
@@ -70,33 +79,45 @@ def ocr(
     limits = dataclasses.replace(OFFLINE_LIMITS, pdf_dpi=dpi)
     if ray is not None:
         _ocr_on_ray(ray, spec, files, out, kwargs, gen, limits, txt_dir, md_dir, progress,
-                    (workers, cpus_per_worker, gpus_per_worker, shard_size, batch_size))  # fmt: skip
+                    (workers, cpus_per_worker, gpus_per_worker, shard_size, batch_size), json_summary)  # fmt: skip
         return
     try:
         service = OCRService(spec, obs=Observability(spec, metrics=False), engine_kwargs=kwargs)
     except ModelLoadError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    summary = ocr_files(
-        lambda images: service.recognize(images, gen),
-        files,
-        out,
-        model_id=service.model_id,
-        txt_dir=txt_dir,
-        md_dir=md_dir,
-        batch_pages=batch_size,
-        limits=limits,
-        progress=progress,
-    )
+    try:
+        summary = ocr_files(
+            lambda images: service.recognize(images, gen),
+            files,
+            out,
+            model_id=service.model_id,
+            options=run_options(gen, limits),
+            txt_dir=txt_dir,
+            md_dir=md_dir,
+            batch_pages=batch_size,
+            limits=limits,
+            progress=progress,
+        )
+    except ResumeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     result = summary.to_dict()
-    typer.echo(json.dumps({k: v for k, v in result.items() if k != "errors"}))
     for err in result["errors"][:20]:
         typer.echo(f"failed: {err['input']}: {err['error']}", err=True)
+    if json_summary:
+        typer.echo(json.dumps({k: v for k, v in result.items() if k != "errors"}))
+    else:
+        typer.echo(summary.human(out))
+    if summary.interrupted:
+        raise typer.Exit(130)
     if summary.failed:
         raise typer.Exit(1)
 
 
-def _ocr_on_ray(address, spec, files, out, kwargs, gen, limits, txt_dir, md_dir, progress, pool) -> None:  # noqa: ANN001
+def _ocr_on_ray(
+    address, spec, files, out, kwargs, gen, limits, txt_dir, md_dir, progress, pool, as_json
+) -> None:  # noqa: ANN001
     import json
 
     from deepsynth.cli.ray_options import print_stats, ray_options
@@ -111,7 +132,8 @@ def _ocr_on_ray(address, spec, files, out, kwargs, gen, limits, txt_dir, md_dir,
     except ShardStoreError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(json.dumps(stats.to_dict()))
+    if as_json:
+        typer.echo(json.dumps(stats.to_dict()))
     print_stats(stats)
     if stats.failures:
         raise typer.Exit(1)

@@ -1,10 +1,14 @@
 """Batch OCR of files on disk (what ``deepsynth ocr`` runs): images, multi-page TIFFs and PDFs → JSONL.
 
 Resumable: inputs that already have an ``"status": "ok"`` record in the output JSONL are skipped; inputs that
-failed are tried again (readers should take the last record per input). Pages of several small files are
-batched together; a failing batch is retried file by file so one bad file only fails its own record. Files are
-read and decoded (PDFs rendered) in a background thread a few files ahead of the model, so decoding overlaps
-with model calls (Pillow's decoders, pdfium and torch all release the GIL while they work).
+failed are tried again (readers should take the last record per input). Every record names its model and the
+options that change its text (:func:`run_options`); an output holding another model's or options' records is
+refused (:class:`ResumeError`) rather than silently skipping files. Pages of several small files are batched
+together; a file's record is written as soon as its last page is read, with its own time (its decoding plus
+its pages' share of each model call); a failing batch is retried file by file so one bad file only fails its
+own record. Files are read and decoded (PDFs rendered) in a background thread a few files ahead of the model,
+so decoding overlaps with model calls (Pillow's decoders, pdfium and torch all release the GIL while they
+work). Ctrl-C stops after the records written so far (``BatchSummary.interrupted``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 from deepsynth.inference.inputs import InputError, PageInput, decode_file
 from deepsynth.inference.limits import ServingLimits
 from deepsynth.models.base import Prediction
+from deepsynth.models.generation import GenerationConfig
 
 # offline batches read whole books: no per-request page or pixel budget beyond what one file needs
 OFFLINE_LIMITS = ServingLimits(
@@ -71,8 +76,23 @@ def expand_paths(patterns: Sequence[str]) -> list[Path]:
     return [found[k] for k in sorted(found)]
 
 
-def load_done(out: Path) -> tuple[set[str], int]:
-    """Inputs already done in an existing JSONL (status ok) and the number of unreadable lines skipped."""
+class ResumeError(ValueError):
+    """An output JSONL that holds records of another model or other options."""
+
+
+def run_options(generation: GenerationConfig, limits: ServingLimits) -> dict[str, Any]:
+    """What besides the model changes a record's text: the PDF resolution and non-default generation knobs."""
+    defaults = GenerationConfig().to_dict()
+    changed = {k: v for k, v in generation.to_dict().items() if v != defaults[k]}
+    return {"dpi": limits.pdf_dpi, **changed}
+
+
+def load_done(
+    out: Path, model_id: str | None = None, options: dict[str, Any] | None = None
+) -> tuple[set[str], int]:
+    """Inputs already done in an existing JSONL (status ok) and the number of unreadable lines skipped.
+
+    With ``model_id`` given, a record of another model or other ``options`` raises :class:`ResumeError`."""
     done: set[str] = set()
     bad = 0
     if not out.is_file():
@@ -86,11 +106,22 @@ def load_done(out: Path) -> tuple[set[str], int]:
             except json.JSONDecodeError:
                 bad += 1  # e.g. a line cut short by a crash; that input is simply done again
                 continue
+            if model_id is not None:
+                _check_same_run(out, rec, model_id, options or {})
             if rec.get("status") == "ok":
                 done.add(rec["input"])
             else:
                 done.discard(rec.get("input"))
     return done, bad
+
+
+def _check_same_run(out: Path, rec: dict[str, Any], model_id: str, options: dict[str, Any]) -> None:
+    theirs = (rec.get("model"), rec.get("options", options))
+    if theirs != (model_id, options):
+        raise ResumeError(
+            f"{out} holds results of model {theirs[0]} with options {json.dumps(theirs[1])}; this run is "
+            f"{model_id} with {json.dumps(options)}: use another --out (or the same model and options to resume)"
+        )
 
 
 @dataclass
@@ -101,6 +132,7 @@ class BatchSummary:
     failed: int = 0
     pages: int = 0
     seconds: float = 0.0
+    interrupted: bool = False
     errors: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,8 +144,20 @@ class BatchSummary:
             "pages": self.pages,
             "seconds": round(self.seconds, 3),
             "pages_per_second": round(self.pages / self.seconds, 3) if self.seconds else None,
+            "interrupted": self.interrupted,
             "errors": self.errors,
         }
+
+    def human(self, out: Path) -> str:
+        """The final lines ``deepsynth ocr`` prints (``--json`` prints :meth:`to_dict` instead)."""
+        rate = f", {self.pages / self.seconds:.2f} pages/s" if self.seconds and self.pages else ""
+        lines = [f"read {self.ok} file(s), {self.pages} page(s) in {self.seconds:.1f} s{rate}; "
+                 f"{self.failed} failed; {self.skipped_done} already done earlier -> {out}"]  # fmt: skip
+        if self.interrupted:
+            done = self.skipped_done + self.ok
+            lines.append(f"interrupted: {done} of {self.total} file(s) have their record in {out}; "
+                         "run the same command again to read the rest")  # fmt: skip
+        return "\n".join(lines)
 
 
 def decode_path(path: Path, limits: ServingLimits) -> list[PageInput]:
@@ -188,17 +232,25 @@ def page_record(page: int, pred: Prediction) -> dict[str, Any]:
     return rec
 
 
-def file_record(path: Path, model_id: str, page_recs: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+def file_record(
+    path: Path, model_id: str, page_recs: list[dict[str, Any]], seconds: float, options: dict[str, Any]
+) -> dict[str, Any]:
     """The JSONL record of one file read successfully (its pages from :func:`page_record`)."""
     text = "\n\n".join(r["text"] for r in page_recs)
-    rec = {"input": str(path), "model": model_id, "status": "ok", "n_pages": len(page_recs), "text": text}
-    rec.update(pages=page_recs, seconds=round(seconds, 4))
+    rec = {
+        "input": str(path),
+        "model": model_id,
+        "options": options,
+        "status": "ok",
+        "n_pages": len(page_recs),
+    }
+    rec.update(text=text, pages=page_recs, seconds=round(seconds, 4))
     return rec
 
 
-def error_record(path: Path, model_id: str, message: str) -> dict[str, Any]:
+def error_record(path: Path, model_id: str, message: str, options: dict[str, Any]) -> dict[str, Any]:
     """The JSONL record of a file that could not be read or recognised."""
-    return {"input": str(path), "model": model_id, "status": "error", "error": message}
+    return {"input": str(path), "model": model_id, "options": options, "status": "error", "error": message}
 
 
 def write_side_outputs(rec: dict[str, Any], name: Path, txt_dir: Path | None, md_dir: Path | None) -> None:
@@ -214,30 +266,45 @@ def write_side_outputs(rec: dict[str, Any], name: Path, txt_dir: Path | None, md
         _write_text(md_dir / name.with_suffix(".md"), md + "\n")
 
 
+@dataclass(eq=False)
+class _File:
+    path: Path
+    pages: list[PageInput]
+    seconds: float  # its decoding, plus its pages' share of each model call so far
+    preds: list[Prediction] = field(default_factory=list)
+    resolved: bool = False
+
+
 def ocr_files(
     recognize: Any,
     paths: Sequence[Path],
     out: Path,
     *,
     model_id: str,
+    options: dict[str, Any] | None = None,
     txt_dir: Path | None = None,
     md_dir: Path | None = None,
     batch_pages: int = 8,
     limits: ServingLimits | None = None,
     progress: bool = True,
 ) -> BatchSummary:
-    """Read ``paths`` with ``recognize(images) -> list[Prediction]`` and append one JSONL record per file."""
+    """Read ``paths`` with ``recognize(images) -> list[Prediction]`` and append one JSONL record per file.
+
+    ``options`` (default: :func:`run_options` of the default generation and ``limits``) go into every record
+    and must match the records already in ``out`` (else :class:`ResumeError`). Ctrl-C returns the summary so
+    far with ``interrupted`` set; every record written until then is complete."""
     from tqdm import tqdm
 
     limits = limits or OFFLINE_LIMITS
+    options = options if options is not None else run_options(GenerationConfig(), limits)
+    done, _ = load_done(out, model_id, options)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done, _ = load_done(out)
     summary = BatchSummary(total=len(paths))
     todo = [p for p in paths if str(p) not in done]
     summary.skipped_done = len(paths) - len(todo)
     root = output_root(paths)
     t_start = time.perf_counter()
-    pending: list[tuple[Path, list[PageInput], float]] = []
+    pending: list[_File] = []
 
     with (
         out.open("a", encoding="utf-8") as fh,
@@ -252,51 +319,69 @@ def ocr_files(
         def fail(path: Path, message: str) -> None:
             summary.failed += 1
             summary.errors.append({"input": str(path), "error": message})
-            write(error_record(path, model_id, message))
+            write(error_record(path, model_id, message, options))
 
-        def finish(path: Path, pages: list[PageInput], preds: list[Any], t0: float) -> None:
-            page_recs = [page_record(pg.page, pr) for pg, pr in zip(pages, preds, strict=True)]
-            rec = file_record(path, model_id, page_recs, time.perf_counter() - t0)
-            write_side_outputs(rec, output_name(path, root), txt_dir, md_dir)
+        def finish(f: _File) -> None:
+            f.resolved = True
+            page_recs = [page_record(pg.page, pr) for pg, pr in zip(f.pages, f.preds, strict=True)]
+            rec = file_record(f.path, model_id, page_recs, f.seconds, options)
+            write_side_outputs(rec, output_name(f.path, root), txt_dir, md_dir)
             summary.ok += 1
-            summary.pages += len(pages)
+            summary.pages += len(f.pages)
             write(rec)
 
-        def flush() -> None:
-            if not pending:
-                return
-            images = [pg.image for _, pages, _ in pending for pg in pages]
+        def read(images: list[Any]) -> tuple[list[Prediction], float]:
+            t0 = time.perf_counter()
+            preds = []
+            for i in range(0, len(images), batch_pages):
+                preds.extend(recognize(images[i : i + batch_pages]))
+            return preds, time.perf_counter() - t0
+
+        def isolate(f: _File) -> None:  # after a failed batch: this file alone, so it fails only itself
             try:
-                preds = []
-                for i in range(0, len(images), batch_pages):
-                    preds.extend(recognize(images[i : i + batch_pages]))
-            except Exception:
-                preds = None
-            if preds is not None:
-                k = 0
-                for path, pages, t0 in pending:
-                    finish(path, pages, preds[k : k + len(pages)], t0)
-                    k += len(pages)
-            else:  # isolate: file by file
-                for path, pages, t0 in pending:
-                    try:
-                        file_preds = []
-                        for i in range(0, len(pages), batch_pages):
-                            file_preds.extend(recognize([pg.image for pg in pages[i : i + batch_pages]]))
-                        finish(path, pages, file_preds, t0)
-                    except Exception as exc:
-                        fail(path, f"model error: {type(exc).__name__}: {exc}")
+                f.preds, seconds = read([pg.image for pg in f.pages])
+                f.seconds += seconds
+                finish(f)
+            except Exception as exc:
+                f.resolved = True
+                fail(f.path, f"model error: {type(exc).__name__}: {exc}")
+
+        def flush() -> None:
+            entries = [(f, pg) for f in pending for pg in f.pages]
+            i = 0
+            while i < len(entries):
+                chunk: list[tuple[_File, PageInput]] = []
+                while i < len(entries) and len(chunk) < batch_pages:
+                    if not entries[i][0].resolved:  # a file isolated after a failed batch is done
+                        chunk.append(entries[i])
+                    i += 1
+                if not chunk:
+                    break
+                try:
+                    preds, seconds = read([pg.image for _, pg in chunk])
+                except Exception:
+                    for f in dict.fromkeys(f for f, _ in chunk):
+                        if not f.resolved:
+                            isolate(f)
+                    continue
+                for (f, _), pred in zip(chunk, preds, strict=True):
+                    f.preds.append(pred)
+                    f.seconds += seconds / len(chunk)
+                    if len(f.preds) == len(f.pages):
+                        finish(f)  # written now, not at the end of the batch
             pending.clear()
 
-        for path, pages, decode_s in decode_ahead(todo, limits):
-            if isinstance(pages, str):
-                fail(path, pages)
-                continue
-            # a file's seconds = its decoding + from then until its record is written (as when decoded inline)
-            pending.append((path, pages, time.perf_counter() - decode_s))
-            if sum(len(p) for _, p, _ in pending) >= batch_pages:
-                flush()
-        flush()
+        try:
+            for path, pages, decode_s in decode_ahead(todo, limits):
+                if isinstance(pages, str):
+                    fail(path, pages)
+                    continue
+                pending.append(_File(path, pages, decode_s))
+                if sum(len(f.pages) for f in pending) >= batch_pages:
+                    flush()
+            flush()
+        except KeyboardInterrupt:
+            summary.interrupted = True
     summary.seconds = time.perf_counter() - t_start
     return summary
 

@@ -27,6 +27,7 @@ from deepsynth.inference.batch_files import (
     output_name,
     output_root,
     page_record,
+    run_options,
     write_side_outputs,
 )
 from deepsynth.inference.inputs import InputError
@@ -110,7 +111,7 @@ class OCRWorker:
         return pa.Table.from_pylist(out, schema=RESULT_SCHEMA)
 
 
-def assemble_file(model_id: str) -> Callable[[list[dict[str, Any]]], tuple[dict[str, Any], str | None]]:
+def assemble_file(model_id: str, options: dict[str, Any]) -> Callable[[list[dict[str, Any]]], tuple[dict[str, Any], str | None]]:
     """The driver's record builder: a file's page results → the same record ``deepsynth ocr`` writes."""
 
     def assemble(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
@@ -118,9 +119,9 @@ def assemble_file(model_id: str) -> Callable[[list[dict[str, Any]]], tuple[dict[
         results = [json.loads(r["result"]) for r in rows]
         failed = next((res for res in results if "error" in res), None)
         if failed is not None:
-            return error_record(path, model_id, failed["error"]), failed["kind"]
+            return error_record(path, model_id, failed["error"], options), failed["kind"]
         seconds = sum(res["seconds"] for res in results)
-        return file_record(path, model_id, [res["page"] for res in results], seconds), None
+        return file_record(path, model_id, [res["page"] for res in results], seconds, options), None
 
     return assemble
 
@@ -164,7 +165,7 @@ def ocr_on_ray(
         shard_tables(({"path": str(p)} for p in files), opts.shard_size, FILE_SCHEMA), store, decode=decode_files, decode_kwargs={"limits": asdict(limits)},
         worker=OCRWorker, worker_kwargs={"spec": spec, "engine_kwargs": engine_kwargs or {},
                                          "generation": generation.to_dict()},
-        assemble=assemble_file(spec), opts=opts, on_shard=side_outputs, progress=progress,
+        assemble=assemble_file(spec, run_options(generation, limits)), opts=opts, on_shard=side_outputs, progress=progress,
     )  # fmt: skip
     store.merge(out)
     stats.dashboard = dashboard
