@@ -102,8 +102,8 @@ def test_bad_input_gives_one_line_error_naming_the_run(runs, tmp_path):
     relabeled = _run(tmp_path, "relabeled", lambda i, r: r, refs=[r.upper() for r in REFS])
     cases = [
         (["leaderboard", str(runs["near"]), str(bare), "-o", str(tmp_path / "x")], f"{bare}: no metrics.json"),
-        (["leaderboard", str(runs["near"]), "-o", str(tmp_path / "x"), "--by", "doc_type"],
-         f"{runs['near']}: unknown group key 'doc_type'"),
+        (["leaderboard", str(runs["near"]), "-o", str(tmp_path / "x"), "--by", "box"],
+         f"{runs['near']}: unknown group key 'box'"),
         (["leaderboard", str(runs["near"]), str(relabeled), "-o", str(tmp_path / "x")],
          "other references than in"),
         (["leaderboard", str(runs["near"]), "-o", str(tmp_path / "x"), "--metric", "speed"], "unknown metric"),
@@ -128,6 +128,7 @@ def test_drift_fails_only_on_a_significant_worsening_beyond_the_threshold(runs, 
         ("all", None),
         ("dataset", "beta"),
         ("subset", "book1"),
+        ("doc_type", "book1"),  # a sample's doc_type defaults to its subset
         ("language", "en"),
         ("level", "line"),
     }
@@ -184,5 +185,5 @@ def test_quality_baseline_counts_signals_per_doc_type_like_the_server(tmp_path):
     rules = baseline_rules(base, "gen-model")
     assert "vector(0.5)" in rules and "doc_type: book1" in rules and "signal: mean_confidence" not in rules
     assert set(quality_baseline(tmp_path / "gen")) == {"unknown"}
-    with pytest.raises(RunDirError, match="unknown group key 'doc_type'"):
-        quality_baseline(tmp_path / "gen", doc_type_key="doc_type")
+    with pytest.raises(RunDirError, match="unknown group key 'box'"):
+        quality_baseline(tmp_path / "gen", doc_type_key="box")

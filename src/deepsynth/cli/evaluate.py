@@ -374,7 +374,7 @@ def drift(
 
     try:
         result = check_drift(
-            baseline, new, max_increase=max_increase, by=by or ["dataset", "subset", "language", "level"],
+            baseline, new, max_increase=max_increase, by=by or None,
             metric=metric, normalize=normalize, n_resamples=resamples,
         )  # fmt: skip
     except (RunDirError, ValueError) as exc:

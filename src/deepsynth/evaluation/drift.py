@@ -19,6 +19,7 @@ from deepsynth.evaluation.runs import (
     common_profile,
     load_runs,
     paired_delta,
+    present_group_keys,
     score,
     select,
 )
@@ -29,7 +30,7 @@ def check_drift(
     new: str | Path,
     *,
     max_increase: float = 0.5,
-    by: Sequence[str] = ("dataset", "subset", "language", "level"),
+    by: Sequence[str] | None = None,
     metric: str = "cer",
     normalize: str | None = None,
     n_resamples: int = 1000,
@@ -38,6 +39,7 @@ def check_drift(
     """Per-group paired comparison NEW - BASELINE; ``result["failed"]`` lists the groups beyond the threshold.
 
     ``max_increase`` is in percentage points of ``metric`` (for ``exact_match``, a decrease is the worsening).
+    ``by`` defaults to every group key both runs' samples carry (dataset, language, subset, doc_type, level).
     Raises RunDirError (one line naming the run) for runs without metrics, on other datasets, or group keys
     their samples do not have.
     """
@@ -52,6 +54,7 @@ def check_drift(
     shared = base.records.keys() & cand.records.keys()
     if not shared:
         raise RunDirError(f"{cand.path}: shares no scored sample id with the baseline {base.path}")
+    by = present_group_keys([base, cand]) if by is None else by
     check_group_keys([base, cand], by)
     profile = common_profile([base, cand], normalize)
     sign = 1 if LOWER_IS_BETTER[metric] else -1

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from deepsynth.evaluation.harness import METRICS, RunDirError, load_run, score_records
+from deepsynth.evaluation.metrics import GROUP_KEYS as METRIC_GROUPS
 from deepsynth.evaluation.metrics import rate_columns
 
-GROUP_KEYS = ("dataset", "language", "subset", "doc_type", "level")
+GROUP_KEYS = ("dataset", *METRIC_GROUPS, "level")  # record fields a run can be split by
 LOWER_IS_BETTER = {"cer": True, "wer": True, "ned": True, "exact_match": False, "repetition_rate": True,
                    "truncation_rate": True, "mean_sample_cer_clipped": True}  # fmt: skip
 
@@ -86,6 +87,11 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[Run]:
     for r in runs:
         r.label = r.engine if seen.count(r.engine) == 1 else f"{r.engine} ({r.path.name})"
     return runs
+
+
+def present_group_keys(runs: Sequence[Run]) -> list[str]:
+    """The GROUP_KEYS every run's samples carry (runs written before a key existed lack it)."""
+    return [k for k in GROUP_KEYS if all(any(k in r for r in run.records.values()) for run in runs)]
 
 
 def check_group_keys(runs: Iterable[Run], keys: Sequence[str]) -> None:
