@@ -15,7 +15,7 @@ from deepsynth.cli.main import app
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 GROUPS = {
-    "bench": {"compression"},
+    "bench": {"compression", "learning-curve"},
     "data": {"prepare", "stats", "synth"},
     "eval": {"compare", "leaderboard", "drift", "quality-baseline"},
 }

@@ -96,8 +96,7 @@ class CTCTokens:
         return len(text.strip())
 
     def vision_tokens(self, image: Image.Image, generation: GenerationConfig | None = None) -> int:
-        from deepsynth.models.ppocr.adapter import frames_for_width
-        from deepsynth.models.ppocr.preprocess import batch_width
+        from deepsynth.models.ppocr.preprocess import batch_width, frames_for_width
 
         return frames_for_width(batch_width([image.size]))
 
