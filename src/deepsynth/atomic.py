@@ -96,3 +96,16 @@ def clean_stale(parent: str | Path, name: str | None = None) -> list[Path]:
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
     return removed
+
+
+def write_file(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` so that ``path`` holds the old or the new content, never a torn file (fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path

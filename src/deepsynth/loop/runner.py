@@ -1,0 +1,259 @@
+"""One pass of the loop (``run_once``): scan the inbox → per-type accounting → decide → train → gate →
+register → promote. Each run is a record in ``WORKDIR/runs/RUN_ID/record.json`` whose ``stage`` advances
+started → trained → gated → registered → done, saved after every step: a killed pass resumes the run where it
+stopped (training from its last checkpoint), and the champion alias only moves in the last step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepsynth.data import DataReport, Sample, SampleFilter, open_sources
+from deepsynth.loop import gate as gates
+from deepsynth.loop import trigger as triggers
+from deepsynth.loop.config import LoopConfig
+from deepsynth.loop.inbox import InboxScan, good_sources, scan
+from deepsynth.loop.registry import CHAMPION, ModelRegistry
+from deepsynth.loop.state import LoopState, doc_type, load_state, save_state, write_json_atomic
+
+RECORD = "record.json"
+STAGES = ("started", "trained", "gated", "registered", "done")
+
+
+@dataclass
+class PassReport:
+    """What one pass did: the inbox scan, the trigger decisions and the records of the runs it finished."""
+
+    scan: InboxScan
+    decisions: list[triggers.Decision]
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def registry_for(cfg: LoopConfig) -> ModelRegistry:
+    return ModelRegistry(cfg.registry_uri, Path(cfg.workdir) / "mlartifacts")
+
+
+def run_dir(cfg: LoopConfig, run_id: str) -> Path:
+    return Path(cfg.workdir) / "runs" / run_id
+
+
+def load_record(cfg: LoopConfig, run_id: str) -> dict[str, Any]:
+    import json
+
+    return json.loads((run_dir(cfg, run_id) / RECORD).read_text(encoding="utf-8"))
+
+
+def _save(cfg: LoopConfig, record: dict[str, Any]) -> None:
+    write_json_atomic(run_dir(cfg, record["run_id"]) / RECORD, record)
+
+
+def run_once(cfg: LoopConfig, *, now: float | None = None, log: Callable[[str], None] = print) -> PassReport:
+    """One pass; safe to repeat (cron): a run left unfinished by a killed pass is finished first."""
+    workdir = Path(cfg.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = load_state(workdir)
+    registry = registry_for(cfg)
+    finished = []
+    if state.pending is not None:
+        log(f"resuming run {state.pending}")
+        finished.append(_execute(cfg, state, registry, load_record(cfg, state.pending), log))
+    h = cfg.holdout
+    found = scan(cfg.inbox, state, h.key, h.fraction, h.seed)
+    save_state(workdir, state)
+    for name, counts in found.read.items():
+        log(f"inbox: {name}: " + ", ".join(f"{t} +{n}" for t, n in sorted(counts.items())))
+    for name, reason in found.bad.items():
+        log(f"inbox: {name}: skipped ({reason})")
+    now = time.time() if now is None else now
+    decisions = triggers.decide(state, cfg.trigger, now)
+    firing = [d.doc_type for d in decisions if d.fire]
+    groups = [firing] if cfg.trigger.mode == "shared" and firing else [[t] for t in firing]
+    for types in groups:
+        record = _start(cfg, state, types, now)
+        log(f"run {record['run_id']}: {', '.join(types)} ({cfg.trigger.mode})")
+        finished.append(_execute(cfg, state, registry, record, log))
+    return PassReport(found, decisions, finished)
+
+
+def _start(cfg: LoopConfig, state: LoopState, types: list[str], now: float) -> dict[str, Any]:
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"-{'+'.join(types)}"[:60]
+    trained_on = sorted(state.types) if cfg.trigger.mode == "shared" else types
+    record = {
+        "run_id": run_id, "created": now, "mode": cfg.trigger.mode, "types": types, "trained_on": trained_on,
+        "model_name": cfg.model_name(None if cfg.trigger.mode == "shared" else types[0]),
+        "labelled_at_start": {t: state.types[t].labelled for t in trained_on}, "stage": "started",
+    }  # fmt: skip
+    _save(cfg, record)
+    state.pending = run_id
+    save_state(cfg.workdir, state)
+    return record
+
+
+def _execute(cfg: LoopConfig, state: LoopState, registry: ModelRegistry, record: dict[str, Any],
+             log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    """Advance ``record`` through the remaining stages, saving it after each one."""
+    name = record["model_name"]
+    if record["stage"] == "started":
+        record["train"] = _train(cfg, state, registry, record)
+        record["stage"] = "trained"
+        _save(cfg, record)
+        log(f"trained: {record['train']['n_train']} samples, {record['train']['steps']} steps")
+    if record["stage"] == "trained":
+        record["gate"] = _gate(cfg, state, registry, record)
+        record["stage"] = "gated"
+        _save(cfg, record)
+        for reason in record["gate"]["reasons"]:
+            log(f"gate: {reason}")
+    if record["stage"] == "gated":
+        metrics = {f"holdout_cer.{r['doc_type']}": r["cer_candidate"] for r in record["gate"]["results"]}
+        version = registry.register(
+            name, record["train"]["model_dir"], run_id=record["run_id"],
+            metrics={**metrics, "train_steps": record["train"]["steps"], "train_samples": record["train"]["n_train"]},
+            params={"types": ",".join(record["types"]), "mode": record["mode"], "start": record["train"]["start"]},
+            files={"config.json": record["train"]["config"], "data.json": record["train"]["data"],
+                   "gate.json": record["gate"]},
+        )  # fmt: skip
+        registry.set_challenger(name, version)
+        record.update(version=version, stage="registered")
+        _save(cfg, record)
+    if record["stage"] == "registered":
+        if record["gate"]["promote"]:
+            registry.promote(name, record["version"])
+        record["decision"] = "promoted" if record["gate"]["promote"] else "rejected"
+        record["champion_after"] = registry.version_by_alias(name, CHAMPION)
+        record["stage"] = "done"
+        _save(cfg, record)
+        log(f"{name} v{record['version']}: {record['decision']} (champion: v{record['champion_after']})")
+    for t in record["trained_on"]:
+        ts = state.type(t)
+        ts.labelled_at_last_run = max(ts.labelled_at_last_run, record["labelled_at_start"][t])
+        ts.last_run_id, ts.last_run_at = record["run_id"], record["created"]
+    if record["run_id"] not in state.runs:
+        state.runs.append(record["run_id"])
+    state.pending = None
+    save_state(cfg.workdir, state)
+    return record
+
+
+def labelled(
+    cfg: LoopConfig, state: LoopState, types: list[str], *, holdout: bool
+) -> dict[str, list[Sample]]:
+    """Per type, the inbox samples on the holdout side (``holdout=True``) or the training side."""
+    out: dict[str, list[Sample]] = {t: [] for t in types}
+    specs = good_sources(cfg.inbox, state)
+    if not specs:
+        return out
+    for s in open_sources(specs, report=DataReport()):
+        t = doc_type(s)
+        if t in out and state.types[t].samples.get(s.id) is holdout:
+            out[t].append(s)
+    return out
+
+
+def _start_model(cfg: LoopConfig, registry: ModelRegistry, name: str, dst: Path) -> tuple[str, str | None]:
+    """(description, model directory or None for the recipe's model) to start training / compare from."""
+    version = registry.version_by_alias(name, CHAMPION)
+    if version is None:
+        return "base", None
+    return f"{name} v{version}", str(registry.download(name, version, dst / f"v{version}"))
+
+
+def _recipe(cfg: LoopConfig, *extra: str) -> Any:
+    """The training recipe with the loop's ``overrides`` and ``extra`` key=value applied."""
+    from deepsynth.config import load_config
+    from deepsynth.training.config import TrainConfig
+
+    return load_config(TrainConfig, cfg.recipe, [*cfg.overrides, *extra])
+
+
+def _train(
+    cfg: LoopConfig, state: LoopState, registry: ModelRegistry, record: dict[str, Any]
+) -> dict[str, Any]:
+    """Fine-tune with ``deepsynth.training.train`` (the function ``deepsynth train`` calls) on the training side
+    of the types' data; the recipe's split of that side gives the validation samples. Holdout never enters."""
+    from deepsynth.config import to_dict
+    from deepsynth.training import checkpoint
+    from deepsynth.training.data import fingerprint
+    from deepsynth.training.trainer import train
+
+    rdir = run_dir(cfg, record["run_id"])
+    start, model_dir = _start_model(cfg, registry, record["model_name"], rdir / "start")
+    out = rdir / "train"
+    tcfg = _recipe(cfg, f"output_dir={out}", *([f"model.path={model_dir}"] if model_dir else []))
+    tcfg.resume = bool(checkpoint.list_checkpoints(out / "checkpoints"))  # a killed run continues
+    pool = [s for group in labelled(cfg, state, record["trained_on"], holdout=False).values() for s in group]
+    d = tcfg.data
+    val_filter = SampleFilter(
+        split="val", split_key=d.split_key, split_ratios=d.split_ratios, seed=d.split_seed
+    )
+    val = [s for s in pool if val_filter.accepts(s)][: d.eval_limit]
+    val_ids = {s.id for s in val}
+    train_samples = [s for s in pool if s.id not in val_ids]
+    result = train(tcfg, train_samples=train_samples, eval_samples=val)
+    model = result.best_dir or result.final_dir
+    if model is None:
+        raise RuntimeError(f"training in {rdir / 'train'} saved no model (stopped: {result.stopped})")
+    return {"start": start, "model_dir": model, "steps": result.steps, "n_train": len(train_samples),
+            "n_val": len(val), "config": to_dict(tcfg),
+            "data": {"train": fingerprint(train_samples), "val": fingerprint(val)}}  # fmt: skip
+
+
+def _engine(cfg: LoopConfig, model_dir: str | None) -> Any:
+    from deepsynth.models.registry import load_engine
+
+    m = _recipe(cfg).model
+    spec = model_dir or (f"{m.family}:{m.path}" if m.path else m.family)
+    return load_engine(spec, **dict(m.options))
+
+
+def _gate(
+    cfg: LoopConfig, state: LoopState, registry: ModelRegistry, record: dict[str, Any]
+) -> dict[str, Any]:
+    """Candidate and champion (or the base model) on every type's holdout; the decision and its numbers."""
+    rdir = run_dir(cfg, record["run_id"])
+    holdouts = labelled(cfg, state, sorted(state.types), holdout=True)
+    holdouts = {t: sorted(v, key=lambda s: s.id)[: cfg.holdout.max_eval] for t, v in holdouts.items() if v}
+    champion, champion_dir = _start_model(cfg, registry, record["model_name"], rdir / "start")
+    gates.score_holdout(_engine(cfg, champion_dir), holdouts, rdir / "gate" / "champion", cfg.gate)
+    gates.score_holdout(
+        _engine(cfg, record["train"]["model_dir"]), holdouts, rdir / "gate" / "candidate", cfg.gate
+    )
+    results = gates.compare(rdir / "gate" / "champion", rdir / "gate" / "candidate", list(holdouts), cfg.gate)
+    promote, reasons = gates.decide(results, record["types"], cfg.gate)
+    return {
+        "champion": champion,
+        "results": [asdict(r) for r in results],
+        "promote": promote,
+        "reasons": reasons,
+    }
+
+
+def status(cfg: LoopConfig, *, now: float | None = None) -> list[dict[str, Any]]:
+    """Per type: labelled, new since the last run, holdout size, champion version and its holdout CER, and
+    whether the trigger would fire (and why not). Reads the state; the inbox is not scanned."""
+    state = load_state(cfg.workdir)
+    registry = registry_for(cfg)
+    decisions = {
+        d.doc_type: d for d in triggers.decide(state, cfg.trigger, time.time() if now is None else now)
+    }
+    rows = []
+    for t, ts in sorted(state.types.items()):
+        name = cfg.model_name(t)
+        version = registry.version_by_alias(name, CHAMPION)
+        cer = registry.version_info(name, version)["metrics"].get(f"holdout_cer.{t}") if version else None
+        rows.append({"doc_type": t, "labelled": ts.labelled, "new_since_last_run": ts.new_since_last_run,
+                     "holdout": ts.holdout_size, "model": name, "champion": version, "champion_holdout_cer": cer,
+                     "would_fire": decisions[t].fire, "reason": decisions[t].reason,
+                     "pending_run": state.pending})  # fmt: skip
+    return rows
+
+
+def history(cfg: LoopConfig) -> list[dict[str, Any]]:
+    """Every run record, oldest first (the unfinished one last, with its stage)."""
+    state = load_state(cfg.workdir)
+    ids = [*state.runs, *([state.pending] if state.pending and state.pending not in state.runs else [])]
+    return [load_record(cfg, i) for i in ids]

@@ -1,0 +1,180 @@
+"""The loop's parts on their own: holdout decided once, trigger reasons, gate rule, inbox errors, MLflow registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deepsynth.config import ConfigError
+from deepsynth.data import Sample, SampleFilter, open_sources
+from deepsynth.loop import gate, trigger
+from deepsynth.loop.config import GateSettings, LoopConfig, TriggerSettings, load_loop_config
+from deepsynth.loop.inbox import deliver, scan
+from deepsynth.loop.registry import CHAMPION, ModelRegistry, RegistryError
+from deepsynth.loop.state import LoopState, is_holdout, load_state, save_state
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "loop" / "loop.yaml"
+
+
+def _line(i: int, page: int, doc_type: str = "receipts") -> Sample:
+    return Sample(
+        f"{doc_type}-{page}-{i}", "text", meta={"doc_type": doc_type, "page_id": f"{doc_type}-p{page}"}
+    )
+
+
+def test_holdout_is_per_page_decided_once_and_never_recomputed(tmp_path):
+    state = LoopState()
+    for page in range(200):
+        for i in range(3):
+            state.add_sample(_line(i, page), "page_id", 0.15, seed=0)
+    t = state.types["receipts"]
+    assert t.labelled == 600 and len(t.holdout_groups) == 200
+    share = sum(t.holdout_groups.values()) / 200
+    assert 0.08 < share < 0.22  # ~15% of the pages
+    for page in range(200):  # a page and its lines are on one side
+        assert len({t.samples[f"receipts-{page}-{i}"] for i in range(3)}) == 1
+    save_state(tmp_path, state)
+    again = load_state(tmp_path)
+    # a later config with another seed/fraction must not move pages already seen
+    for page in range(200):
+        again.add_sample(_line(9, page), "page_id", 0.9, seed=123)
+    assert {p: v for p, v in again.types["receipts"].holdout_groups.items()} == t.holdout_groups
+    assert again.types["receipts"].samples["receipts-7-9"] == t.holdout_groups["receipts-p7"]
+    assert again.add_sample(_line(0, 0), "page_id", 0.15, 0) == t.samples["receipts-0-0"]  # counted once
+    assert again.types["receipts"].labelled == 800
+    assert is_holdout("receipts", "receipts-p1", 0.15, 0) == t.holdout_groups["receipts-p1"]
+
+
+def test_trigger_threshold_interval_and_mix():
+    state = LoopState()
+    for i in range(60):
+        state.add_sample(_line(i, i, "receipts"), "page_id", 0.15, 0)
+    for i in range(10):
+        state.add_sample(_line(i, i, "invoices"), "page_id", 0.15, 0)
+    cfg = TriggerSettings(min_new=50, min_interval_minutes=60)
+    d = {x.doc_type: x for x in trigger.decide(state, cfg, now=10_000)}
+    assert d["receipts"].fire and not d["invoices"].fire
+    assert d["invoices"].reason == "10 new labelled < min_new 50"
+    state.types["receipts"].last_run_at = 10_000 - 600
+    d = {x.doc_type: x for x in trigger.decide(state, cfg, now=10_000)}
+    assert not d["receipts"].fire and "10 min ago" in d["receipts"].reason
+    mix = TriggerSettings(min_new=50, min_interval_minutes=0, target_mix={"receipts": 0.5, "invoices": 0.5})
+    d = {x.doc_type: x for x in trigger.decide(state, mix, now=10_000)}
+    assert (
+        not d["receipts"].fire and "invoices is 14% of the labelled data, target 50%" in d["receipts"].reason
+    )
+    ok = TriggerSettings(min_new=50, min_interval_minutes=0, target_mix={"receipts": 0.8, "invoices": 0.2})
+    assert {x.doc_type for x in trigger.decide(state, ok, now=10_000) if x.fire} == {"receipts"}
+    with pytest.raises(ConfigError, match="sum to 1"):
+        TriggerSettings(target_mix={"a": 0.5})
+    with pytest.raises(ConfigError, match="mode"):
+        TriggerSettings(mode="both")
+
+
+def test_gate_rule():
+    g = GateSettings(tolerance_cer_points=0.5)
+    better = gate.TypeResult("a", 50, 0.10, 0.05, -0.05, -0.07, -0.03)
+    flat = gate.TypeResult("b", 50, 0.10, 0.101, 0.001, -0.002, 0.004)
+    worse = gate.TypeResult("b", 50, 0.10, 0.12, 0.02, 0.01, 0.03)
+    assert gate.decide([better, flat], ["a"], g)[0]
+    ok, reasons = gate.decide([better, worse], ["a"], g)
+    assert not ok and any("b: worse beyond tolerance" in r and "+3.00 > +0.5" in r for r in reasons)
+    ok, reasons = gate.decide([flat], ["b"], g)
+    assert not ok and "does not exclude 0" in reasons[0]
+    assert not gate.decide([better], ["c"], g)[0]  # triggering type without a holdout
+
+
+def test_inbox_reports_bad_entries_and_counts_new_ones_once(shared_data, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    fraktur = list(open_sources([str(shared_data / "gt4histocr_dta19_lines")], filter=SampleFilter(limit=5)))
+    deliver(inbox, "01-fraktur", fraktur, "parquet")
+    (inbox / "02-notes.txt").write_text("not a dataset")
+    broken = inbox / "03-broken"
+    broken.mkdir()
+    (broken / "manifest.jsonl").write_text("{not json\n")
+    (inbox / "04-upload.part").write_text("still arriving")
+    state = LoopState()
+    found = scan(inbox, state, "page_id", 0.15, 0)
+    assert set(found.read) == {"01-fraktur"} and sum(found.read["01-fraktur"].values()) == 5
+    assert set(found.bad) == {"02-notes.txt", "03-broken"}
+    assert (
+        "invalid_json" in found.bad["03-broken"] and "unknown source file type" in found.bad["02-notes.txt"]
+    )
+    assert scan(inbox, state, "page_id", 0.15, 0).read == {}  # unchanged entries are not read twice
+    assert sum(t.labelled for t in state.types.values()) == 5
+
+
+def test_registry_versions_aliases_promote_rollback(tmp_path):
+    reg = ModelRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"v")
+    kw = {"metrics": {"holdout_cer.a": 0.1}, "params": {"types": "a"}, "files": {"config.json": {"lr": 1}}}
+    v1 = reg.register("m-a", model, run_id="r1", **kw)
+    assert reg.register("m-a", model, run_id="r1", **kw) == v1  # a resumed run does not register twice
+    v2 = reg.register("m-a", model, run_id="r2", **kw)
+    assert (v1, v2) == ("1", "2") and reg.version_by_alias("m-a", CHAMPION) is None
+    reg.promote("m-a", v1)
+    reg.promote("m-a", v2)
+    reg.promote("m-a", v2)
+    assert reg.version_by_alias("m-a", CHAMPION) == "2" and reg.history("m-a") == ["1", "2"]
+    info = reg.version_info("m-a", "2")
+    assert (
+        info["metrics"]["holdout_cer.a"] == pytest.approx(0.1) and info["tags"]["deepsynth.loop_run"] == "r2"
+    )
+    assert (reg.download("m-a", "2", tmp_path / "dl") / "weights.bin").read_bytes() == b"v"
+    assert reg.rollback("m-a") == "1" and reg.version_by_alias("m-a", CHAMPION) == "1"
+    with pytest.raises(RegistryError, match="no earlier champion"):
+        reg.rollback("m-a")
+    with pytest.raises(RegistryError, match="no version '9'"):
+        reg.promote("m-a", "9")
+
+
+def test_cli_promote_and_rollback(tmp_path):
+    from typer.testing import CliRunner
+
+    from deepsynth.cli.main import app
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    reg = ModelRegistry(uri, tmp_path / "artifacts")
+    (tmp_path / "m").mkdir()
+    for run in ("r1", "r2"):
+        reg.register("m", tmp_path / "m", run_id=run, metrics={}, params={}, files={})
+    runner = CliRunner()
+    for version in ("1", "2"):
+        res = runner.invoke(app, ["loop", "promote", "m", version, "--tracking-uri", uri])
+        assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["loop", "rollback", "m", "--tracking-uri", uri])
+    assert res.exit_code == 0 and "champion -> v1" in res.output
+    assert reg.version_by_alias("m", CHAMPION) == "1"
+    res = runner.invoke(app, ["loop", "promote", "m", "7", "--tracking-uri", uri])
+    assert res.exit_code == 2 and "no version '7'" in res.output
+
+
+def test_example_config_is_the_documented_default():
+    cfg = load_loop_config(EXAMPLE)
+    assert cfg.trigger.min_new == 50 and cfg.trigger.mode == "specialise"
+    assert cfg.trigger.target_mix == {"receipts": 0.4, "invoices": 0.3, "contracts": 0.3}
+    assert cfg.trigger.mix_tolerance == 0.1 and cfg.gate.tolerance_cer_points == 0.5
+    assert LoopConfig().model_name("hand written") == "deepsynth-ocr-hand_written"
+    with pytest.raises(ConfigError, match="trigger.min_new"):
+        load_loop_config(EXAMPLE, ["trigger.min_new=0"])
+
+
+def test_lower_layers_never_import_the_loop():
+    import ast
+
+    import deepsynth
+
+    root = Path(deepsynth.__file__).parent
+    bad = []
+    for layer in ("data", "models", "training", "evaluation", "inference", "observability", "scale"):
+        for path in root.glob(f"{layer}/**/*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    mods = [node.module]
+                bad += [f"{path.relative_to(root)}: {m}" for m in mods if m.startswith("deepsynth.loop")]
+    assert not bad
