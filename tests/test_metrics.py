@@ -7,6 +7,7 @@ import unicodedata
 
 import jiwer
 import pytest
+from PIL import Image
 
 from deepsynth.evaluation.metrics import (
     OCRMetrics,
@@ -156,10 +157,36 @@ def test_repetition_detection():
     assert has_repetition(loop)
     assert has_repetition("ab" * 40)  # no spaces: character n-grams
     assert not has_repetition("a perfectly ordinary line of printed text with no loops at all")
-    # repetition present in the reference too (dot leaders) is not a decoding failure
-    leaders = "Contents " + ". " * 30 + "5"
-    assert not has_repetition(leaders, leaders)
-    assert has_repetition(leaders, "Contents 5")
+    # repetition present in the reference too (a quoted refrain) is not a decoding failure
+    assert not has_repetition(loop, loop)
+    # dot leaders, rules and form blanks are content, spaced or not, with or without a reference
+    for leaders in ("Contents " + ". " * 30 + "5", "Total " + "." * 40, "Name " + "_" * 60, "-" * 80):
+        assert not has_repetition(leaders), leaders
+        assert not has_repetition(leaders, "Contents 5"), leaders
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["the end " * 12, "ab" * 40, "Total " + "." * 40, "Contents " + ". " * 30 + "5", "Total due: 42 EUR " * 40,
+     "a perfectly ordinary line of printed text", "Total due: 42 EUR" + " ." * 50],
+)  # fmt: skip
+def test_report_and_server_agree_on_repetition(text):
+    """The report's repetition flag (OCRMetrics) and the server's guard (OCRService) are one detector."""
+    from deepsynth.inference.service import OCRService
+    from deepsynth.models.base import Prediction
+
+    class Fixed:
+        name = "fixed"
+
+        def recognize(self, images, generation=None):
+            return [Prediction(text=text, finished=True) for _ in images]
+
+    from deepsynth.observability import Observability
+
+    service = OCRService(Fixed(), trim_repetition=False, obs=Observability("test", metrics=False))
+    (pred,) = service.recognize([Image.new("RGB", (8, 8))])
+    report = OCRMetrics().update("a reference without loops", text)["repetition"]
+    assert pred.meta["repetition"] == report
 
 
 def test_char_edit_pairs_positions_and_kinds():

@@ -189,6 +189,25 @@ def score_records(
     return metrics.summary(bootstrap=bootstrap), metrics
 
 
+def score_samples(
+    engine: OCREngine,
+    samples: Iterable[Sample],
+    *,
+    normalize: str = "none",
+    batch_size: int = 8,
+    generation: GenerationConfig | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(summary, records) of ``engine`` on ``samples`` in memory (the trainer's periodic evaluation): the same
+    batches and per-image error isolation as :func:`evaluate_engine`, no run directory, no bootstrap."""
+    records: list[dict[str, Any]] = []
+    for batch in _batches(samples, batch_size):
+        records += recognize_records(engine, batch, generation)
+        for s in batch:
+            s.release()
+    summary, _ = score_records(records, normalize, bootstrap=0)
+    return summary, records
+
+
 def evaluate_engine(
     engine: OCREngine,
     samples: Iterable[Sample],

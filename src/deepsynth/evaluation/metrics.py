@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
+from deepsynth.models.repetition import has_repetition
+
 _MULTI_WS = re.compile(r"\s\s+")
 _distance = Levenshtein.distance
 
@@ -126,28 +128,6 @@ def ned(ref: str, hyp: str) -> float:
 def exact_match(ref: str, hyp: str) -> bool:
     """Whole-line match after stripping outer whitespace."""
     return ref.strip() == hyp.strip()
-
-
-def repetition_count(text: str, n: int = 8) -> int:
-    """Occurrences of the most frequent n-gram. Words are the units; a text without spaces uses characters."""
-    units: Sequence[str] = text.split()
-    if len(units) < 2:
-        units = text.strip()
-    if len(units) < n:
-        return 0 if not units else 1
-    grams = Counter(tuple(units[i : i + n]) for i in range(len(units) - n + 1))
-    return max(grams.values())
-
-
-def has_repetition(hyp: str, ref: str | None = None, *, n: int = 8, threshold: int = 4) -> bool:
-    """True when some n-gram of ``hyp`` occurs at least ``threshold`` times (a decoding loop).
-
-    With ``ref`` given, repetition that the reference itself contains (e.g. dot leaders) is not flagged.
-    """
-    count = repetition_count(hyp, n)
-    if count < threshold:
-        return False
-    return ref is None or repetition_count(ref, n) < count
 
 
 def char_edit_pairs(ref: str, hyp: str) -> list[tuple[str, str]]:

@@ -23,8 +23,8 @@ RECORD = "deepsynth:quality_baseline"
 
 
 def _signals(records: list[dict[str, Any]]) -> dict[str, float]:
-    from deepsynth.inference.guard import find_repetition
     from deepsynth.models.generation import GenerationConfig
+    from deepsynth.models.repetition import find_repetition
 
     gen = GenerationConfig()
     conf = [float(r["confidence"]) for r in records if isinstance(r.get("confidence"), int | float)]

@@ -16,51 +16,30 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
-import re
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw
 
 from deepsynth.inference.batcher import AsyncBatcher, QueueFull, Ticket
 from deepsynth.inference.engine import ServingEngine, as_serving_engine
-from deepsynth.inference.guard import find_repetition, retry_generation, trim_tail_loop
+from deepsynth.inference.guard import retry_generation
 from deepsynth.inference.limits import InputGeometry, engine_geometry
 from deepsynth.models.base import OCREngine, Prediction
 from deepsynth.models.generation import GenerationConfig
+from deepsynth.models.registry import ModelLoadError, load_engine
+from deepsynth.models.repetition import find_repetition, trim_tail_loop
 
 if TYPE_CHECKING:
     from deepsynth.observability import Observability
 
 log = logging.getLogger("deepsynth.inference")
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class ModelLoadError(RuntimeError):
-    """A model spec that cannot be loaded; the message says why and what to do."""
-
-
-def _looks_like_hub_id(arg: str) -> bool:
-    return bool(_HUB_ID.match(arg)) and not Path(arg).exists()
-
 
 def load_model(spec: str, **kwargs: Any) -> OCREngine:
-    """Build an engine from a registry spec (``rapidocr``, ``ppocr:runs/x/best``), a saved model directory or
-    ``FAMILY:org/name`` hub id. Hub ids fail offline with a message that says how to get the weights."""
-    from deepsynth.models.registry import available_engines, load_engine
-
-    name, _, arg = spec.partition(":")
-    if name not in available_engines() and _looks_like_hub_id(spec):
-        raise ModelLoadError(
-            f"{spec!r} looks like a Hugging Face hub id without a model family; write it as FAMILY:{spec} "
-            f"(families: {', '.join(available_engines())})"
-        )
-    if name not in available_engines() and not Path(spec).exists() and ":" not in spec and "/" in spec:
-        raise ModelLoadError(f"model path {spec!r} does not exist")
+    """:func:`~deepsynth.models.registry.load_engine` (the one loader, with its friendly errors) where every
+    failure is a :class:`ModelLoadError`, the one type the server, the CLIs and the web demo report."""
     try:
         return load_engine(spec, **kwargs)
     except ModelLoadError:
@@ -68,16 +47,6 @@ def load_model(spec: str, **kwargs: Any) -> OCREngine:
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from exc
     except Exception as exc:
-        if arg and _looks_like_hub_id(arg) and isinstance(exc, FileNotFoundError):
-            raise ModelLoadError(f"could not load {spec!r}: {exc}") from exc
-        if arg and _looks_like_hub_id(arg):
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
-            why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached or the id is wrong"
-            raise ModelLoadError(
-                f"could not load hub model {arg!r} for {name!r} ({why}: {type(exc).__name__}: {exc}). "
-                f"Download it where you have network (`hf download {arg} --local-dir DIR`) and pass "
-                f"{name}:DIR instead."
-            ) from exc
         raise ModelLoadError(f"could not load model {spec!r}: {type(exc).__name__}: {exc}") from exc
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,20 +61,56 @@ def is_tiny_arg(arg: str | None) -> bool:
     return arg in ("tiny", "smoke") or (arg or "").startswith("tiny@")
 
 
+class ModelLoadError(ValueError):
+    """A model spec that cannot be loaded; the message says why and what to do."""
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _looks_like_hub_id(arg: str) -> bool:
+    return bool(_HUB_ID.match(arg)) and not Path(arg).exists()
+
+
 def load_engine(spec: str, **kwargs: Any) -> OCREngine:
-    """Build the engine a spec names; unknown names raise a ValueError listing the known ones."""
+    """Build the engine a spec names: the one loader of the CLI, the evaluation harness, the trainer and the
+    server. A spec that names nothing raises :class:`ModelLoadError` saying what to write instead (known
+    families, ``FAMILY:hub-id``, a missing path); a hub model that cannot be fetched (offline) says how to get
+    it. Errors of the family's own loader (bad options, unreadable files) propagate unchanged."""
     name, _, arg = spec.partition(":")
     if name not in ENGINES and Path(spec).is_dir() and (Path(spec) / MODEL_CARD).is_file():
         name, arg = json.loads((Path(spec) / MODEL_CARD).read_text())["family"], spec
     if name not in ENGINES:
-        raise ValueError(
+        if _looks_like_hub_id(spec):
+            raise ModelLoadError(
+                f"{spec!r} looks like a Hugging Face hub id without a model family; write it as "
+                f"FAMILY:{spec} (families: {', '.join(available_engines())})"
+            )
+        if ":" not in spec and "/" in spec and not Path(spec).exists():
+            raise ModelLoadError(f"model path {spec!r} does not exist")
+        raise ModelLoadError(
             f"unknown engine {name!r}; known: {', '.join(available_engines())} "
             f"(or a directory saved by DeepSynth)"
         )
     family = ENGINES[name]
-    if family.adapter and is_tiny_arg(arg):
-        return import_target(TINY_MODELS)(name, arg, **kwargs)
-    return import_target(family.factory)(arg or None, **kwargs)
+    target = TINY_MODELS if family.adapter and is_tiny_arg(arg) else family.factory
+    factory = import_target(target)
+    try:
+        if target == TINY_MODELS:
+            return factory(name, arg, **kwargs)
+        return factory(arg or None, **kwargs)
+    except Exception as exc:
+        if not (arg and _looks_like_hub_id(arg)) or isinstance(exc, ModelLoadError):
+            raise
+        if isinstance(exc, FileNotFoundError):
+            raise ModelLoadError(f"could not load {spec!r}: {exc}") from exc
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached or the id is wrong"
+        raise ModelLoadError(
+            f"could not load hub model {arg!r} for {name!r} ({why}: {type(exc).__name__}: {exc}). "
+            f"Download it where you have network (`hf download {arg} --local-dir DIR`) and pass "
+            f"{name}:DIR instead."
+        ) from exc
 
 
 # Built-in families. Each line points at the module that implements it.

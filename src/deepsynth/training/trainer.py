@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from deepsynth.config import to_dict
-from deepsynth.data import DataReport, Sample, SampleError
+from deepsynth.data import DataReport, Sample
 from deepsynth.models.base import ModelAdapter
 from deepsynth.models.threads import respect_omp_thread_limit
 from deepsynth.training import checkpoint as ckpt
@@ -326,38 +326,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, Any]:
-        """CER/WER of ``adapter.recognize`` on the eval samples (main process; the others wait)."""
+        """CER/WER of ``adapter.recognize`` on the eval samples (main process; the others wait), through the
+        evaluation harness: an unreadable image or a failing sample is reported by id, never ends the run."""
         summary: dict[str, Any] = {}
         if self.is_main and self.eval_samples:
-            from deepsynth.evaluation.metrics import OCRMetrics
+            from deepsynth.evaluation.harness import score_samples
 
             cfg, model = self.cfg, self.adapter.model
             was_training = model.training
             model.eval()
-            metrics = OCRMetrics(normalize=cfg.eval.normalize)
-            examples: list[str] = []
             t0 = time.perf_counter()
             with torch.no_grad(), self.acc.autocast():
-                for i in range(0, len(self.eval_samples), cfg.eval.batch_size):
-                    chunk, images = [], []
-                    for s in self.eval_samples[i : i + cfg.eval.batch_size]:
-                        try:
-                            images.append(s.image)
-                            chunk.append(s)
-                        except SampleError as exc:
-                            self.report.skip(exc.sample_id, exc.reason, exc.source)
-                    if not chunk:
-                        continue
-                    preds = self.adapter.recognize(images, generation=cfg.generation)
-                    for s, p in zip(chunk, preds, strict=True):
-                        metrics.update(
-                            s.text, p.text, language=s.language, subset=s.subset, doc_type=s.doc_type, finished=p.finished,
-                            sample_id=s.id,
-                        )  # fmt: skip
-                        if len(examples) < cfg.eval.num_examples:
-                            examples.append(f"**{s.id}**  \nref: `{s.text}`  \nhyp: `{p.text}`")
-                        s.release()
-            summary = metrics.summary()
+                summary, records = score_samples(
+                    self.adapter, self.eval_samples, normalize=cfg.eval.normalize,
+                    batch_size=cfg.eval.batch_size, generation=cfg.generation,
+                )  # fmt: skip
+            examples: list[str] = []
+            for r in records:
+                if r.get("error") is not None:
+                    if r["id"] not in self._skipped_ids:
+                        self._skipped_ids.add(r["id"])
+                        self.report.skip(r["id"], r["error"], r.get("source"))
+                        log.warning("evaluation skipped sample %s: %s", r["id"], r["error"])
+                elif len(examples) < cfg.eval.num_examples:
+                    examples.append(f"**{r['id']}**  \nref: `{r['ref']}`  \nhyp: `{r['hyp']}`")
             summary["seconds"] = round(time.perf_counter() - t0, 2)
             self.planner.eval_s = summary["seconds"]
             summary["step"] = self.step
