@@ -30,3 +30,20 @@ def test_model_dir_resolved_by_card(tmp_path):
 
 def _echo_factory(arg, **kwargs):
     return ("_echo", arg, kwargs)
+
+
+def test_train_and_eval_get_the_friendly_load_errors(tmp_path):
+    """registry.load_engine is the one loader: the trainer and `deepsynth eval` see the server's messages."""
+    from deepsynth.config import load_config
+    from deepsynth.training.config import TrainConfig
+    from deepsynth.training.runtime import build_adapter
+
+    with pytest.raises(registry.ModelLoadError, match="FAMILY:deepseek-ai/DeepSeek-OCR-2"):
+        registry.load_engine("deepseek-ai/DeepSeek-OCR-2")
+    with pytest.raises(registry.ModelLoadError, match="does not exist"):
+        registry.load_engine("runs/definitely/missing")
+    cfg = load_config(
+        TrainConfig, None, ["model.family=deepseek-ai/DeepSeek-OCR-2", f"output_dir={tmp_path}"]
+    )
+    with pytest.raises(registry.ModelLoadError, match="hub id without a model family"):
+        build_adapter(cfg)
