@@ -22,7 +22,7 @@ import os, subprocess, sys, time
 from deepsynth.doctor.runner import Skip
 
 def ok(ctx):
-    return {"step_seconds": 0.25, "answer": 42, "workdir": ctx.workdir}
+    return {"step_seconds": 0.25, "answer": 42, "workdir": ctx.workdir, "summary": "all good"}
 
 def boom(ctx):
     raise ValueError("boom: the check failed on purpose")
@@ -106,7 +106,7 @@ def test_each_outcome_is_reported_in_one_line_with_the_error(tmp_path, probe_env
     assert by["skip"].reason == "nothing to check here"
     assert by["missing"].reason.startswith("AttributeError")
     assert len(lines) == len(checks)
-    assert lines[0].startswith("PASS  ok") and "step 0.250 s" in lines[0]
+    assert lines[0].startswith("PASS  ok") and lines[0].endswith("step 0.250 s  all good")
     assert lines[1].startswith("FAIL  boom") and "error: ValueError: boom" in lines[1]
     assert lines[3] == f"SKIP  {'skip':<22} (nothing to check here)"
 

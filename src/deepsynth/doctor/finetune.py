@@ -74,6 +74,9 @@ def train_check(
     trainer = Trainer(cfg, train_samples=samples, eval_samples=samples[:2], callbacks=[timer])
     result = trainer.run()
     details = {"family": family, "checkpoint": path or "tiny", **describe(trainer, result, timer)}
+    details["summary"] = ", ".join(
+        str(details[k]) for k in ("weights", "mixed_precision", "optimizer", "backend", "attn_implementation")
+    )
     if result.steps != STEPS or result.skipped_batches:
         raise RuntimeError(f"{result.steps}/{STEPS} steps, {result.skipped_batches} skipped batch(es)")
     if not all(math.isfinite(v) and v > 0 for v in result.losses.values()):

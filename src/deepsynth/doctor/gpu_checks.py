@@ -25,6 +25,7 @@ def cuda(ctx: CheckContext) -> dict[str, Any]:
     if value != value:
         raise RuntimeError("bf16 matmul on CUDA gave NaN")
     return {
+        "summary": f"{props.name}, capability {props.major}.{props.minor}, {props.total_memory / 1024**3:.0f} GiB",
         "device": props.name,
         "capability": f"{props.major}.{props.minor}",
         "memory_gib": round(props.total_memory / 1024**3, 1),

@@ -66,7 +66,8 @@ class CheckResult:
     log: str = ""
 
     def line(self) -> str:
-        """``PASS  name  3.1 s  peak 812 MiB  step 0.041 s`` / ``SKIP  name  (reason)`` / ``FAIL  name  error``."""
+        """``PASS  name  3.1 s  peak 812 MiB  step 0.041 s  [details["summary"]]`` / ``SKIP  name  (reason)`` /
+        ``FAIL  name  ...  error: ...``."""
         head = f"{self.status}  {self.name:<22}"
         if self.status == SKIP:
             return f"{head} ({self.reason})"
@@ -75,6 +76,8 @@ class CheckResult:
             parts.append(f"peak {self.peak_gpu_mib:,.0f} MiB")
         if self.step_seconds is not None:
             parts.append(f"step {self.step_seconds:.3f} s")
+        if self.details.get("summary"):
+            parts.append(str(self.details["summary"]))
         if self.status == FAIL:
             parts.append(f"error: {self.reason}")
         return f"{head} {'  '.join(parts)}"

@@ -93,6 +93,7 @@ def serve_and_probe(ctx: CheckContext, spec: str) -> dict[str, Any]:
         )
     peak = sum(v for k, v in gauge.items() if k.endswith("/max_allocated"))
     return {
+        "summary": f"gauge {allocated / 1024**2:,.0f} MiB allocated" if gauge else "no GPU memory gauge",
         "spec": spec,
         "request_seconds": round(latency, 3),
         "gauge": gauge,
