@@ -234,10 +234,12 @@ def _print_summary(result: dict[str, Any], out: Path | None) -> None:
         row(escape(f"  {name}"), g)
     console = Console()
     console.print(table)
-    if result.get("cer_ci"):
-        lo, hi = result["cer_ci"]
-        console.print(f"CER 95% CI {_pct(lo)} – {_pct(hi)}; WER 95% CI {_pct(result['wer_ci'][0])} – "
-                      f"{_pct(result['wer_ci'][1])}")  # fmt: skip
+    cis = [(name, result.get(f"{key}_ci")) for key, name in
+           (("cer", "CER"), ("wer", "WER"), ("ned", "NED"), ("exact_match", "exact"))]  # fmt: skip
+    if any(ci for _, ci in cis):
+        console.print(
+            "95% CI: " + "; ".join(f"{name} {_pct(ci[0])} – {_pct(ci[1])}" for name, ci in cis if ci)
+        )
     bad = len(result.get("unreadable") or []) + len(result.get("engine_errors") or [])
     excluded = sum((result.get("excluded") or {}).get("counts", {}).values())
     console.print(f"not scored: {bad} failed (see metrics.json), {excluded} excluded by flag; "
