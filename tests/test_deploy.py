@@ -62,7 +62,9 @@ def _full_exposition() -> str:
             with obs.stage(stage):
                 pass
         obs.record_batch(2, 1)
-        obs.record_result(pages=1, lines=3, tokens=9, repetition=True, truncated=True)
+        obs.record_result(
+            pages=1, lines=3, tokens=9, repetition=True, truncated=True, empty=True, confidence=0.9
+        )
     obs.record_error("bad_image")
     obs._count_stored()
     obs._count_deleted("max_count")
