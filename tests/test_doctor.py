@@ -3,6 +3,7 @@ fail, crash or hang on purpose)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -291,3 +292,31 @@ def test_every_gpu_check_passes_on_this_gpu(tmp_path):  # pragma: no cover - GPU
     report = json.loads(out.read_text())
     failed = {c["name"]: c["reason"] for c in report["checks"] if c["status"] == FAIL}
     assert proc.returncode == 0 and not failed, failed or proc.stdout
+
+
+def test_interrupting_the_runner_kills_the_running_check_and_its_children(tmp_path, probe_env):
+    """Checks run in their own session (a timeout kills the whole group), so Ctrl-C would not reach them:
+    the runner kills them itself before it stops."""
+    import signal
+
+    code = (
+        "from deepsynth.doctor.runner import Check, CheckContext, run_checks\n"
+        f"run_checks([Check('hang', 'doctor_probes:hang', 600)], CheckContext({str(tmp_path / 'work')!r}))\n"
+    )
+    runner = subprocess.Popen([sys.executable, "-c", code], env=probe_env)
+    pid_file = tmp_path / "work" / "hang" / "child.pid"
+    deadline = time.time() + 60
+    while not (pid_file.is_file() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    child = int(pid_file.read_text())
+    group = os.getpgid(child)  # the check's own session: cleaned up below if the runner failed to
+    try:
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(30) != 0
+        deadline = time.time() + 10
+        while _alive(child) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not _alive(child), "the check's child outlived the interrupted runner"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)

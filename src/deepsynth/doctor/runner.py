@@ -111,8 +111,10 @@ def run_check(check: Check, ctx: CheckContext, env: dict[str, str] | None = None
         )
         try:
             code = proc.wait(timeout=check.timeout_s)
-        except subprocess.TimeoutExpired:
+        except BaseException as exc:  # timeout, or Ctrl-C / SIGTERM here: the check's own session survives it
             _kill_group(proc)
+            if not isinstance(exc, subprocess.TimeoutExpired):
+                raise
             return CheckResult(
                 check.name, FAIL, f"timed out after {check.timeout_s:g} s (killed)",
                 error=_tail(log_file), seconds=round(time.perf_counter() - t0, 2), log=str(log_file),
