@@ -294,9 +294,10 @@ def test_every_gpu_check_passes_on_this_gpu(tmp_path):  # pragma: no cover - GPU
     assert proc.returncode == 0 and not failed, failed or proc.stdout
 
 
-def test_interrupting_the_runner_kills_the_running_check_and_its_children(tmp_path, probe_env):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupting_the_runner_kills_the_running_check_and_its_children(tmp_path, probe_env, signame):
     """Checks run in their own session (a timeout kills the whole group), so Ctrl-C would not reach them:
-    the runner kills them itself before it stops."""
+    the runner kills them itself before it stops, on Ctrl-C as on SIGTERM."""
     import signal
 
     code = (
@@ -311,7 +312,7 @@ def test_interrupting_the_runner_kills_the_running_check_and_its_children(tmp_pa
     child = int(pid_file.read_text())
     group = os.getpgid(child)  # the check's own session: cleaned up below if the runner failed to
     try:
-        runner.send_signal(signal.SIGINT)
+        runner.send_signal(getattr(signal, signame))
         assert runner.wait(30) != 0
         deadline = time.time() + 10
         while _alive(child) and time.time() < deadline:

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -136,7 +137,25 @@ def run_checks(
     echo: Callable[[str], None] = print,
     env: dict[str, str] | None = None,
 ) -> list[CheckResult]:
-    """Run ``checks`` in order. With ``ctx.require_cuda``, a first check that SKIPs (no CUDA) skips the rest."""
+    """Run ``checks`` in order. With ``ctx.require_cuda``, a first check that SKIPs (no CUDA) skips the rest.
+
+    SIGTERM stops the run like Ctrl-C does (the running check's process group is killed first)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main else None
+    try:
+        return _run_all(checks, ctx, echo, env)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _run_all(
+    checks: Sequence[Check], ctx: CheckContext, echo: Callable[[str], None], env: dict[str, str] | None
+) -> list[CheckResult]:
     results: list[CheckResult] = []
     no_cuda: str | None = None
     for check in checks:
