@@ -176,7 +176,7 @@ def evaluate(
     samples = itertools.chain.from_iterable(streams)
     exclude = () if include_flagged else ("has_untranscribed",)
     if ray:
-        from deepsynth.cli.ray_options import print_stats, ray_options
+        from deepsynth.cli.ray_options import fail_job, print_stats, ray_options
 
         pool = ray_options(ray, workers, cpus_per_worker, gpus_per_worker, shard_size, batch_size)
         from deepsynth.scale.evaluate import evaluate_on_ray
@@ -193,6 +193,8 @@ def evaluate(
             )  # fmt: skip
         except (RunDirError, ShardStoreError) as exc:
             _fail(exc)
+        except Exception as exc:  # noqa: BLE001 - a Ray failure: its root cause, not Ray's traceback
+            fail_job(exc)
         print_stats(stats)
     else:
         mode = getattr(eng, "mode", None)

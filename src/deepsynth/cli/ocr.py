@@ -120,7 +120,7 @@ def _ocr_on_ray(
 ) -> None:  # noqa: ANN001
     import json
 
-    from deepsynth.cli.ray_options import print_stats, ray_options
+    from deepsynth.cli.ray_options import fail_job, print_stats, ray_options
 
     opts = ray_options(address, *pool)
     from deepsynth.scale.ocr import ocr_on_ray
@@ -132,6 +132,8 @@ def _ocr_on_ray(
     except ShardStoreError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    except Exception as exc:  # noqa: BLE001 - a Ray failure: its root cause, not Ray's traceback
+        fail_job(exc)
     if as_json:
         typer.echo(json.dumps(stats.to_dict()))
     print_stats(stats)

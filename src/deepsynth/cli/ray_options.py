@@ -59,3 +59,12 @@ def print_stats(stats: Any) -> None:
     typer.echo(f"ray: {stats.summary()}", err=True)
     if stats.dashboard:
         typer.echo(f"ray dashboard: {stats.dashboard}", err=True)
+
+
+def fail_job(exc: BaseException) -> None:
+    """Exit 1 with the root cause of a failed Ray job (Ray wraps it in long tracebacks)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    typer.secho(f"error: Ray job failed: {lines[-1] if lines else type(exc).__name__}", fg=typer.colors.RED,
+                err=True)  # fmt: skip
+    typer.echo("the completed shards are kept: rerun the same command to resume", err=True)
+    raise typer.Exit(1) from exc

@@ -1,0 +1,152 @@
+"""`deepsynth ocr --ray` vs in-process `deepsynth ocr`: pages/s and the driver's peak memory.
+
+Throughput: the same real line images (tapuscorpus_fr) read by RapidOCR with one onnxruntime thread per
+engine, in-process (``ocr_files`` + ``OCRService``, what ``deepsynth ocr`` runs) and with ``ocr_on_ray`` on a
+local Ray runtime (``num_cpus=2``) with 1 and 2 engine actors; the three are interleaved in rounds and
+compared per round (paired ratios; the median and the range are reported). Each Ray run includes starting
+its actor pool and loading the engines, as a user's job does.
+
+Driver memory: peak RSS of the driver process (sampled every 20 ms) for ``ocr --ray`` over ROWS_SMALL and
+ROWS_BIG input files (hard links to a few line images, so the inputs are distinct files without using disk).
+
+Environment: BENCH_RAY_FILES (default 240), BENCH_RAY_ROUNDS (3), BENCH_RAY_ROWS_SMALL (1000),
+BENCH_RAY_ROWS_BIG (100000; 0 skips the memory part). On the 2-core shared development machine the memory part
+at 100k rows takes far longer than the time we may use, so run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("DEEPSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+FILES = int(os.environ.get("BENCH_RAY_FILES", "240"))
+ROUNDS = int(os.environ.get("BENCH_RAY_ROUNDS", "3"))
+ROWS_SMALL = int(os.environ.get("BENCH_RAY_ROWS_SMALL", "1000"))
+ROWS_BIG = int(os.environ.get("BENCH_RAY_ROWS_BIG", "100000"))
+ENGINE = "rapidocr"
+ENGINE_KWARGS = {"threads": 1}
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled in a thread)."""
+
+    def __enter__(self) -> PeakRSS:
+        import psutil
+
+        self._proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._stop.wait(0.02)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _in_process(files: list[Path], out: Path) -> float:
+    from deepsynth.inference.batch_files import ocr_files
+    from deepsynth.inference.service import OCRService
+    from deepsynth.observability import Observability
+
+    t0 = time.perf_counter()
+    service = OCRService(ENGINE, obs=Observability(ENGINE, metrics=False), engine_kwargs=ENGINE_KWARGS)
+    summary = ocr_files(service.recognize, files, out, model_id=ENGINE, batch_pages=8, progress=False)
+    assert summary.ok == len(files), summary.errors[:3]
+    return len(files) / (time.perf_counter() - t0)
+
+
+def _on_ray(files: list[Path], out: Path, workers: int) -> float:
+    from deepsynth.scale.ocr import ocr_on_ray
+    from deepsynth.scale.runtime import RayOptions
+
+    opts = RayOptions(workers=workers, cpus_per_worker=0.5, batch_size=8, shard_size=64)
+    t0 = time.perf_counter()
+    stats = ocr_on_ray(ENGINE, files, out, opts=opts, engine_kwargs=ENGINE_KWARGS, progress=False)
+    assert stats.new == len(files) and not stats.failures, stats.to_dict()
+    return len(files) / (time.perf_counter() - t0)
+
+
+def _fresh(path: Path) -> Path:
+    path.unlink(missing_ok=True)
+    shutil.rmtree(path.with_name(path.name + ".shards"), ignore_errors=True)
+    return path
+
+
+def _linked_inputs(sources: list[Path], n: int, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True)
+    files = []
+    for i in range(n):
+        f = folder / f"{i:07d}.png"
+        os.link(sources[i % len(sources)], f)
+        files.append(f)
+    return files
+
+
+def main() -> dict:
+    import ray
+
+    root = DATA / "tapuscorpus_fr"
+    if not root.is_dir():
+        return {"skipped": f"no data at {DATA}"}
+    rows = [json.loads(line) for line in (root / "manifest.jsonl").open()]
+    images = [root / r["image"] for r in rows if not r.get("has_untranscribed")]
+    work = Path(tempfile.mkdtemp(prefix="bench_ray_"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        files = _linked_inputs(images[:FILES], FILES, work / "lines")
+        rounds = []
+        for _ in range(ROUNDS):
+            rates = {
+                "in_process": _in_process(files, _fresh(work / "a.jsonl")),
+                "ray_1_worker": _on_ray(files, _fresh(work / "b.jsonl"), 1),
+                "ray_2_workers": _on_ray(files, _fresh(work / "c.jsonl"), 2),
+            }
+            rounds.append(rates)
+            print(json.dumps({k: round(v, 2) for k, v in rates.items()}), flush=True)
+        one = [r["ray_1_worker"] / r["in_process"] for r in rounds]
+        two = [r["ray_2_workers"] / r["ray_1_worker"] for r in rounds]
+        result = {
+            "engine": f"{ENGINE} (1 onnxruntime thread per engine), {FILES} tapuscorpus_fr lines, batch 8",
+            "ray": f"{ray.__version__}, local runtime num_cpus=2, 0.5 CPU per actor",
+            "rounds": [{k: round(v, 3) for k, v in r.items()} for r in rounds],
+            "statistic": "median over interleaved rounds of the per-round ratio (range in brackets)",
+            "ray_1_worker_vs_in_process": [
+                round(statistics.median(one), 3),
+                round(min(one), 3),
+                round(max(one), 3),
+            ],
+            "ray_2_vs_1_workers": [round(statistics.median(two), 3), round(min(two), 3), round(max(two), 3)],
+            "goals": {"ray_1_worker_vs_in_process": ">= 0.9", "ray_2_vs_1_workers": ">= 1.6 (2 free cores)"},
+        }
+        if ROWS_BIG:
+            peaks = {}
+            for n in (ROWS_SMALL, ROWS_BIG):
+                many = _linked_inputs(images[:50], n, work / f"rows{n}")
+                with PeakRSS() as rss:
+                    _on_ray(many, _fresh(work / f"rows{n}.jsonl"), 2)
+                peaks[n] = rss.peak
+                shutil.rmtree(work / f"rows{n}", ignore_errors=True)
+            result["driver_peak_rss_mb"] = {str(n): round(v / 2**20, 1) for n, v in peaks.items()}
+            result["driver_rss_big_vs_small"] = round(peaks[ROWS_BIG] / peaks[ROWS_SMALL], 3)
+            result["goal_rss"] = "within 10% (<= 1.10)"
+    finally:
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2))
