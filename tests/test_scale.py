@@ -58,40 +58,42 @@ def assert_same_metrics(a: dict, b: dict) -> None:
         assert max(abs(x - y) for x, y in zip(a[key], b[key], strict=True)) <= 1e-12
 
 
-def eval_args(shared_data: Path, out: Path) -> list[str]:
-    return ["eval", "-e", "rapidocr", "-d", f"dta={shared_data / SET}", "--limit", "20", "-b", "4",
-            "-o", str(out), "--no-progress", "--bootstrap", "200"]  # fmt: skip
+def eval_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["eval", "-e", "rapidocr", "-d", f"set={data}", "-b", "4", "-o", str(out), "--no-progress",
+            "--bootstrap", "200", *extra]  # fmt: skip
 
 
-RAY_POOL = ["--workers", "2", "--cpus-per-worker", "0.5", "--shard-size", "8"]
+RAY_POOL = ["--ray", "local", "--workers", "2", "--cpus-per-worker", "0.5", "--shard-size", "4"]
 
 
-def test_eval_ray_same_predictions_and_metrics_then_resumes_per_shard(ray_runtime, shared_data, tmp_path):
+def test_eval_ray_same_predictions_and_metrics_then_resumes_per_shard(
+    ray_runtime, hostile_manifest, tmp_path
+):
     local, dist = tmp_path / "local", tmp_path / "ray"
-    run_ok(eval_args(shared_data, local))
-    out = run_ok([*eval_args(shared_data, dist), "--ray", "local", *RAY_POOL])
-    assert "ray: 20 new, 0 resumed of 20" in out
+    run_ok(eval_args(hostile_manifest, local))
+    out = run_ok(eval_args(hostile_manifest, dist, *RAY_POOL))
+    assert "ray: 11 new, 0 resumed of 11" in out and "failed: unreadable_image 1" in out
     a, b = (lines(d / "predictions.jsonl") for d in (local, dist))
     assert [without_timing(r) for r in a] == [without_timing(r) for r in b]
+    assert [r["id"] for r in b if r.get("error")] == ["twice"]  # the corrupt image: an error record
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (local, dist))
-    assert ma["engine"] == mb["engine"] and mb["ray"]["new"] == 20
+    assert ma["engine"] == mb["engine"] and mb["ray"]["new"] == 11 and mb["n"] == 10
     assert_same_metrics(ma, mb)
-    assert (dist / "report.html").is_file()
+    assert ma["unreadable"] == mb["unreadable"] and (dist / "report.html").is_file()
 
     # a crash after shard 1 was written but before it was listed: only that shard runs again
     manifest = dist / "shards" / MANIFEST
     entries = manifest.read_text().splitlines()
     manifest.write_text("\n".join(e for e in entries if json.loads(e)["shard"] != 1) + "\n")
-    out = run_ok([*eval_args(shared_data, dist), "--ray", "local", *RAY_POOL])
-    assert "ray: 8 new, 12 resumed of 20" in out
+    out = run_ok(eval_args(hostile_manifest, dist, *RAY_POOL))
+    assert "ray: 4 new, 7 resumed of 11" in out
     assert [without_timing(r) for r in lines(dist / "predictions.jsonl")] == [without_timing(r) for r in a]
     assert_same_metrics(ma, json.loads((dist / "metrics.json").read_text()))
 
     # another job into the same directory is refused, as is an in-process run directory
-    out = runner.invoke(app, [*eval_args(shared_data, dist)[:-5], "--limit", "12", "-o", str(dist),
-                              "--ray", "local", *RAY_POOL])  # fmt: skip
+    out = runner.invoke(app, eval_args(hostile_manifest, dist, "--limit", "5", *RAY_POOL))
     assert out.exit_code == 2 and "another job" in out.output
-    out = runner.invoke(app, [*eval_args(shared_data, local), "--ray", "local", *RAY_POOL])
+    out = runner.invoke(app, eval_args(hostile_manifest, local, *RAY_POOL))
     assert out.exit_code == 2 and "in-process run" in out.output
 
 
@@ -132,8 +134,7 @@ def test_ocr_ray_same_records_bad_files_are_records(ray_runtime, ocr_inputs, tmp
     local, dist = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
     base = ["ocr", str(ocr_inputs), "--model", "rapidocr", "-b", "4", "--no-progress", "--dpi", "72"]
     run_ok([*base, "--out", str(local)], code=1)  # two bad files: exit 1, as in-process
-    out = run_ok([*base, "--out", str(dist), "--md-dir", str(tmp_path / "md"), "--ray", "local", *RAY_POOL],
-                 code=1)  # fmt: skip
+    out = run_ok([*base, "--out", str(dist), "--md-dir", str(tmp_path / "md"), *RAY_POOL], code=1)
     assert "failed: empty_file 1, invalid_image 1" in out or "failed: invalid_image 1, empty_file 1" in out
     a = {r["input"]: without_timing(r) for r in lines(local)}
     b = [without_timing(r) for r in lines(dist)]
@@ -158,14 +159,17 @@ def _actor_pids(name: str) -> list[int]:
 
 @pytest.mark.slow
 def test_worker_killed_mid_job_loses_and_duplicates_nothing(ray_runtime, ocr_inputs, tmp_path):
-    from deepsynth.inference.batch_files import expand_paths
+    from deepsynth.inference.batch_files import expand_paths, ocr_files
+    from deepsynth.inference.service import OCRService
+    from deepsynth.observability import Observability
     from deepsynth.scale.ocr import ocr_on_ray
     from deepsynth.scale.runtime import RayOptions
 
     files = expand_paths([str(ocr_inputs)])
     reference = tmp_path / "ref.jsonl"
+    service = OCRService("rapidocr", obs=Observability("rapidocr", metrics=False))
+    ocr_files(service.recognize, files, reference, model_id="rapidocr", progress=False)
     opts = RayOptions(workers=2, cpus_per_worker=0.5, batch_size=1, shard_size=1)
-    ocr_on_ray("rapidocr", files, reference, opts=opts, progress=False)
     killed: list[int] = []
 
     def kill_one(index: int, records: list[dict]) -> None:
@@ -180,7 +184,8 @@ def test_worker_killed_mid_job_loses_and_duplicates_nothing(ray_runtime, ocr_inp
     assert killed and stats.new == len(files)
     got = [without_timing(r) for r in lines(out)]
     assert [r["input"] for r in got] == [str(f) for f in files]  # each file exactly once, in order
-    assert got == [without_timing(r) for r in lines(reference)]
+    expected = {r["input"]: without_timing(r) for r in lines(reference)}
+    assert got == [expected[str(f)] for f in files]
 
 
 @pytest.fixture

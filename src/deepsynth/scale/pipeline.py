@@ -14,6 +14,7 @@ complete, and a job that ends with an incomplete shard fails (its shard is done 
 from __future__ import annotations
 
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -111,12 +112,16 @@ def run_sharded(
     if not refs:
         stats.seconds = time.perf_counter() - t0
         return stats
+    # one progress bar (records, below); Ray's per-operator bars are in its dashboard
+    ray.data.DataContext.get_current().enable_progress_bars = False
     ds = ray.data.from_arrow_refs(refs)
     ds = ds.map_batches(decode, fn_kwargs=decode_kwargs, batch_format="pyarrow", batch_size=opts.batch_size,
                         num_cpus=opts.decode_cpus, zero_copy_batch=True)  # fmt: skip
     if worker is not None:  # jobs without a model (data prepare) stop after the CPU tasks
-        ds = ds.map_batches(worker, fn_constructor_kwargs=worker_kwargs, batch_format="pyarrow",
-                            **opts.actor_args())  # fmt: skip
+        with warnings.catch_warnings():  # max_restarts/max_task_retries: see RayOptions.actor_args
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            ds = ds.map_batches(worker, fn_constructor_kwargs=worker_kwargs, batch_format="pyarrow",
+                                **opts.actor_args())  # fmt: skip
 
     pending: dict[int, dict[int, dict[int, dict[str, Any]]]] = {k: {} for k in expected}
     complete: Counter[int] = Counter()

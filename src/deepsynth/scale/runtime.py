@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -47,10 +46,10 @@ class RayOptions:
             "compute": ray.data.ActorPoolStrategy(size=self.workers),
             "batch_size": self.batch_size,
             "num_cpus": self.cpus_per_worker,
-            # actor fault tolerance (passed this way: map_batches' **ray_remote_args is deprecated in Ray 2.60)
-            "ray_remote_args_fn": functools.partial(
-                dict, max_restarts=self.max_restarts, max_task_retries=self.max_task_retries
-            ),
+            # actor fault tolerance: Ray 2.60 takes these only as map_batches' **ray_remote_args, deprecated
+            # and due for removal in 2.64 with no replacement yet (hence ray<2.64 in the scale extra)
+            "max_restarts": self.max_restarts,
+            "max_task_retries": self.max_task_retries,
         }
         if self.gpus_per_worker:
             args["num_gpus"] = self.gpus_per_worker
