@@ -76,6 +76,7 @@ def test_eval_ray_same_predictions_and_metrics_then_resumes_per_shard(
     a, b = (lines(d / "predictions.jsonl") for d in (local, dist))
     assert [without_timing(r) for r in a] == [without_timing(r) for r in b]
     assert [r["id"] for r in b if r.get("error")] == ["twice"]  # the corrupt image: an error record
+    assert b[0]["doc_type"] == "fraktur_book"
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (local, dist))
     assert ma["engine"] == mb["engine"] and mb["ray"]["new"] == 11 and mb["n"] == 10
     assert_same_metrics(ma, mb)
@@ -195,6 +196,7 @@ def hostile_manifest(shared_data: Path, tmp_path: Path) -> Path:
     root = tmp_path / "set"
     (root / "images").mkdir(parents=True)
     rows = [json.loads(x) for x in (shared_data / SET / "manifest.jsonl").read_text().splitlines()[:10]]
+    rows[0]["doc_type"] = "fraktur_book"  # a meta key the records carry
     for r in rows:
         shutil.copy(shared_data / SET / r["image"], root / "images" / Path(r["image"]).name)
         r["image"] = "images/" + Path(r["image"]).name

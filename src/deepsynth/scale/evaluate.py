@@ -37,7 +37,7 @@ from deepsynth.scale.shards import ShardStore
 
 SHARDS = "shards"
 _FIELDS = [("shard", pa.int64()), ("unit", pa.int64()), ("id", pa.string()), ("text", pa.string()),
-           ("language", pa.string()), ("subset", pa.string()), ("level", pa.string()), ("origin", pa.string()),
+           ("language", pa.string()), ("subset", pa.string()), ("level", pa.string()), ("meta", pa.string()),
            ("image_path", pa.string())]  # fmt: skip
 SAMPLE_SCHEMA = pa.schema([*_FIELDS, ("image_bytes", pa.large_binary()), ("max_pixels", pa.int64())])
 DECODED_SCHEMA = pa.schema([*_FIELDS, ("width", pa.int64()), ("height", pa.int64()),
@@ -50,7 +50,7 @@ def _row(sample: Sample) -> dict[str, Any]:
     loader = sample.image_loader
     row: dict[str, Any] = {"id": sample.id, "text": sample.text, "language": sample.language,
                            "subset": sample.subset, "level": sample.level,
-                           "origin": None if sample.meta.get("origin") is None else str(sample.meta["origin"]),
+                           "meta": json.dumps(sample.meta, ensure_ascii=False, default=str),
                            "image_path": None, "image_bytes": None, "max_pixels": None}  # fmt: skip
     if isinstance(loader, ImageRef):
         row["max_pixels"] = loader.max_pixels
@@ -119,7 +119,7 @@ class EvalWorker:
         samples = []
         for r in rows:
             s = Sample(r["id"], r["text"], image_loader=_Decoded(r), language=r["language"], subset=r["subset"],
-                       level=r["level"], meta={"origin": r["origin"]})  # fmt: skip
+                       level=r["level"], meta=json.loads(r["meta"]))  # fmt: skip
             if r["error"] is None:
                 s._image = from_pixels(r)
             samples.append(s)
