@@ -4,6 +4,7 @@ batch), plus resume per shard, bad files and a worker process killed mid-job."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -148,13 +149,14 @@ def test_ocr_ray_same_records_bad_files_are_records(ray_runtime, ocr_inputs, tmp
 
 
 def _actor_pids(name: str) -> list[int]:
+    """Processes of this test's own Ray runtime (descendants of this process) running actor ``name``."""
     import psutil
 
     pids = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if name in cmd and proc.pid != os.getpid():
-            pids.append(proc.pid)
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if name in " ".join(proc.cmdline()):
+                pids.append(proc.pid)
     return pids
 
 
