@@ -200,6 +200,24 @@ def test_model_family_of_a_local_checkpoint(tmp_path):
         model_family(str(tmp_path))
     with pytest.raises(ValueError, match="no config.json"):
         model_family(str(tmp_path / "missing"))
+    saved = tmp_path / "runs" / "final"  # a directory saved by DeepSynth names its family in its card
+    saved.mkdir(parents=True)
+    (saved / "deepsynth_model.json").write_text(json.dumps({"family": "trocr", "format": "lora"}))
+    assert model_family(str(saved)) == ("trocr", str(saved))
+
+
+def test_recipes_come_from_the_checkout_or_the_working_directory(tmp_path, monkeypatch):
+    from deepsynth.doctor.fixtures import recipe
+
+    assert (
+        recipe("deepseek_ocr2_qlora.yaml")
+        == Path(__file__).resolve().parents[1] / "configs" / "deepseek_ocr2_qlora.yaml"
+    )
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mine.yaml").write_text("max_steps: 1\n")
+    monkeypatch.chdir(tmp_path)  # the Docker images run from /workspace, which holds configs/
+    assert recipe("mine.yaml") == tmp_path / "configs" / "mine.yaml"
+    assert recipe("absent.yaml") is None
 
 
 def test_gpu_gauge_is_read_from_the_prometheus_text():
