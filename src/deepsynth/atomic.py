@@ -58,9 +58,30 @@ def discard(tmp: Path) -> None:
     release(tmp)
 
 
+def _umask() -> int:
+    with _lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def make_readable(directory: Path) -> None:
+    """Give every file under ``directory`` the read bits the umask allows: libraries that write through a
+    private temporary file (safetensors via transformers) leave 0600, so a container running as another user
+    could not read the weights while every other file is 0644."""
+    bits = 0o444 & ~_umask()
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            mode = path.stat().st_mode & 0o7777
+            if mode | bits != mode:
+                path.chmod(mode | bits)
+
+
 def replace_dir(tmp: Path, final: str | Path) -> Path:
-    """Rename ``tmp`` to ``final``, replacing an existing ``final`` (its old copy is removed afterwards)."""
+    """Rename ``tmp`` to ``final``, replacing an existing ``final`` (its old copy is removed afterwards).
+    Its files become readable as the umask allows (:func:`make_readable`)."""
     final = Path(final)
+    make_readable(tmp)
     old = None
     if final.exists():
         old = _sibling(final, "old")

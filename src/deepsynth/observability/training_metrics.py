@@ -38,7 +38,8 @@ _DEDICATED = {
 
 
 class PrometheusTracker:
-    """Tracker protocol (``log_config``, ``log_metrics``, ``log_text``, ``close``) over a private registry."""
+    """Tracker protocol (``log_config``, ``log_metrics``, ``log_text``, ``log_model``, ``close``) over a private
+    registry."""
 
     def __init__(
         self,
@@ -101,6 +102,9 @@ class PrometheusTracker:
             bind = addr or env.get("DEEPSYNTH_TRAIN_METRICS_ADDR", "127.0.0.1")
             self._server, self._thread = start_http_server(port_num, addr=bind, registry=r)
             self.port = self._server.server_port
+
+    def log_model(self, path: Path, name: str) -> None:
+        pass  # a model directory is no metric
 
     def log_config(self, config: dict[str, Any]) -> None:
         model = config.get("model") if isinstance(config, dict) else None

@@ -111,7 +111,9 @@ class OCRWorker:
         return pa.Table.from_pylist(out, schema=RESULT_SCHEMA)
 
 
-def assemble_file(model_id: str, options: dict[str, Any]) -> Callable[[list[dict[str, Any]]], tuple[dict[str, Any], str | None]]:
+def assemble_file(
+    model_id: str, options: dict[str, Any]
+) -> Callable[[list[dict[str, Any]]], tuple[dict[str, Any], str | None]]:
     """The driver's record builder: a file's page results → the same record ``deepsynth ocr`` writes."""
 
     def assemble(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:

@@ -22,13 +22,17 @@ TRACKERS = ("jsonl", "tensorboard", "mlflow", "wandb", "prometheus")
 
 @runtime_checkable
 class Tracker(Protocol):
-    """What the trainer calls; every backend implements these four methods."""
+    """What the trainer calls; every backend implements these five methods."""
 
     def log_config(self, config: dict[str, Any]) -> None: ...
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
     def log_text(self, name: str, text: str, step: int) -> None: ...
+
+    def log_model(self, path: Path, name: str) -> None:
+        """At the end of training: the saved model directory to keep with the run (``name``: best/final)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -64,6 +68,9 @@ class JsonlTracker:
         self._texts.write(json.dumps({"step": step, "name": name, "text": text}, ensure_ascii=False) + "\n")
         self._texts.flush()
 
+    def log_model(self, path: Path, name: str) -> None:
+        pass  # result.json next to metrics.jsonl names the best and final model directories
+
     def close(self) -> None:
         self._metrics.close()
         self._texts.close()
@@ -89,6 +96,9 @@ class TensorBoardTracker:
 
     def log_text(self, name: str, text: str, step: int) -> None:
         self.writer.add_text(name, text, step)
+
+    def log_model(self, path: Path, name: str) -> None:
+        self.writer.add_text(f"model/{name}", str(path), 0)
 
     def close(self) -> None:
         self.writer.close()
@@ -142,6 +152,11 @@ class MLflowTracker:
     def log_text(self, name: str, text: str, step: int) -> None:
         self.client.log_text(self.run_id, text, f"{name}/step_{step:07d}.txt")
 
+    def log_model(self, path: Path, name: str) -> None:
+        """The model directory as the run's ``model/NAME`` artifact (model card, weights, charset)."""
+        self.client.log_artifacts(self.run_id, str(path), f"model/{name}")
+        self.client.set_tag(self.run_id, "deepsynth.model_dir", str(Path(path).resolve()))
+
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
 
@@ -177,6 +192,9 @@ class WandbTracker:
 
     def log_text(self, name: str, text: str, step: int) -> None:
         self.run.log({name: self._wandb.Html(f"<pre>{_escape(text)}</pre>")}, step=step)
+
+    def log_model(self, path: Path, name: str) -> None:
+        self.run.summary["model_dir"] = str(Path(path).resolve())  # the weights stay on disk, not uploaded
 
     def close(self) -> None:
         self.run.finish()
@@ -215,6 +233,9 @@ class FanOut:
     def log_text(self, name: str, text: str, step: int) -> None:
         self._each("log_text", name, text, step)
 
+    def log_model(self, path: Path, name: str) -> None:
+        self._each("log_model", path, name)
+
     def close(self) -> None:
         self._each("close")
 
@@ -229,6 +250,9 @@ class NullTracker:
         pass
 
     def log_text(self, name: str, text: str, step: int) -> None:
+        pass
+
+    def log_model(self, path: Path, name: str) -> None:
         pass
 
     def close(self) -> None:

@@ -315,8 +315,12 @@ class Trainer:
             return None
         import json
 
+        from deepsynth.training.model_card import write_model_card
+
         def write(tmp: Path) -> None:
             self.adapter.save(tmp)
+            data = {"train": fingerprint(self.train_samples), "eval": fingerprint(self.eval_samples)}
+            write_model_card(tmp, self.cfg, name=name, step=self.step, metrics=metrics or {}, data=data)
             info = {"step": self.step, "metrics": metrics or {}, "config": to_dict(self.cfg)}
             (tmp / "training_info.json").write_text(
                 json.dumps(info, indent=2, default=str, ensure_ascii=False)
@@ -563,6 +567,9 @@ class Trainer:
             self.result.final_dir = self._save_model_dir(
                 "final", self.result.evals[-1] if self.result.evals else None
             )
+        model_dir = self.result.best_dir or self.result.final_dir
+        if model_dir and self.is_main:
+            self.tracker.log_model(Path(model_dir), "best" if self.result.best_dir else "final")
         if cfg.checkpoint.push_to_hub and self.is_main:
             self._push_to_hub(cfg.checkpoint.push_to_hub, cfg.checkpoint.hub_private)
         return self.result
