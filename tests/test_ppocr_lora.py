@@ -40,6 +40,30 @@ def test_presets_pick_linear_and_dense_convs():
     assert set(linear) < set(pointwise) < set(everything)
     assert all(core.get_submodule(n).groups == 1 for n in everything if "conv" in n)  # no depthwise convs
     assert resolve_targets(core, ["qkv"]) == ["qkv"]
+    assert resolve_targets(core, "all_linear") == pointwise  # one spelling table: "_" reads as "-"
+    assert set(resolve_targets(core, "conv")) == set(everything) - set(linear)
+
+
+def test_one_preset_table_for_ppocr_and_vlm_families():
+    """Same names, same unknown-preset error, same default rank on the PP-OCR and VLM sides."""
+    from deepsynth.config import ConfigError
+    from deepsynth.models.lora_presets import DEFAULT_RANK, PRESETS
+    from deepsynth.models.ppocr.lora import PRESETS as PPOCR_PRESETS
+    from deepsynth.models.vlm import adapter_classes
+    from deepsynth.models.vlm.lora import resolve_lora
+    from deepsynth.training.config import LoraSettings
+
+    offered = [PPOCR_PRESETS, *(cls.lora_presets for cls in adapter_classes().values())]
+    assert all(set(p) <= set(PRESETS) and "all-linear" in p for p in offered)
+    core = PPOCRAdapter.tiny_random("abc").core
+    vlm_presets = adapter_classes()["qwen3_vl"].lora_presets
+    for bad in ("vision_only", r"head\..*"):  # never passed on as a regex
+        with pytest.raises(ConfigError, match=f"unknown LoRA preset {bad!r}.*known: all, all-linear"):
+            resolve_targets(core, bad)
+        with pytest.raises(ConfigError, match=f"unknown LoRA preset {bad!r}.*known: all-linear"):
+            resolve_lora({"preset": bad}, vlm_presets, "qwen3_vl")
+    assert LoraSettings().r == resolve_lora({}, vlm_presets, "qwen3_vl").r == DEFAULT_RANK
+    assert resolve_lora({"targets": "all_linear"}, vlm_presets, "qwen3_vl").preset == "all-linear"
 
 
 def test_lora_trains_only_adapters_and_reloads_identically(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from deepsynth.config import ConfigError  # noqa: E402
 from deepsynth.data.sample import Sample, SampleError  # noqa: E402
 from deepsynth.models.generation import GenerationConfig  # noqa: E402
 from deepsynth.models.vlm import lora as lora_mod  # noqa: E402
@@ -121,7 +122,7 @@ def test_lora_presets(preset, vision, experts):
 
 
 def test_unknown_preset_lists_the_known_ones(tiny):
-    with pytest.raises(ValueError, match="known: all_linear.*language_model"):
+    with pytest.raises(ConfigError, match="known: all-linear.*language-model"):
         lora_mod.resolve_lora({"preset": "vision_only"}, tiny.lora_presets, "deepseek_ocr2")
 
 

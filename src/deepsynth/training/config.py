@@ -13,6 +13,7 @@ from typing import Any
 from deepsynth.config import ConfigError
 from deepsynth.data.line_augment import LineAugment
 from deepsynth.models.generation import GenerationConfig
+from deepsynth.models.lora_presets import DEFAULT_ALPHA, DEFAULT_RANK
 
 
 @dataclass
@@ -86,11 +87,11 @@ class OptimSettings:
 
 @dataclass
 class LoraSettings:
-    """LoRA adapters (peft). ``targets`` is a module-name list or a family preset name."""
+    """LoRA adapters (peft). ``targets`` is a module-name list or a preset name (deepsynth.models.lora_presets)."""
 
     enabled: bool = False
-    r: int = 8
-    alpha: int = 16
+    r: int = DEFAULT_RANK
+    alpha: int = DEFAULT_ALPHA
     dropout: float = 0.0
     targets: list[str] | str = "all-linear"
     target_parameters: list[str] | None = None  # fused 3-D parameters (e.g. DeepSeek-V2 experts)

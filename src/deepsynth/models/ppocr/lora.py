@@ -1,9 +1,9 @@
 """LoRA (peft) for the PP-OCR recogniser: target presets, apply, save/load, merge.
 
-Presets (``lora.preset`` or ``lora.targets`` as a string):
+Presets (``lora.preset`` or ``lora.targets`` as a string; names from :mod:`deepsynth.models.lora_presets`):
 ``all-linear`` (default) every ``nn.Linear`` and every 1x1 conv (a per-pixel linear layer), ``all`` also the
 3x3/2x2 dense convs, ``linear`` only ``nn.Linear`` (SVTR neck + classifier), ``conv`` only dense convs.
-Depthwise convs are never targeted. A list is passed to peft as module names.
+Depthwise convs are never targeted. A list is passed to peft as module names; an unknown name is an error.
 """
 
 from __future__ import annotations
@@ -13,7 +13,15 @@ from typing import Any
 
 import torch
 
-PRESETS = ("all-linear", "all", "linear", "conv")
+from deepsynth.models.lora_presets import DEFAULT_ALPHA, DEFAULT_RANK, lookup, setting
+
+# preset -> (nn.Linear?, 1x1 convs?, other dense convs?)
+PRESETS: dict[str, tuple[bool, bool, bool]] = {
+    "all-linear": (True, True, False),
+    "all": (True, True, True),
+    "linear": (True, False, False),
+    "conv": (False, True, True),
+}
 HEAD = "head.head"
 
 
@@ -27,21 +35,21 @@ def unwrap(model: torch.nn.Module) -> Any:
     return model.get_base_model() if has_lora(model) else model
 
 
-def resolve_targets(model: torch.nn.Module, targets: Any) -> list[str] | str:
-    """Module names for a preset, or the user's list/regex unchanged."""
+def resolve_targets(model: torch.nn.Module, targets: Any) -> list[str]:
+    """Module names for a preset (ConfigError for an unknown one), or the user's list unchanged."""
     if isinstance(targets, (list, tuple)):
         return list(targets)
-    preset = targets or "all-linear"
-    if preset not in PRESETS:
-        return str(preset)  # a regex, passed to peft as-is
+    _, (linear, pointwise, dense) = lookup(targets or "all-linear", PRESETS, "ppocr")
     names: list[str] = []
     for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear) and preset in ("all-linear", "all", "linear"):
+        is_conv = isinstance(mod, torch.nn.Conv2d) and mod.groups == 1  # depthwise convs never
+        if (
+            isinstance(mod, torch.nn.Linear)
+            and linear
+            or is_conv
+            and (pointwise if tuple(mod.kernel_size) == (1, 1) else dense)
+        ):
             names.append(name)
-        elif isinstance(mod, torch.nn.Conv2d) and mod.groups == 1 and preset != "linear":
-            pointwise = tuple(mod.kernel_size) == (1, 1)
-            if preset in ("all", "conv") or pointwise:
-                names.append(name)
     return names
 
 
@@ -53,16 +61,16 @@ def apply_lora(model: torch.nn.Module, lora: Any, *, train_head: bool = False) -
     """
     from peft import LoraConfig, get_peft_model
 
-    spec = getattr(lora, "preset", None) or getattr(lora, "targets", None)
+    spec = setting(lora, "preset") or setting(lora, "targets")
     targets = resolve_targets(model, spec)
-    if train_head and isinstance(targets, list):
+    if train_head:
         targets = [t for t in targets if t != HEAD]
     if not targets:
         raise ValueError(f"LoRA targets {spec!r} match no layer of the PP-OCR recogniser")
     settings = {
-        "r": int(lora.r),
-        "lora_alpha": int(lora.alpha),
-        "lora_dropout": float(getattr(lora, "dropout", 0.0) or 0.0),
+        "r": int(setting(lora, "r") or DEFAULT_RANK),
+        "lora_alpha": int(setting(lora, "alpha") or DEFAULT_ALPHA),
+        "lora_dropout": float(setting(lora, "dropout") or 0.0),
         "target_modules": targets,
         "modules_to_save": [HEAD] if train_head else None,
     }

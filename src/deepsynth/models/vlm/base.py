@@ -288,7 +288,7 @@ class VLMAdapter(ModelAdapter):
 
         self.model = FastVisionModel.get_peft_model(
             self.model,
-            finetune_vision_layers=spec.preset not in (None, "language_model"),
+            finetune_vision_layers=spec.preset not in (None, "language-model"),
             finetune_language_layers=True,
             finetune_attention_modules=True,
             finetune_mlp_modules=True,

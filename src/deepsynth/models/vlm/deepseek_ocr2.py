@@ -67,11 +67,11 @@ _VISION_LINEAR = (
 _EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
 
 PRESETS = {
-    "language_model": LoraPreset(_LM_LINEAR, None, "text decoder attention + dense/shared-expert MLPs"),
-    "language_model+experts": LoraPreset(_LM_LINEAR, _EXPERTS, "language_model + routed MoE experts"),
-    "all_linear": LoraPreset(f"{_LM_LINEAR}|{_VISION_LINEAR}", None, "language model + SAM + Qwen2 encoder"),
-    "all_linear+experts": LoraPreset(
-        f"{_LM_LINEAR}|{_VISION_LINEAR}", _EXPERTS, "all_linear + routed experts"
+    "language-model": LoraPreset(_LM_LINEAR, None, "text decoder attention + dense/shared-expert MLPs"),
+    "language-model+experts": LoraPreset(_LM_LINEAR, _EXPERTS, "language-model + routed MoE experts"),
+    "all-linear": LoraPreset(f"{_LM_LINEAR}|{_VISION_LINEAR}", None, "language model + SAM + Qwen2 encoder"),
+    "all-linear+experts": LoraPreset(
+        f"{_LM_LINEAR}|{_VISION_LINEAR}", _EXPERTS, "all-linear + routed experts"
     ),
 }
 

@@ -1,12 +1,10 @@
-"""LoRA for the VLM adapters: presets per family, settings coercion, backend choice (peft | unsloth).
+"""LoRA for the VLM adapters: each family's placement of the presets, settings coercion, backend choice.
 
-A preset names *where* adapters go. Every family offers at least:
-
-* ``language_model`` — attention + MLP projections of the text decoder only (the adapters vLLM can serve);
-* ``all_linear`` — the same plus the vision tower's linear layers.
-
-DeepSeek-OCR-2 adds ``+experts`` variants that also adapt the routed MoE experts, which are fused 3-D
-parameters rather than Linear layers and are reached through peft's ``target_parameters``.
+Preset names and defaults come from the one table, :mod:`deepsynth.models.lora_presets`. Every VLM family
+offers ``language-model`` (text decoder attention + MLP, the adapters vLLM can serve) and ``all-linear`` (plus
+the vision tower's linear layers). DeepSeek-OCR-2 adds ``+experts`` variants that also adapt the routed MoE
+experts, which are fused 3-D parameters rather than Linear layers and are reached through peft's
+``target_parameters``.
 """
 
 from __future__ import annotations
@@ -15,6 +13,8 @@ import importlib.util
 import logging
 from dataclasses import dataclass, field
 from typing import Any
+
+from deepsynth.models.lora_presets import DEFAULT_ALPHA, DEFAULT_RANK, lookup, setting
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,10 @@ LM_LINEAR = (
 
 
 def decoder_presets(vision_linear: str, vision_description: str) -> dict[str, LoraPreset]:
-    """``language_model`` (:data:`LM_LINEAR`) and ``all_linear`` (plus ``vision_linear``) presets."""
+    """``language-model`` (:data:`LM_LINEAR`) and ``all-linear`` (plus ``vision_linear``) presets."""
     return {
-        "language_model": LoraPreset(LM_LINEAR, None, "text decoder attention + MLP"),
-        "all_linear": LoraPreset(
+        "language-model": LoraPreset(LM_LINEAR, None, "text decoder attention + MLP"),
+        "all-linear": LoraPreset(
             f"{LM_LINEAR}|{vision_linear}", None, f"language model + {vision_description}"
         ),
     }
@@ -51,8 +51,8 @@ def decoder_presets(vision_linear: str, vision_description: str) -> dict[str, Lo
 class LoraSpec:
     """Resolved LoRA settings (what peft needs), built from the trainer's ``LoraSettings`` or a dict."""
 
-    r: int = 16
-    alpha: int = 32
+    r: int = DEFAULT_RANK
+    alpha: int = DEFAULT_ALPHA
     dropout: float = 0.0
     target_modules: str | list[str] = ""
     target_parameters: list[str] | None = None
@@ -60,47 +60,33 @@ class LoraSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, dict):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
 def lora_enabled(settings: Any) -> bool:
     """True unless ``settings`` is None or says ``enabled: false``."""
-    return settings is not None and bool(_get(settings, "enabled", True))
+    return settings is not None and bool(setting(settings, "enabled", True))
 
 
 def resolve_lora(settings: Any, presets: dict[str, LoraPreset], family: str) -> LoraSpec:
     """Turn ``LoraSettings``/dict (r, alpha, dropout, targets, target_parameters, preset) into a :class:`LoraSpec`.
 
     ``targets`` may be a preset name (str) or an explicit list of module names; ``preset`` wins when both
-    are given. Unknown preset names raise a ValueError listing the family's presets.
+    are given; neither means ``language-model``. Unknown preset names raise a ConfigError listing the family's.
     """
-    targets = _get(settings, "targets")
-    preset_name = _get(settings, "preset") or (targets if isinstance(targets, str) else None)
-    if preset_name is not None:
-        preset_name = preset_name.replace("-", "_")  # "all-linear" == "all_linear"
+    targets = setting(settings, "targets")
+    preset_name = setting(settings, "preset") or (targets if isinstance(targets, str) else None)
     if preset_name is None and not targets:
-        preset_name = "language_model"
+        preset_name = "language-model"
     spec = LoraSpec(
-        r=int(_get(settings, "r", 16) or 16),
-        alpha=int(_get(settings, "alpha", 32) or 32),
-        dropout=float(_get(settings, "dropout", 0.0) or 0.0),
-        preset=preset_name,
+        r=int(setting(settings, "r") or DEFAULT_RANK),
+        alpha=int(setting(settings, "alpha") or DEFAULT_ALPHA),
+        dropout=float(setting(settings, "dropout") or 0.0),
     )
     if preset_name is not None:
-        if preset_name not in presets:
-            raise ValueError(
-                f"unknown LoRA preset {preset_name!r} for {family}; known: {', '.join(sorted(presets))} "
-                "(or pass an explicit list in lora.targets)"
-            )
-        p = presets[preset_name]
+        spec.preset, p = lookup(preset_name, presets, family)
         spec.target_modules = p.target_modules
         spec.target_parameters = list(p.target_parameters) if p.target_parameters else None
     else:
         spec.target_modules = list(targets)
-    explicit_params = _get(settings, "target_parameters")
+    explicit_params = setting(settings, "target_parameters")
     if explicit_params:
         spec.target_parameters = list(explicit_params)
     return spec

@@ -17,8 +17,8 @@ _ENC = (
     r"|attention\.attention\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 )
 PRESETS = {
-    "language_model": LoraPreset(_DEC, None, "text decoder (self + cross attention, MLP)"),
-    "all_linear": LoraPreset(f"{_DEC}|{_ENC}", None, "decoder + ViT/DeiT encoder"),
+    "language-model": LoraPreset(_DEC, None, "text decoder (self + cross attention, MLP)"),
+    "all-linear": LoraPreset(f"{_DEC}|{_ENC}", None, "decoder + ViT/DeiT encoder"),
 }
 
 
