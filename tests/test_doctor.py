@@ -137,6 +137,17 @@ def test_a_hanging_check_is_killed_with_its_children_at_the_timeout(tmp_path, pr
     assert ok.status == PASS  # the next check still runs
 
 
+def test_the_run_budget_shortens_the_last_timeout_and_skips_what_does_not_fit(tmp_path, probe_env):
+    checks = [Check("hang", "doctor_probes:hang", timeout_s=600), Check("ok", "doctor_probes:ok")]
+    lines: list[str] = []
+    ctx = CheckContext(str(tmp_path / "work"), require_cuda=False)
+    t0 = time.perf_counter()
+    hang, ok = run_checks(checks, ctx, echo=lines.append, env=probe_env, budget_s=5)
+    assert time.perf_counter() - t0 < 60
+    assert hang.status == FAIL and hang.reason == "timed out after 5 s (killed)"
+    assert ok.status == SKIP and ok.reason == "the run's time budget is used up (--budget-minutes)"
+
+
 def test_a_first_check_that_skips_skips_every_other_check_when_cuda_is_required(tmp_path, probe_env):
     checks = [Check("cuda", "doctor_probes:skip"), Check("ok", "doctor_probes:ok")]
     results, lines, _ = _run(checks, tmp_path, probe_env, require_cuda=True)

@@ -20,6 +20,12 @@ def doctor(
     ),
     out: Path = typer.Option(Path("gpu_check.json"), "--out", help="With --gpu: where the results go."),
     only: list[str] | None = typer.Option(None, "--only", help="With --gpu: run only these checks."),
+    budget_minutes: float = typer.Option(
+        30.0,
+        "--budget-minutes",
+        min=1,
+        help="With --gpu: stop starting checks after this long (SKIP the rest).",
+    ),
     workdir: Path | None = typer.Option(
         None, "--workdir", help="With --gpu: keep each check's files and log here (default: a temp dir)."
     ),
@@ -51,7 +57,7 @@ def doctor(
         raise typer.Exit(2) from exc
     with tempfile.TemporaryDirectory(prefix="deepsynth-gpu-check-") as tmp:
         ctx = CheckContext(str(workdir or tmp), model=model)
-        results = run_checks(checks, ctx, echo=typer.echo)
+        results = run_checks(checks, ctx, echo=typer.echo, budget_s=budget_minutes * 60)
         if workdir is None:  # the temp dir goes away: failures keep their output tail in "error"
             for r in results:
                 r.log = ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,14 +137,17 @@ def run_checks(
     *,
     echo: Callable[[str], None] = print,
     env: dict[str, str] | None = None,
+    budget_s: float | None = None,
 ) -> list[CheckResult]:
     """Run ``checks`` in order. With ``ctx.require_cuda``, a first check that SKIPs (no CUDA) skips the rest.
+    With ``budget_s``, no check runs past it (its timeout shrinks; later checks SKIP saying so).
 
     SIGTERM stops the run like Ctrl-C does (the running check's process group is killed first)."""
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main else None
     try:
-        return _run_all(checks, ctx, echo, env)
+        deadline = time.monotonic() + budget_s if budget_s else math.inf
+        return _run_all(checks, ctx, echo, env, deadline)
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
@@ -154,15 +158,23 @@ def _terminate(signum: int, _frame: Any) -> None:
 
 
 def _run_all(
-    checks: Sequence[Check], ctx: CheckContext, echo: Callable[[str], None], env: dict[str, str] | None
+    checks: Sequence[Check],
+    ctx: CheckContext,
+    echo: Callable[[str], None],
+    env: dict[str, str] | None,
+    deadline: float,
 ) -> list[CheckResult]:
     results: list[CheckResult] = []
     no_cuda: str | None = None
     for check in checks:
+        left = deadline - time.monotonic()
         if no_cuda is not None:
             result = CheckResult(check.name, SKIP, "no CUDA")
+        elif left < 1:
+            result = CheckResult(check.name, SKIP, "the run's time budget is used up (--budget-minutes)")
         else:
-            result = run_check(check, ctx, env)
+            timeout = check.timeout_s if left > check.timeout_s else float(round(left))  # whole seconds
+            result = run_check(replace(check, timeout_s=timeout), ctx, env)
             if ctx.require_cuda and not results and result.status == SKIP:
                 no_cuda = result.reason
                 echo(f"no CUDA device visible ({no_cuda}): every GPU check skipped")
