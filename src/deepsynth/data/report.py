@@ -107,7 +107,9 @@ class DataReport:
     def write_json(self, path: str | Path, **extra: Any) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**extra, **self.to_dict()}, indent=2, ensure_ascii=False) + "\n")
+        with path.open("w", encoding="utf-8") as fh:  # streamed: a million skipped rows never sit in one string
+            json.dump({**extra, **self.to_dict()}, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
         return path
 
     def renderables(self, max_skipped: int = 20) -> list[Any]:
