@@ -44,6 +44,11 @@ def partial(ctx):
 
     return per_family(["a", "b", "c"], one)
 
+def leaky(ctx):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    open(os.path.join(ctx.workdir, "child.pid"), "w").write(str(child.pid))
+    return {}
+
 def hang(ctx):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     open(os.path.join(ctx.workdir, "child.pid"), "w").write(str(child.pid))
@@ -135,6 +140,16 @@ def test_a_hanging_check_is_killed_with_its_children_at_the_timeout(tmp_path, pr
         time.sleep(0.2)
     assert not _alive(pid), "the hanging check's child process survived the timeout"
     assert ok.status == PASS  # the next check still runs
+
+
+def test_what_a_passing_check_leaves_running_is_killed(tmp_path, probe_env):
+    (result,), _, _ = _run([Check("leaky", "doctor_probes:leaky")], tmp_path, probe_env)
+    assert result.status == PASS
+    pid = int((tmp_path / "work" / "leaky" / "child.pid").read_text())
+    deadline = time.time() + 10
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(pid), "a process started by a finished check is still running"
 
 
 def test_the_run_budget_shortens_the_last_timeout_and_skips_what_does_not_fit(tmp_path, probe_env):

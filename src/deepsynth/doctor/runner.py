@@ -121,6 +121,7 @@ def run_check(check: Check, ctx: CheckContext, env: dict[str, str] | None = None
                 check.name, FAIL, f"timed out after {check.timeout_s:g} s (killed)",
                 error=_tail(log_file), seconds=round(time.perf_counter() - t0, 2), log=str(log_file),
             )  # fmt: skip
+    _kill_group(proc)  # whatever the check left running (a server, workers) goes with it
     seconds = round(time.perf_counter() - t0, 2)
     if not result_file.is_file():
         tail = _tail(log_file)
