@@ -23,7 +23,8 @@ import os, subprocess, sys, time
 from deepsynth.doctor.runner import Skip
 
 def ok(ctx):
-    return {"step_seconds": 0.25, "answer": 42, "workdir": ctx.workdir, "summary": "all good"}
+    # peak_gpu_bytes: memory measured in another process (a server's model process)
+    return {"step_seconds": 0.25, "peak_gpu_bytes": 3 * 1024**2, "answer": 42, "workdir": ctx.workdir, "summary": "all good"}
 
 def boom(ctx):
     raise ValueError("boom: the check failed on purpose")
@@ -104,7 +105,7 @@ def test_each_outcome_is_reported_in_one_line_with_the_error(tmp_path, probe_env
         "b": {"error": "RuntimeError: b broke"},
         "c": {"ok": "c"},
     }
-    assert by["ok"].step_seconds == 0.25 and by["ok"].details["answer"] == 42
+    assert by["ok"].step_seconds == 0.25 and by["ok"].details["answer"] == 42 and by["ok"].peak_gpu_mib == 3.0
     assert by["ok"].details["workdir"] == str(tmp_path / "work" / "ok")  # each check has its own directory
     assert by["boom"].reason == "ValueError: boom: the check failed on purpose"
     assert "raise ValueError" in by["boom"].error  # the traceback goes into the JSON
@@ -112,7 +113,7 @@ def test_each_outcome_is_reported_in_one_line_with_the_error(tmp_path, probe_env
     assert by["skip"].reason == "nothing to check here"
     assert by["missing"].reason.startswith("AttributeError")
     assert len(lines) == len(checks)
-    assert lines[0].startswith("PASS  ok") and lines[0].endswith("step 0.250 s  all good")
+    assert lines[0].startswith("PASS  ok") and lines[0].endswith("peak 3 MiB  step 0.250 s  all good")
     assert lines[1].startswith("FAIL  boom") and "error: ValueError: boom" in lines[1]
     assert lines[3] == f"SKIP  {'skip':<22} (nothing to check here)"
 

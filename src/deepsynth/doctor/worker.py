@@ -32,7 +32,8 @@ def run(target: str, ctx: CheckContext) -> dict[str, Any]:
     step = details.pop("step_seconds", None)
     peak_bytes = details.pop("peak_gpu_bytes", None)  # measured elsewhere (e.g. a server's model process)
     out["step_seconds"] = round(float(step), 4) if step is not None else None
-    out["peak_gpu_mib"] = round(peak_bytes / MIB, 1) if peak_bytes is not None else peak_gpu_mib()
+    peaks = [p for p in (peak_gpu_mib(), round(peak_bytes / MIB, 1) if peak_bytes else None) if p is not None]
+    out["peak_gpu_mib"] = max(peaks) if peaks else None  # the larger of this process's and the reported one
     out["details"] = details
     return out
 
