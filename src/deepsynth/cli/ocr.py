@@ -29,7 +29,7 @@ def ocr(
     server_model: str | None = typer.Option(
         None, "--server-model", help="Model id on an OpenAI-compatible server."
     ),
-    token: str | None = typer.Option(None, "--token", envvar="DEEPSYNTH_API_TOKEN", help="Bearer token."),
+    token: str | None = typer.Option(None, "--token", help="Bearer token (default: $DEEPSYNTH_API_TOKEN)."),
     txt_dir: Path | None = typer.Option(None, "--txt-dir", help="Also write one .txt per input here."),
     md_dir: Path | None = typer.Option(None, "--md-dir", help="Also write one .md per input here."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Pages per model call."),

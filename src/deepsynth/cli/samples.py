@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
+
+from deepsynth import envs
 
 samples_app = typer.Typer(
     help="Look at or delete sampled requests (DEEPSYNTH_SAMPLES_DIR) without stopping the server.",
@@ -19,7 +20,7 @@ DIR_HELP = "Sample store directory (default: $DEEPSYNTH_SAMPLES_DIR)."
 def _store(directory: Path | None):
     from deepsynth.observability.samples import SampleStore
 
-    directory = directory or (Path(d) if (d := os.environ.get("DEEPSYNTH_SAMPLES_DIR", "").strip()) else None)
+    directory = directory or (Path(d) if (d := envs.DEEPSYNTH_SAMPLES_DIR) else None)
     if directory is None:
         typer.echo("error: give --dir or set DEEPSYNTH_SAMPLES_DIR", err=True)
         raise typer.Exit(2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from deepsynth import envs
 from deepsynth.inference.limits import ServingLimits
 
 _LIMITS = ServingLimits()
@@ -34,7 +35,9 @@ def serve(
     model_max_rss_mb: float = _limit("model_max_rss_mb", "--model-max-rss-mb", min=0),
     drain_timeout_s: float = _limit("drain_timeout_s", "--drain-timeout", min=0),
     token: str | None = typer.Option(
-        None, "--token", envvar="DEEPSYNTH_API_TOKEN", help="Require 'Authorization: Bearer TOKEN' on /v1/*."
+        None,
+        "--token",
+        help="Require 'Authorization: Bearer TOKEN' on /v1/* (default: $DEEPSYNTH_API_TOKEN).",
     ),
     max_upload_mb: float = _limit("max_upload_mb", "--max-upload-mb", min=0),
     max_pages: int = _limit("max_pages", "--max-pages", min=1),
@@ -114,6 +117,7 @@ def serve(
     except ModelLoadError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    token = token or envs.DEEPSYNTH_API_TOKEN
     run(service, ServerSettings(host=host, port=port, token=token, warmup=warmup, limits=limits, docs=docs))
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from PIL import Image
 
+from deepsynth import envs
 from deepsynth.models.base import Prediction
 from deepsynth.models.generation import GenerationConfig
 
@@ -80,7 +81,7 @@ class RemoteEngine:
         self.concurrency = max(1, concurrency)
         self.max_images = max(1, max_images_per_request)
         self.max_retries_429 = max_retries_429
-        token = token or os.environ.get("DEEPSYNTH_API_TOKEN") or os.environ.get("OPENAI_API_KEY")
+        token = token or envs.DEEPSYNTH_API_TOKEN or os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=base, headers=headers, timeout=timeout_s)
         self.name = f"server:{base}"

@@ -30,12 +30,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from deepsynth import envs
 from deepsynth.observability.logging import configure_logging, request_id_var
 from deepsynth.observability.tracing import Tracing
 
 log = logging.getLogger("deepsynth.request")
 
-_TRUE = {"1", "true", "yes", "on"}
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._:-]")
 _SAFE_LABEL = re.compile(r"[^A-Za-z0-9_.:-]")
 MAX_ERROR_KINDS = 64
@@ -112,9 +112,9 @@ class Observability:
         from deepsynth.observability.samples import sample_store_from_env
 
         env = os.environ if env is None else env
-        fmt = env.get("DEEPSYNTH_LOG_FORMAT", "json").strip().lower()
-        configure_logging(env.get("DEEPSYNTH_LOG_LEVEL", "INFO"), fmt)
-        metrics = env.get("DEEPSYNTH_METRICS", "1").strip().lower() in _TRUE
+        fmt = envs.read("DEEPSYNTH_LOG_FORMAT", env).lower()
+        configure_logging(envs.read("DEEPSYNTH_LOG_LEVEL", env), fmt)
+        metrics = envs.read("DEEPSYNTH_METRICS", env)
         tracing = Tracing.from_env(env)
         obs = cls(
             model_id,

@@ -38,13 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deepsynth import envs
 from deepsynth.observability.redaction import redact
 
 log = logging.getLogger("deepsynth.samples")
 
 IMAGE_MODES = ("thumbnail", "blur", "omit")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 _STAMP = "%Y%m%dT%H%M%S"
 
@@ -102,31 +101,23 @@ class SampleSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SampleSettings | None:
         """Settings from ``DEEPSYNTH_SAMPLES_*``; None when ``DEEPSYNTH_SAMPLES_DIR`` is unset (store off)."""
-        directory = env.get("DEEPSYNTH_SAMPLES_DIR", "").strip()
+        directory = envs.read("DEEPSYNTH_SAMPLES_DIR", env)
         if not directory:
             return None
 
-        def num(name: str, default: float, kind: type = float) -> Any:
-            raw = env.get(name, "").strip()
-            try:
-                return kind(raw) if raw else default
-            except ValueError:
-                raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+        def get(name: str) -> Any:
+            return envs.read(f"DEEPSYNTH_SAMPLES_{name}", env)
 
-        flag = env.get("DEEPSYNTH_SAMPLES_REDACT", "1").strip().lower()
-        if flag not in _TRUE | _FALSE:
-            raise ValueError(f"DEEPSYNTH_SAMPLES_REDACT={flag!r}: use 1/0, true/false, on/off")
-        seed = env.get("DEEPSYNTH_SAMPLES_SEED", "").strip()
         try:
             return cls(
                 directory=Path(directory),
-                rate=num("DEEPSYNTH_SAMPLES_RATE", 0.01),
-                max_count=num("DEEPSYNTH_SAMPLES_MAX_COUNT", 1000, int),
-                max_age_seconds=num("DEEPSYNTH_SAMPLES_MAX_AGE_DAYS", 7.0) * 86400.0,
-                redact=flag in _TRUE,
-                image_mode=env.get("DEEPSYNTH_SAMPLES_IMAGE", "blur").strip().lower(),
-                thumbnail_px=num("DEEPSYNTH_SAMPLES_THUMBNAIL_PX", 256, int),
-                seed=int(seed) if seed else None,
+                rate=get("RATE"),
+                max_count=get("MAX_COUNT"),
+                max_age_seconds=get("MAX_AGE_DAYS") * 86400.0,
+                redact=get("REDACT"),
+                image_mode=get("IMAGE").lower(),
+                thumbnail_px=get("THUMBNAIL_PX"),
+                seed=get("SEED"),
             )
         except ValueError as exc:
             raise ValueError(f"invalid DEEPSYNTH_SAMPLES_* setting: {exc}") from None

@@ -18,7 +18,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-_TRUE = {"1", "true", "yes", "on"}
+from deepsynth import envs
+from deepsynth.envs import parse_bool
+
 _NULL = contextlib.nullcontext()
 INSTRUMENTATION_NAME = "deepsynth"
 
@@ -26,11 +28,11 @@ INSTRUMENTATION_NAME = "deepsynth"
 def tracing_requested(env: Mapping[str, str] | None = None) -> bool:
     """Whether the environment asks for tracing (see module docstring)."""
     env = os.environ if env is None else env
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE:
+    if env.get("OTEL_SDK_DISABLED", "").strip() and parse_bool(env["OTEL_SDK_DISABLED"]):
         return False
-    flag = env.get("DEEPSYNTH_TRACING", "").strip().lower()
-    if flag:
-        return flag in _TRUE
+    flag = envs.read("DEEPSYNTH_TRACING", env)
+    if flag is not None:
+        return flag
     exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     if exporter:
         return exporter != "none"

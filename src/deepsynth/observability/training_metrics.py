@@ -24,6 +24,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
 
+from deepsynth import envs
+
 _SAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 # trainer key (after the split prefix) -> dedicated gauge attribute
 _DEDICATED = {
@@ -89,17 +91,13 @@ class PrometheusTracker:
         self.info = Gauge(
             "deepsynth_training_info", "Run description (value 1).", ["run", "family"], registry=r
         )
-        self.pushgateway = pushgateway or env.get("DEEPSYNTH_PUSHGATEWAY_URL") or None
+        self.pushgateway = pushgateway or envs.read("DEEPSYNTH_PUSHGATEWAY_URL", env)
         self._server = None
-        raw_port = port if port is not None else env.get("DEEPSYNTH_TRAIN_METRICS_PORT")
-        if raw_port not in (None, ""):
+        port_num = port if port is not None else envs.read("DEEPSYNTH_TRAIN_METRICS_PORT", env)
+        if port_num is not None:
             from prometheus_client import start_http_server
 
-            try:
-                port_num = int(raw_port)
-            except ValueError:
-                raise ValueError(f"DEEPSYNTH_TRAIN_METRICS_PORT={raw_port!r} is not a port number") from None
-            bind = addr or env.get("DEEPSYNTH_TRAIN_METRICS_ADDR", "127.0.0.1")
+            bind = addr or envs.read("DEEPSYNTH_TRAIN_METRICS_ADDR", env)
             self._server, self._thread = start_http_server(port_num, addr=bind, registry=r)
             self.port = self._server.server_port
 

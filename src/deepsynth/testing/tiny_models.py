@@ -12,7 +12,6 @@ and ``FAMILY:smoke`` through :func:`build_spec` (``registry.TINY_MODELS``)::
 from __future__ import annotations
 
 import atexit
-import os
 import shutil
 import string
 import tempfile
@@ -21,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from deepsynth import envs
 from deepsynth.models.registry import load_engine, vlm_families
 
 FAMILIES = tuple(vlm_families())
@@ -373,7 +373,7 @@ def build_spec(family: str, arg: str, **options: Any) -> Any:
     """The registry's ``FAMILY:tiny[@SEED]`` and ``FAMILY:smoke`` (the checkpoint named by
     ``DEEPSYNTH_SMOKE_MODEL`` when set, else the tiny model)."""
     if arg == "smoke":
-        real = os.environ.get("DEEPSYNTH_SMOKE_MODEL")
+        real = envs.DEEPSYNTH_SMOKE_MODEL
         if real:
             return load_engine(f"{family}:{real}", **options)
         arg = "tiny"

@@ -13,7 +13,6 @@ DeepSeek-OCR-2 (``deepseek_ocr2``), which transformers supports natively and whi
 from __future__ import annotations
 
 import inspect
-import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from PIL import Image
 
+from deepsynth import envs
 from deepsynth.models.base import Prediction
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.models.vlm.base import as_bool
@@ -78,7 +78,7 @@ def build(
 ) -> DeepseekOcrRemoteEngine:
     """``deepseek_ocr:HUB_ID_OR_PATH`` with ``trust_remote_code=True`` (runs code downloaded from the hub)."""
     ref = arg or "deepseek-ai/DeepSeek-OCR"
-    trust_remote_code = as_bool(trust_remote_code) or as_bool(os.environ.get("DEEPSYNTH_TRUST_REMOTE_CODE"))
+    trust_remote_code = as_bool(trust_remote_code) or envs.DEEPSYNTH_TRUST_REMOTE_CODE
     if not trust_remote_code:
         raise ValueError(
             "DeepSeek-OCR (v1) only exists as hub remote code: pass trust_remote_code=true "
