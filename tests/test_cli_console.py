@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from deepsynth.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DEEPSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -156,3 +157,54 @@ def test_eval_sample_option(shared_data, tmp_path):
     assert len(ids) == 3 and ids != first
     r = runner.invoke(app, ["eval", *common, "--sample", "3", "--limit", "3", "-o", str(tmp_path / "t")])
     assert r.exit_code == 2 and "exclude each other" in r.output
+
+
+@pytest.mark.slow
+def test_train_prints_each_evaluation_and_a_summary_without_library_bars(tmp_path):
+    out = tmp_path / "run"
+    r = _run("train", str(ROOT / "configs" / "ppocr_finetune.yaml"), f"output_dir={out}",
+             f"data.train=[{SHARED / 'gt4histocr_dta19_lines'}]", "data.limit=8", "data.eval_limit=4",
+             "max_steps=2", "epochs=null", "max_minutes=null", "eval.times=null", "eval.every_steps=1",
+             "eval.at_start=true", "checkpoint.times=null", "batch_size=4", "num_threads=1", "augment.p=0",
+             timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    evals = [line for line in r.stderr.splitlines() if "eval at step" in line]
+    assert [line.split("eval at step ")[1].split(":")[0] for line in evals] == ["0", "1", "2"]
+    assert all("cer " in line and "% (best " in line for line in evals)
+    result = json.loads((out / "result.json").read_text())
+    first = result["evals"][0]["cer"]
+    assert (
+        f"cer: {100 * first:.2f}% at step 0 -> best {100 * result['best_metric']:.2f}% at step " in r.stdout
+    )
+    assert "Writing model shards" not in r.stderr and "Loading weights" not in r.stderr
+    assert "\r" not in r.stderr  # stderr is not a terminal: no carriage-return bars at all
+
+
+def test_uvicorn_start_and_stop_lines_are_json(tmp_path):
+    import signal
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "DEEPSYNTH_LOG_FORMAT": "json"}
+    proc = subprocess.Popen([sys.executable, "-m", "deepsynth.cli.main", "serve", "-m", "tesseract", "--port",
+                             str(port), "--in-process", "--no-warmup"], stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]  # every line is JSON
+    messages = [(rec["logger"], rec["msg"]) for rec in lines]
+    assert ("uvicorn.error", "Application startup complete.") in messages
+    assert any(logger == "uvicorn.error" and msg.startswith("Uvicorn running on") for logger, msg in messages)
+    assert ("uvicorn.error", "Shutting down") in messages

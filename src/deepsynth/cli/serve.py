@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from deepsynth import envs
@@ -83,6 +85,10 @@ def serve(
     from deepsynth.models.generation import GenerationConfig
 
     ensure_port_free(host, port)  # before the model loads: a busy port is a one-line error
+    if os.environ.get("DEEPSYNTH_LOG_FORMAT", "json").strip().lower() == "json":
+        from deepsynth.observability.logging import hide_library_progress_bars
+
+        hide_library_progress_bars()  # before the model process starts: it inherits the environment
     if threads and not model_process:
         import torch  # set before the model loads; the batcher's worker thread picks it up when it starts
 

@@ -10,6 +10,10 @@ import typer
 from deepsynth.cli.console import ProgressOpt, show_progress
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
 def register(app: typer.Typer) -> None:
     """Add ``deepsynth train`` to the main app."""
 
@@ -54,19 +58,23 @@ def register(app: typer.Typer) -> None:
             typer.echo(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
             return
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        from deepsynth.observability.logging import hide_library_progress_bars
         from deepsynth.training.trainer import train as run_training
 
+        hide_library_progress_bars()  # "Writing model shards" bars would cut through the training bar
         try:
-            result = run_training(cfg)
+            with logging_redirect_tqdm():  # log lines (one per evaluation) print above the bar
+                result = run_training(cfg)
         except (FileExistsError, FileNotFoundError, ValueError, TypeError) as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from exc
-        best = (
-            f"best {cfg.eval.metric} {result.best_metric:.4f} at step {result.best_step}"
-            if result.evals
-            else ""
-        )
-        typer.echo(f"done: {result.steps} steps ({result.stopped}) in {result.wall_seconds:.0f} s; {best}")
+        typer.echo(f"done: {result.steps} steps ({result.stopped}) in {result.wall_seconds:.0f} s")
+        if result.evals:
+            m, first = cfg.eval.metric, result.evals[0]
+            typer.echo(f"{m}: {_pct(first.get(m))} at step {first.get('step')} -> best {_pct(result.best_metric)} "
+                       f"at step {result.best_step} ({len(result.evals)} evaluations)")  # fmt: skip
         if result.skipped_samples:
             typer.echo(
                 f"skipped {result.skipped_samples} bad sample(s): see {result.run_dir}/data_report.json"

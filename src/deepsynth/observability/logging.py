@@ -72,6 +72,8 @@ def configure_logging(
     """
     if fmt not in ("json", "text"):
         raise ValueError(f"DEEPSYNTH_LOG_FORMAT must be 'json' or 'text', got {fmt!r}")
+    if fmt == "json":
+        hide_library_progress_bars()
     logger = logging.getLogger(logger_name)
     for h in list(logger.handlers):
         if getattr(h, _HANDLER_MARK, False):
@@ -90,3 +92,40 @@ def configure_logging(
     # propagation stays on: an application (or pytest's caplog) that configured the root logger keeps seeing
     # deepsynth records; set logging.getLogger("deepsynth").propagate = False to avoid seeing them twice.
     return logger
+
+
+def hide_library_progress_bars() -> None:
+    """No tqdm bars from transformers / huggingface_hub ("Loading weights", "Writing model shards"): they would
+    cut through DeepSynth's own bar and JSON log lines. Set before the libraries load (child processes
+    inherit it), and switched off in them if they already have."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    elif "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+
+
+def uvicorn_log_config(fmt: str) -> dict[str, Any] | None:
+    """A ``logging.config.dictConfig`` for uvicorn's own lines (start, stop, bind errors) in DeepSynth's JSON
+    format when ``fmt`` is ``json``; None (uvicorn's default text) otherwise."""
+    if fmt != "json":
+        return None
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"],
+               "stream": "ext://sys.stderr"}  # fmt: skip
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": RequestIdFilter}},
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"json": handler},
+        "loggers": {
+            name: {"handlers": ["json"], "level": "INFO", "propagate": False}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+        },  # fmt: skip
+    }

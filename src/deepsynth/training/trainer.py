@@ -381,6 +381,8 @@ class Trainer:
             logged = {f"eval/{k}": float(summary[k]) for k in keys if k in summary}
             logged[f"eval/best_{m}"] = float(self.best)
             self.tracker.log_metrics(logged, self.step)
+            log.info("eval at step %d: %s %.2f%% (best %.2f%% at step %d)", self.step, m, 100 * value,
+                     100 * self.best, self.best_step)  # fmt: skip
             self.result.evals.append(summary_small(summary))
             patience = self.cfg.eval.patience
             stop = patience is not None and self.bad_evals >= patience

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 from fastapi import FastAPI
 
@@ -20,6 +21,7 @@ from deepsynth.inference.api.routers import admin, ocr, openai
 from deepsynth.inference.api.settings import ServerSettings
 from deepsynth.inference.api.state import ServerState
 from deepsynth.inference.service import OCRService
+from deepsynth.observability.logging import uvicorn_log_config
 
 log = logging.getLogger("deepsynth.server")
 
@@ -87,10 +89,12 @@ def run(service: OCRService, settings: ServerSettings | None = None) -> None:
     app = create_app(service, settings)
     # uvicorn's access log is off: every request is already logged once, as JSON with its request id and
     # timings, by deepsynth.observability (a second plain-text line per request costs CPU on the event loop)
+    fmt = os.environ.get("DEEPSYNTH_LOG_FORMAT", "json").strip().lower()
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        log_config=uvicorn_log_config(fmt) or uvicorn.config.LOGGING_CONFIG,  # start/stop lines as JSON too
         log_level="info",
         access_log=False,
         timeout_graceful_shutdown=30,
