@@ -208,3 +208,4 @@ def test_uvicorn_start_and_stop_lines_are_json(tmp_path):
     assert ("uvicorn.error", "Application startup complete.") in messages
     assert any(logger == "uvicorn.error" and msg.startswith("Uvicorn running on") for logger, msg in messages)
     assert ("uvicorn.error", "Shutting down") in messages
+    assert not any("color_message" in rec for rec in lines)

@@ -24,7 +24,8 @@ LOGGER_NAME = "deepsynth"
 _HANDLER_MARK = "_deepsynth_json_handler"
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is emitted as a field.
-_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# ``color_message`` is uvicorn's ANSI-coloured copy of ``msg``.
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 
 class RequestIdFilter(logging.Filter):
