@@ -366,3 +366,13 @@ def test_interrupting_the_runner_kills_the_running_check_and_its_children(tmp_pa
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
+
+
+def test_only_keeps_the_cuda_gate_first_and_model_adds_its_checks():
+    from deepsynth.doctor.gpu_checks import select
+
+    assert [c.name for c in select(["merge_parity"])] == ["cuda", "merge_parity"]
+    assert [c.name for c in select(None, "/m")][-3:] == ["model_lora", "model_qlora", "model_unsloth"]
+    assert "model_lora" not in [c.name for c in select()]
+    with pytest.raises(ValueError, match="unknown check"):
+        select(["model_lora"])  # only with --model
