@@ -7,9 +7,11 @@ Two real uvicorn servers on loopback share one RapidOCR (PP-OCRv6) engine and re
 * ``on``: Prometheus metrics + OpenTelemetry spans for every stage (SDK, in-memory exporter) + one JSON log
   line per request (written to /dev/null).
 
-Rounds alternate off/on (ABAB...) so machine noise hits both alike; the result is the median of the
-per-round throughput ratios. A direct micro-measurement of the per-request cost of the Observability calls
-(no HTTP, no model) is reported as well.
+Rounds alternate off/on (ABAB...) so machine noise hits both alike. The declared statistic is the median of
+the per-round throughput ratios (on / off) with its distribution-free CI (bench/stats.py); the goal (>= 0.97,
+i.e. <= 3% overhead) is judged only when the CI is on one side of it. A direct micro-measurement of the
+per-request cost of the Observability calls (no HTTP, no model) is reported as well; it is a bound from CPU
+time, not the goal's statistic.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import statistics
 import threading
 import time
 from pathlib import Path
+
+from bench.stats import paired_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DEEPSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data")) / "fondue_en_print20"
@@ -161,8 +165,6 @@ def main() -> dict:
     exporter.clear()
     devnull.close()
     configure_logging("INFO", "json")
-    median_ratio = statistics.median(ratios)
-    overhead = 1.0 - median_ratio
     # Noise-free bound: the extra CPU time of the "on" calls relative to the server time of one request.
     server_us_per_request = 1e6 / statistics.median(rates["off"])
     return {
@@ -174,14 +176,12 @@ def main() -> dict:
         "throughput_off_rps_median": round(statistics.median(rates["off"]), 2),
         "throughput_on_rps_median": round(statistics.median(rates["on"]), 2),
         "per_round_ratio_on_over_off": [round(x, 4) for x in ratios],
-        "overhead_pct_median": round(100 * overhead, 2),
+        "throughput_on_over_off": paired_ratio(ratios, goal=0.97, higher_is_better=True),
         "spans_exported": spans,
         "spans_per_request": round(spans / (ROUNDS * REQUESTS_PER_ROUND), 2),
         "obs_calls_us_per_request_off": round(micro_off, 1),
         "obs_calls_us_per_request_on": round(micro_on, 1),
         "call_cost_share_of_request_pct": round(100 * (micro_on - micro_off) / server_us_per_request, 3),
-        "goal": "overhead <= 3%",
-        "goal_met": overhead <= 0.03,
     }
 
 
