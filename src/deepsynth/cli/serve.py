@@ -85,7 +85,7 @@ def serve(
     from deepsynth.models.generation import GenerationConfig
 
     ensure_port_free(host, port)  # before the model loads: a busy port is a one-line error
-    if os.environ.get("DEEPSYNTH_LOG_FORMAT", "json").strip().lower() == "json":
+    if envs.DEEPSYNTH_LOG_FORMAT.lower() == "json":
         from deepsynth.observability.logging import hide_library_progress_bars
 
         hide_library_progress_bars()  # before the model process starts: it inherits the environment
@@ -136,7 +136,6 @@ def demo_ui(
     pdf_dpi: float = typer.Option(150.0, "--pdf-dpi"),
 ) -> None:
     """Gradio web demo: upload an image or PDF, pick a model, see the text and timings."""
-    import os
 
     from deepsynth.cli.console import ensure_port_free
 

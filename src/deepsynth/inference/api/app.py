@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 
 from fastapi import FastAPI
 
+from deepsynth import envs
 from deepsynth.inference.api.errors import install_exception_handlers
 from deepsynth.inference.api.middleware import GuardMiddleware, ShutdownErrorsMiddleware
 from deepsynth.inference.api.openapi import install_openapi
@@ -89,7 +89,7 @@ def run(service: OCRService, settings: ServerSettings | None = None) -> None:
     app = create_app(service, settings)
     # uvicorn's access log is off: every request is already logged once, as JSON with its request id and
     # timings, by deepsynth.observability (a second plain-text line per request costs CPU on the event loop)
-    fmt = os.environ.get("DEEPSYNTH_LOG_FORMAT", "json").strip().lower()
+    fmt = envs.DEEPSYNTH_LOG_FORMAT.lower()
     config = uvicorn.Config(
         app,
         host=settings.host,
