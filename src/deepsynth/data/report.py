@@ -107,9 +107,8 @@ class DataReport:
     def write_json(self, path: str | Path, **extra: Any) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open(
-            "w", encoding="utf-8"
-        ) as fh:  # streamed: a million skipped rows never sit in one string
+        # streamed to the file: a million skipped rows never sit in one string
+        with path.open("w", encoding="utf-8") as fh:
             json.dump({**extra, **self.to_dict()}, fh, indent=2, ensure_ascii=False)
             fh.write("\n")
         return path
