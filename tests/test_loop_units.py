@@ -77,12 +77,15 @@ def test_gate_rule():
     better = gate.TypeResult("a", 50, 0.10, 0.05, -0.05, -0.07, -0.03)
     flat = gate.TypeResult("b", 50, 0.10, 0.101, 0.001, -0.002, 0.004)
     worse = gate.TypeResult("b", 50, 0.10, 0.12, 0.02, 0.01, 0.03)
-    assert gate.decide([better, flat], ["a"], g)[0]
-    ok, reasons = gate.decide([better, worse], ["a"], g)
+    assert gate.decide([better, flat], ["a"], ["a", "b"], g)[0]
+    ok, reasons = gate.decide([better, worse], ["a"], ["a", "b"], g)
     assert not ok and any("b: worse beyond tolerance" in r and "+3.00 > +0.5" in r for r in reasons)
-    ok, reasons = gate.decide([flat], ["b"], g)
+    assert gate.decide([better, worse], ["a"], ["a"], g)[0]  # b is served by its own champion
+    ok, reasons = gate.decide([flat], ["b"], ["b"], g)
     assert not ok and "does not exclude 0" in reasons[0]
-    assert not gate.decide([better], ["c"], g)[0]  # triggering type without a holdout
+    assert not gate.decide([better], ["c"], ["c"], g)[0]  # triggering type without a holdout
+    with pytest.raises(ConfigError, match="gate.guard"):
+        GateSettings(guard="some")
 
 
 def test_inbox_reports_bad_entries_and_counts_new_ones_once(shared_data, tmp_path):
@@ -178,3 +181,20 @@ def test_lower_layers_never_import_the_loop():
                     mods = [node.module]
                 bad += [f"{path.relative_to(root)}: {m}" for m in mods if m.startswith("deepsynth.loop")]
     assert not bad
+
+
+def test_cli_names_a_bad_config(tmp_path):
+    from typer.testing import CliRunner
+
+    from deepsynth.cli.main import app
+
+    res = CliRunner().invoke(app, ["loop", "status", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 2 and "config file not found" in res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trigger:\n  min_nwe: 5\n")
+    res = CliRunner().invoke(app, ["loop", "run", str(bad)])
+    assert res.exit_code == 2 and "trigger.min_nwe" in res.output
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(f"workdir: {tmp_path / 'w'}\ninbox: {tmp_path / 'in'}\n")
+    res = CliRunner().invoke(app, ["loop", "status", str(empty)])
+    assert res.exit_code == 0 and "no labelled data seen yet" in res.output

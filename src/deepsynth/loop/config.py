@@ -58,10 +58,19 @@ class HoldoutSettings:
 
 @dataclass
 class GateSettings:
-    """Promote only if the triggering type's CER improves with the CI excluding 0 and no type's CER change
-    has a CI upper bound above ``tolerance_cer_points`` (percentage points)."""
+    """Promote only if the triggering type's CER improves with the CI excluding 0 and no guarded type's CER
+    change has a CI upper bound above ``tolerance_cer_points`` (percentage points). Every type's holdout is
+    scored and recorded; ``guard: served`` blocks on the types the model will serve (in specialise mode its own
+    type: the others keep their own champions), ``guard: all`` on every type."""
+
+    def __post_init__(self) -> None:
+        if self.guard not in ("served", "all"):
+            raise ConfigError(f"gate.guard must be served|all, got {self.guard!r}")
 
     tolerance_cer_points: float = 0.5
+    guard: str = (
+        "served"  # types whose worsening blocks: served (specialise: its own type; shared: all) | all
+    )
     resamples: int = 1000
     level: float = 0.95
     normalize: str = "none"

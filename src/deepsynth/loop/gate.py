@@ -50,9 +50,11 @@ def compare(champion: Path, candidate: Path, types: list[str], gate: GateSetting
     return out
 
 
-def decide(results: list[TypeResult], triggering: list[str], gate: GateSettings) -> tuple[bool, list[str]]:
-    """(promote?, reasons). Every triggering type must improve with a CI excluding 0; no type may have a CER
-    change whose CI upper bound exceeds ``gate.tolerance_cer_points``."""
+def decide(
+    results: list[TypeResult], triggering: list[str], guarded: list[str], gate: GateSettings
+) -> tuple[bool, list[str]]:
+    """(promote?, reasons). Every triggering type must improve with a CI excluding 0; no ``guarded`` type may
+    have a CER change whose CI upper bound exceeds ``gate.tolerance_cer_points`` (other types are reported)."""
     by_type = {r.doc_type: r for r in results}
     reasons, ok = [], True
     for name in triggering:
@@ -70,7 +72,7 @@ def decide(results: list[TypeResult], triggering: list[str], gate: GateSettings)
                            f"{_pts(r.ci_high)}] does not exclude 0")  # fmt: skip
     tol = gate.tolerance_cer_points / 100
     for r in results:
-        if r.ci_high is not None and r.ci_high > tol:
+        if r.doc_type in guarded and r.ci_high is not None and r.ci_high > tol:
             ok = False
             reasons.append(f"{r.doc_type}: worse beyond tolerance, CER {_pts(r.delta)} points, CI upper "
                            f"{_pts(r.ci_high)} > +{gate.tolerance_cer_points:g}")  # fmt: skip

@@ -202,6 +202,12 @@ def _train(
             "data": {"train": fingerprint(train_samples), "val": fingerprint(val)}}  # fmt: skip
 
 
+def _short_hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
 def _engine(cfg: LoopConfig, model_dir: str | None) -> Any:
     from deepsynth.models.registry import load_engine
 
@@ -218,12 +224,18 @@ def _gate(
     holdouts = labelled(cfg, state, sorted(state.types), holdout=True)
     holdouts = {t: sorted(v, key=lambda s: s.id)[: cfg.holdout.max_eval] for t, v in holdouts.items() if v}
     champion, champion_dir = _start_model(cfg, registry, record["model_name"], rdir / "start")
-    gates.score_holdout(_engine(cfg, champion_dir), holdouts, rdir / "gate" / "champion", cfg.gate)
+    # the champion's predictions are kept per model and version: later gates only run the new holdout pages
+    key = champion.split(" ")[-1] if champion_dir else "base-" + _short_hash(repr(_recipe(cfg).model))
+    champion_runs = Path(cfg.workdir) / "holdout_predictions" / record["model_name"] / key
+    gates.score_holdout(_engine(cfg, champion_dir), holdouts, champion_runs, cfg.gate)
     gates.score_holdout(
         _engine(cfg, record["train"]["model_dir"]), holdouts, rdir / "gate" / "candidate", cfg.gate
     )
-    results = gates.compare(rdir / "gate" / "champion", rdir / "gate" / "candidate", list(holdouts), cfg.gate)
-    promote, reasons = gates.decide(results, record["types"], cfg.gate)
+    results = gates.compare(champion_runs, rdir / "gate" / "candidate", list(holdouts), cfg.gate)
+    served = cfg.trigger.mode == "shared" or cfg.gate.guard == "all"
+    promote, reasons = gates.decide(
+        results, record["types"], list(holdouts) if served else record["types"], cfg.gate
+    )
     return {
         "champion": champion,
         "results": [asdict(r) for r in results],
@@ -236,6 +248,8 @@ def status(cfg: LoopConfig, *, now: float | None = None) -> list[dict[str, Any]]
     """Per type: labelled, new since the last run, holdout size, champion version and its holdout CER, and
     whether the trigger would fire (and why not). Reads the state; the inbox is not scanned."""
     state = load_state(cfg.workdir)
+    if not state.types:
+        return []
     registry = registry_for(cfg)
     decisions = {
         d.doc_type: d for d in triggers.decide(state, cfg.trigger, time.time() if now is None else now)
