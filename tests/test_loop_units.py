@@ -198,3 +198,9 @@ def test_cli_names_a_bad_config(tmp_path):
     empty.write_text(f"workdir: {tmp_path / 'w'}\ninbox: {tmp_path / 'in'}\n")
     res = CliRunner().invoke(app, ["loop", "status", str(empty)])
     assert res.exit_code == 0 and "no labelled data seen yet" in res.output
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("not a dataset")
+    res = CliRunner().invoke(app, ["loop", "watch", str(empty), "--max-passes", "2", "--interval", "0"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("notes.txt: skipped") == 1  # reported once, not on every pass
+    assert load_state(tmp_path / "w").entries["notes.txt"]["status"] == "bad"

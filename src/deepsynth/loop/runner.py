@@ -56,11 +56,10 @@ def run_once(cfg: LoopConfig, *, now: float | None = None, log: Callable[[str], 
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     state = load_state(workdir)
-    registry = registry_for(cfg)
     finished = []
     if state.pending is not None:
         log(f"resuming run {state.pending}")
-        finished.append(_execute(cfg, state, registry, load_record(cfg, state.pending), log))
+        finished.append(_execute(cfg, state, registry_for(cfg), load_record(cfg, state.pending), log))
     h = cfg.holdout
     found = scan(cfg.inbox, state, h.key, h.fraction, h.seed)
     save_state(workdir, state)
@@ -75,7 +74,7 @@ def run_once(cfg: LoopConfig, *, now: float | None = None, log: Callable[[str], 
     for types in groups:
         record = _start(cfg, state, types, now)
         log(f"run {record['run_id']}: {', '.join(types)} ({cfg.trigger.mode})")
-        finished.append(_execute(cfg, state, registry, record, log))
+        finished.append(_execute(cfg, state, registry_for(cfg), record, log))
     return PassReport(found, decisions, finished)
 
 
