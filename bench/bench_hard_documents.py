@@ -51,13 +51,40 @@ def run_set(name: str, minutes: float, overrides: list[str], out_root: Path, lab
     return summary
 
 
+def table(results: dict) -> str:
+    """The results as a Markdown table (docs/hard_documents.md and the README use it)."""
+    rows = [
+        "| set (split key) | train / val / test lines | shipped CER (95% CI) | fine-tuned CER (95% CI) "
+        "| change, paired 95% CI | steps in budget |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def pct(m: dict) -> str:
+        lo, hi = m["cer_ci"]
+        return f"{100 * m['cer']:.2f}% ({100 * lo:.2f}–{100 * hi:.2f})"
+
+    for r in results["runs"]:
+        sp, ch, tr = r["split"], r["cer_change"], r["train"]
+        rows.append(
+            f"| {r['set']} [{r['label']}] ({sp['key']}) | {sp['train']} / {sp['val']} / {sp['test']} "
+            f"| {pct(r['before'])} | {pct(r['after'])} "
+            f"| {100 * ch['delta']:+.2f} pt [{100 * ch['ci_low']:+.2f}, {100 * ch['ci_high']:+.2f}] "
+            f"| {tr['steps']} in {r['minutes']:g} min ({tr['stopped']}) |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sets", nargs="*", default=list(SETS), help=f"any of {list(SETS)}")
     p.add_argument("--minutes", type=float, default=20.0)
     p.add_argument("--label", default="default")
     p.add_argument("--out", default=str(ROOT / "runs" / "hard_documents"))
+    p.add_argument("--table", action="store_true", help="print the stored results as Markdown and exit")
     args, overrides = p.parse_known_args(argv if argv is not None else [])
+    if args.table:
+        print(table(json.loads(RESULTS.read_text())))
+        return {}
     results: dict = {"runs": []}
     for name in args.sets:
         s = run_set(name, args.minutes, overrides, Path(args.out), args.label)
