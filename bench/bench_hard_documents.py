@@ -28,6 +28,8 @@ RECIPE = ROOT / "configs" / "ppocr_finetune.yaml"
 SETS = {
     "poilus": ("testaments_poilus_fr_hw", "writer"),
     "stanford": ("stanford_memorials_en_hw", "folder"),
+    # the same letters split by page: the hands of the test pages are in training too ("your own documents")
+    "stanford_pages": ("stanford_memorials_en_hw", "page_id"),
     "typewriter": ("tapuscorpus_fr", "page_id"),
     "fraktur": ("gt4histocr_dta19_lines", "subset"),
     "print": ("fondue_en_print20", "page_id"),
@@ -47,7 +49,7 @@ def run_set(name: str, minutes: float, overrides: list[str], out_root: Path, lab
     summary = finetune_and_score(cfg, split, out, before_dir=before if before.is_dir() else None)
     if not before.is_dir():
         (out / "eval_before").rename(before)
-    summary.update(set=folder, label=label, minutes=minutes, overrides=overrides)
+    summary.update(set=name, folder=folder, label=label, minutes=minutes, overrides=overrides)
     return summary
 
 
