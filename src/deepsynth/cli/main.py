@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from deepsynth.cli import bench, data, demo, doctor, evaluate, loop, ocr, samples, serve, train
+from deepsynth.cli import bench, data, demo, doctor, evaluate, loop, ocr, samples, serve, train, tune
 from deepsynth.cli.console import plain_help
 
 app = typer.Typer(
@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (data, train, evaluate, ocr, serve, samples, demo, doctor, bench, loop):
+for module in (data, train, evaluate, ocr, serve, samples, demo, doctor, bench, loop, tune):
     module.register(app)
 
 
