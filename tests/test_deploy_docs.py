@@ -79,7 +79,9 @@ def test_documented_make_targets_exist():
 
 def test_documented_environment_variables_are_read_by_code():
     code = "\n".join(p.read_text() for d in ("src", "tests", "bench") for p in (ROOT / d).rglob("*.py"))
-    code += (ROOT / "deploy" / "entrypoint.sh").read_text()
+    code += (ROOT / "deploy" / "entrypoint.sh").read_text() + (
+        ROOT / "deploy" / "docker-compose.yml"
+    ).read_text()
     for doc in DOCS:
         for var in set(re.findall(r"\bDEEPSYNTH_[A-Z_]+\b", doc.read_text())):
             if var.endswith("_"):  # a prefix like DEEPSYNTH_SAMPLES_*
