@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import typer
 
@@ -20,8 +21,26 @@ def _limit(name: str, flag: str, **kwargs) -> typer.models.OptionInfo:
 
 
 def serve(
-    model: str = typer.Option(
-        ..., "--model", "-m", help="Engine spec or saved model dir: rapidocr, ppocr:runs/x/best"
+    model: list[str] = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="Engine spec or saved model dir (rapidocr, ppocr:runs/x/best), or NAME=SPEC; repeat to serve "
+        "several models, each with its own queue.",
+    ),
+    default_model: str | None = typer.Option(
+        None, "--default-model", help="Model for requests that name none (default: the first --model)."
+    ),
+    served_model_name: str | None = typer.Option(
+        None,
+        "--served-model-name",
+        help="Name of the model given as a bare SPEC (default: the spec itself); clients send it as 'model'.",
+    ),
+    routing: Path | None = typer.Option(
+        None,
+        "--routing",
+        help="Routing table YAML: {routes: {DOC_TYPE: MODEL}, default: MODEL}; a request's doc_type picks its "
+        "model when it names none.",
     ),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Bind address (0.0.0.0 to listen on all interfaces)."
@@ -80,7 +99,9 @@ def serve(
     Every limit (see the Limits options) is also shown by GET /v1/models."""
     from deepsynth.cli.console import ensure_port_free
     from deepsynth.inference.api import ServerSettings, run
+    from deepsynth.inference.limits import engine_geometry
     from deepsynth.inference.model_process import ProcessEngine
+    from deepsynth.inference.pool import ModelPool, RoutingTable, ServedModel
     from deepsynth.inference.service import ModelLoadError, OCRService
     from deepsynth.models.generation import GenerationConfig
 
@@ -108,23 +129,54 @@ def serve(
         drain_timeout_s=drain_timeout_s,
     )
     gen = GenerationConfig(max_new_tokens=max_new_tokens, retry_truncated=retry_truncated)
-    try:
-        engine = ProcessEngine(model, threads=threads) if model_process else model
-        service = OCRService(
+
+    def make_service(name: str, spec: str) -> OCRService:
+        """One model's service: its own engine (own process unless --in-process), queue and batcher."""
+        engine = ProcessEngine(spec, threads=threads) if model_process else spec
+        return OCRService(
             engine,
-            model_id=model,
+            model_id=name,
             owns_engine=True,
             max_batch_size=max_batch_size,
             max_wait_ms=max_wait_ms,
             max_queue=max_queue,
             timeout_s=limits.request_timeout_s,
             generation=gen,
+            geometry=engine_geometry(spec),
         )
-    except ModelLoadError as exc:
+
+    try:
+        specs = model_specs(model, served_model_name)
+        table = RoutingTable.from_yaml(routing) if routing else None
+        # check the names before loading anything (a routing typo must not cost a model load)
+        ModelPool.check_names(set(specs), default=default_model, routing=table)
+        services = {name: ServedModel(name, make_service(name, spec), spec) for name, spec in specs.items()}
+        pool = ModelPool(services, default=default_model, routing=table, factory=make_service)
+    except (ModelLoadError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     token = token or envs.DEEPSYNTH_API_TOKEN
-    run(service, ServerSettings(host=host, port=port, token=token, warmup=warmup, limits=limits, docs=docs))
+    run(pool, ServerSettings(host=host, port=port, token=token, warmup=warmup, limits=limits, docs=docs))
+
+
+def model_specs(options: list[str], served_model_name: str | None = None) -> dict[str, str]:
+    """``--model`` values → {name: spec}; a bare SPEC is named by ``--served-model-name`` or by itself."""
+    from deepsynth.inference.pool import parse_model_option
+
+    specs: dict[str, str] = {}
+    bare = [value for value in options if parse_model_option(value)[0] is None]
+    if served_model_name and len(bare) != 1:
+        raise ValueError(
+            f"--served-model-name names the one --model given as a bare SPEC; got {len(bare)} bare specs "
+            "(name each model as NAME=SPEC instead)"
+        )
+    for value in options:
+        name, spec = parse_model_option(value)
+        name = name or served_model_name or spec
+        if name in specs:
+            raise ValueError(f"--model: the name {name!r} is given twice")
+        specs[name] = spec
+    return specs
 
 
 def demo_ui(

@@ -85,6 +85,7 @@ class OCRService:
         geometry: InputGeometry | None = None,
     ):
         self.owns_engine = isinstance(engine, str) if owns_engine is None else owns_engine
+        spec = None
         if isinstance(engine, str):
             spec = engine
             engine = load_model(spec, **(engine_kwargs or {}))
@@ -92,7 +93,7 @@ class OCRService:
         self.engine: ServingEngine = as_serving_engine(engine)
         self.model_id = model_id or self.engine.name
         # how the engine resizes pages (for the model-pixel budget); from the spec unless given
-        self.geometry = geometry or engine_geometry(self.model_id)
+        self.geometry = geometry or engine_geometry(spec or self.model_id)
         self.generation = generation or GenerationConfig()
         self.trim_repetition = trim_repetition
         self.timeout_s = timeout_s

@@ -179,15 +179,18 @@ class Observability:
         finally:
             elapsed = ctx.elapsed()
             if m is not None:
+                if ctx.model_id != self.model_id:  # routed to another model (see assign_model)
+                    duration = m.request_duration.labels(route, ctx.model_id)
+                    in_flight = m.in_flight.labels(route, ctx.model_id)
                 duration.observe(elapsed)
                 in_flight.dec()
-                m.requests.labels(route, self.model_id, ctx.status).inc()
+                m.requests.labels(route, ctx.model_id, ctx.status).inc()
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     "request finished",
                     extra={
                         "route": route,
-                        "model": self.model_id,
+                        "model": ctx.model_id,
                         "status": ctx.status,
                         "duration_ms": round(elapsed * 1000.0, 3),
                         "stages_ms": ctx.timings_ms(),
@@ -195,6 +198,18 @@ class Observability:
                 )
             _current.reset(ctx_token)
             request_id_var.reset(rid_token)
+
+    def assign_model(self, ctx: RequestContext, model_id: str) -> None:
+        """The request was routed to ``model_id`` (a server with several models): its request metrics (in
+        flight, duration, count, errors) and its log line carry that model's label from now on."""
+        if ctx.model_id == model_id:
+            return
+        if self.metrics is not None:
+            self.metrics.in_flight.labels(ctx.route, ctx.model_id).dec()
+            self.metrics.in_flight.labels(ctx.route, model_id).inc()
+        ctx.model_id = model_id
+        if ctx.span is not None:
+            ctx.span.set_attribute("deepsynth.model", model_id)
 
     @contextlib.contextmanager
     def stage(self, name: str, **attrs: Any) -> Iterator[None]:
@@ -287,7 +302,11 @@ class Observability:
                 and len(self.metrics._error_children) >= MAX_ERROR_KINDS
             ):
                 kind = "other"
-            self.metrics.error(kind).inc()
+            ctx = _current.get()
+            if ctx is not None and ctx.model_id != self.model_id:  # a request routed to another model
+                self.metrics.errors.labels(kind, ctx.model_id).inc()
+            else:
+                self.metrics.error(kind).inc()
         log.warning("error recorded", extra={"error_type": kind})
 
     # ---------------------------------------------------------------- samples and exposition

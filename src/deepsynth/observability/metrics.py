@@ -213,3 +213,34 @@ class ServiceMetrics:
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE
+
+
+def merged_exposition(models: dict[str, CollectorRegistry]) -> tuple[bytes, str]:
+    """One ``/metrics`` body for several models' registries (a server serving several models).
+
+    Families of the same name are merged into one; every ``deepsynth_*`` sample carries the ``model`` label
+    (added to the per-process families such as ``deepsynth_model_process_*``, which have none of their own);
+    the server's own ``process_*`` / ``python_*`` samples, the same in every registry, appear once.
+    """
+    from prometheus_client import Metric
+
+    families: dict[str, Metric] = {}
+    seen: set[tuple] = set()
+    for model, registry in models.items():
+        for fam in registry.collect():
+            merged = families.get(fam.name)
+            if merged is None:
+                merged = families[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+            for sample in fam.samples:
+                if fam.name.startswith("deepsynth_") and "model" not in sample.labels:
+                    sample = sample._replace(labels={**sample.labels, "model": model})
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if key not in seen:
+                    seen.add(key)
+                    merged.samples.append(sample)
+
+    class _Merged:
+        def collect(self) -> Iterator[Metric]:
+            return iter(families.values())
+
+    return generate_latest(_Merged()), CONTENT_TYPE  # type: ignore[arg-type]

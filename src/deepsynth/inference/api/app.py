@@ -1,7 +1,7 @@
 """The app factory and the runner.
 
-Starting the app starts the service (warm-up, batcher) in the background: ``/healthz`` answers at once,
-``/readyz`` and the /v1 routes once the model is ready. A dead model process is fatal, as in vLLM: the server
+Starting the app starts every model's service (warm-up, batcher) in the background: ``/healthz`` answers at
+once, ``/readyz`` once every model is ready, a /v1 route once the model it asked for is. A dead model process is fatal, as in vLLM: the server
 answers 503, stops, and :func:`run` exits with status 1 so its supervisor restarts it.
 """
 
@@ -20,15 +20,19 @@ from deepsynth.inference.api.openapi import install_openapi
 from deepsynth.inference.api.routers import admin, ocr, openai
 from deepsynth.inference.api.settings import ServerSettings
 from deepsynth.inference.api.state import ServerState
+from deepsynth.inference.pool import ModelPool
 from deepsynth.inference.service import OCRService
 from deepsynth.observability.logging import uvicorn_log_config
 
 log = logging.getLogger("deepsynth.server")
 
 
-def create_app(service: OCRService, settings: ServerSettings | None = None) -> FastAPI:
-    """The FastAPI app serving ``service``; its state is ``app.state.server`` (:class:`ServerState`)."""
-    state = ServerState(service, settings or ServerSettings())
+def create_app(models: OCRService | ModelPool, settings: ServerSettings | None = None) -> FastAPI:
+    """The FastAPI app serving one service or a :class:`ModelPool`; its state is ``app.state.server``
+    (:class:`ServerState`)."""
+    if isinstance(models, OCRService):
+        models = ModelPool({models.model_id: models})
+    state = ServerState(models, settings or ServerSettings())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -40,7 +44,7 @@ def create_app(service: OCRService, settings: ServerSettings | None = None) -> F
             for task in (starter, watcher):
                 if not task.done():
                     task.cancel()
-            await asyncio.wait_for(service.aclose(drain=True), state.settings.limits.drain_timeout_s)
+            await asyncio.wait_for(state.models.aclose(drain=True), state.settings.limits.drain_timeout_s)
 
     from deepsynth import __version__
 
@@ -52,7 +56,9 @@ def create_app(service: OCRService, settings: ServerSettings | None = None) -> F
         redoc_url=None,
     )
     app.state.server = state
-    app.add_middleware(GuardMiddleware, settings=state.settings, on_error=service.obs.record_error)
+    app.add_middleware(
+        GuardMiddleware, settings=state.settings, on_error=lambda k: state.service.obs.record_error(k)
+    )
     app.add_middleware(ShutdownErrorsMiddleware)
     install_exception_handlers(app)
     for surface in (ocr, openai, admin):
@@ -63,7 +69,7 @@ def create_app(service: OCRService, settings: ServerSettings | None = None) -> F
 
 async def _start(state: ServerState) -> None:
     try:
-        await state.service.start(warmup=state.settings.warmup)
+        await state.models.start(warmup=state.settings.warmup)
     except Exception as exc:  # keep serving /healthz; /readyz reports the failure
         log.exception("service failed to start")
         state.startup_error = f"{type(exc).__name__}: {exc}"
@@ -71,22 +77,23 @@ async def _start(state: ServerState) -> None:
 
 async def _watch_engine(state: ServerState) -> None:
     """A dead model process is fatal (as in vLLM): stop the server so its supervisor restarts it."""
-    while state.service.engine.alive:
+    while True:
+        dead = next((s for s in state.models.services if not s.engine.alive), None)
+        if dead is not None:
+            break
         await asyncio.sleep(state.settings.engine_check_s)
-    log.error(
-        "the model process has exited; shutting the server down", extra={"model": state.service.model_id}
-    )
-    state.fatal = state.service.not_ready_reason
+    log.error("the model process has exited; shutting the server down", extra={"model": dead.model_id})
+    state.fatal = f"{dead.model_id}: {dead.not_ready_reason}"
     if state.on_fatal is not None:
         state.on_fatal()
 
 
-def run(service: OCRService, settings: ServerSettings | None = None) -> None:
+def run(models: OCRService | ModelPool, settings: ServerSettings | None = None) -> None:
     """Serve until interrupted (SIGINT/SIGTERM drain accepted requests before exit)."""
     import uvicorn
 
     settings = settings or ServerSettings()
-    app = create_app(service, settings)
+    app = create_app(models, settings)
     # uvicorn's access log is off: every request is already logged once, as JSON with its request id and
     # timings, by deepsynth.observability (a second plain-text line per request costs CPU on the event loop)
     fmt = envs.DEEPSYNTH_LOG_FORMAT.lower()

@@ -69,6 +69,16 @@ DocType = Annotated[
     ),
 ]
 
+ModelName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        description="the served model to use (GET /v1/models lists them); default: the one routed for "
+        "doc_type, else the server's default model",
+    ),
+]
+
 
 class ImageItem(StrictModel):
     """A named inline file."""
@@ -93,6 +103,7 @@ class OCRRequest(StrictModel):
 
     images: list[Annotated[str | ImageItem, Field(union_mode="left_to_right")]] = Field(min_length=1)
     dpi: Dpi | None = None
+    model: ModelName | None = None
     doc_type: DocType | None = None
     generation: GenerationOverrides | None = None  # type: ignore[valid-type]
 
@@ -104,11 +115,12 @@ class OCRForm(StrictModel):
 
     files: list[bytes] = Field(min_length=1)
     dpi: Dpi | None = None
+    model: ModelName | None = None
     doc_type: DocType | None = None
     generation: Json[GenerationOverrides] | None = None  # type: ignore[valid-type]
 
 
-FORM_FIELDS = ("dpi", "doc_type", "generation")  # the text fields of OCRForm
+FORM_FIELDS = ("dpi", "model", "doc_type", "generation")  # the text fields of OCRForm
 
 
 class OCRPage(BaseModel):
@@ -254,6 +266,8 @@ class ModelCard(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    default: bool = Field(False, description="serves requests that name no model and no routed doc type")
+    doc_types: list[str] = Field([], description="document types the routing table sends to this model")
     limits: dict[str, Any] = Field(description="the server's resource budgets (ServingLimits)")
 
 
@@ -284,8 +298,28 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
-    model: str | None = None
+    model: str | None = Field(None, description="the default model")
+    models: list[str] | None = None
     reason: str | None = None
+
+
+class ModelAction(StrictModel):
+    """``POST /admin/models``: load a new model, reload one (from ``spec`` or the spec it was loaded from),
+    or unload one."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"action": "load", "name": "fraktur", "spec": "ppocr"}]}
+    )
+
+    action: Literal["load", "reload", "unload"]
+    name: ModelName
+    spec: str | None = Field(None, min_length=1, max_length=1000, description="engine spec or model dir")
+
+
+class ModelActionResult(BaseModel):
+    name: str
+    status: Literal["loaded", "reloaded", "unloaded"]
+    models: list[str] = Field(description="the models served after the action")
 
 
 # names a validation error's location may contain (pydantic adds union-member labels, which are dropped)
@@ -302,6 +336,7 @@ FIELD_NAMES = frozenset(
         ChatMessage,
         StreamOptions,
         ChatCompletionRequest,
+        ModelAction,
     )
     for name in model.model_fields
 )

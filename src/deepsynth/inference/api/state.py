@@ -1,10 +1,12 @@
-"""What the routers share: the service, the settings and the server's own state (kept on ``app.state``)."""
+"""What the routers share: the models, the settings and the server's own state (kept on ``app.state``)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -12,15 +14,18 @@ from fastapi.responses import Response
 
 from deepsynth.inference.api.errors import Unavailable, failure
 from deepsynth.inference.api.settings import ServerSettings
+from deepsynth.inference.pool import ModelPool
 from deepsynth.inference.service import OCRService
 from deepsynth.observability.core import RequestContext
 
 log = logging.getLogger("deepsynth.server")
+# the models held by the request being handled (released when its scope ends; see ServerState.select)
+_leases: ContextVar[ExitStack | None] = ContextVar("deepsynth_model_leases", default=None)
 
 
 @dataclass
 class ServerState:
-    service: OCRService
+    models: ModelPool
     settings: ServerSettings
     created: int = field(default_factory=lambda: int(time.time()))
     startup_error: str | None = None
@@ -28,8 +33,34 @@ class ServerState:
     on_fatal: Callable[[], None] | None = None  # set by run(): stops uvicorn
 
     @property
+    def service(self) -> OCRService:
+        """The default model's service (its observability scopes every request)."""
+        return self.models.models[self.models.default].service
+
+    @property
+    def ready(self) -> bool:
+        return not self.startup_error and all(s.ready for s in self.models.services)
+
+    @property
     def not_ready_reason(self) -> str:
-        return self.startup_error or self.service.not_ready_reason
+        if self.startup_error:
+            return self.startup_error
+        return next((f"{n}: {m.service.not_ready_reason}" for n, m in self.models.models.items()
+                     if not m.service.ready), "")  # fmt: skip
+
+    def select(
+        self, ctx: RequestContext, model: str | None = None, doc_type: str | None = None
+    ) -> OCRService:
+        """The service of the model the request asked for (by name, else by doc type, else the default),
+        held until the request ends; its metrics and logs are labelled with that model from now on."""
+        leases = _leases.get()
+        if leases is None:
+            raise RuntimeError("select() is only valid inside scoped()")
+        service = leases.enter_context(self.models.lease(model, doc_type))
+        if not service.ready:
+            raise Unavailable(self.startup_error or f"model {service.model_id!r}: {service.not_ready_reason}")
+        self.service.obs.assign_model(ctx, service.model_id)
+        return service
 
 
 def server_state(request: Request) -> ServerState:
@@ -43,17 +74,22 @@ async def scoped(
     counted by kind. The response carries the request id."""
     state = server_state(request)
     obs = state.service.obs
-    with obs.request(route, request.headers.get("x-request-id"), headers=request.headers) as ctx:
-        try:
-            if not state.service.ready:
-                raise Unavailable(state.not_ready_reason)
-            response = await handler(state, ctx)
-        except Exception as exc:  # noqa: BLE001 - every failure is answered, in one shape
-            err = failure(exc, unexpected="model_error")
-            if err.kind == "model_error":
-                log.exception("request failed")
-            ctx.status = str(err.status)
-            obs.record_error(err.kind)
-            response = err.response()
-        response.headers["X-Request-ID"] = ctx.request_id
-        return response
+    leases = ExitStack()
+    token = _leases.set(leases)
+    try:
+        with leases, obs.request(route, request.headers.get("x-request-id"), headers=request.headers) as ctx:
+            try:
+                if state.startup_error:
+                    raise Unavailable(state.startup_error)
+                response = await handler(state, ctx)
+            except Exception as exc:  # noqa: BLE001 - every failure is answered, in one shape
+                err = failure(exc, unexpected="model_error")
+                if err.kind == "model_error":
+                    log.exception("request failed")
+                ctx.status = str(err.status)
+                obs.record_error(err.kind)
+                response = err.response()
+            response.headers["X-Request-ID"] = ctx.request_id
+            return response
+    finally:
+        _leases.reset(token)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from deepsynth.inference.api.bodies import content_type, decode_pages, read_form, read_json
+from deepsynth.inference.api.bodies import FileItem, content_type, decode_pages, read_form, read_json
 from deepsynth.inference.api.openapi import ERRORS, request_body
 from deepsynth.inference.api.protocol import OCRForm, OCRRequest, OCRResponse, overrides
 from deepsynth.inference.api.routers.common import record, resolve_generation, timings
@@ -31,14 +32,19 @@ async def ocr(request: Request) -> Response:
 
 
 async def _ocr(request: Request, state: ServerState, ctx: RequestContext) -> Response:
-    service, obs = state.service, state.service.obs
-    with obs.stage("preprocess"):
-        pages, gen, doc_type = await _read_pages(request, state)
-        gen = resolve_generation(service, gen)
+    t0, obs = time.perf_counter(), state.service.obs  # the default model's until the request picks one
+    try:
+        fields, files = await _read_request(request, state)
+        service = state.select(ctx, fields.model, fields.doc_type)
+        obs = service.obs
+        pages = await decode_pages(files, state.settings.budget(service, fields.dpi))
+        gen = resolve_generation(service, overrides(fields.generation))
+    finally:
+        obs.record_stage("preprocess", time.perf_counter() - t0)
     preds = await service.recognize_async([p.image for p in pages], gen)
     with obs.stage("postprocess"):
         out_pages = [_page_json(p, pred) for p, pred in zip(pages, preds, strict=True)]
-        record(obs, ctx, pages, preds, service.model_id, doc_type)
+        record(obs, ctx, pages, preds, service.model_id, fields.doc_type)
     return JSONResponse(
         {
             "id": ctx.request_id,
@@ -51,16 +57,12 @@ async def _ocr(request: Request, state: ServerState, ctx: RequestContext) -> Res
     )
 
 
-async def _read_pages(
-    request: Request, state: ServerState
-) -> tuple[list[PageInput], dict[str, Any], str | None]:
-    """Pages, generation overrides and doc type from a multipart form or a JSON body."""
-    settings = state.settings
+async def _read_request(request: Request, state: ServerState) -> tuple[OCRForm | OCRRequest, list[FileItem]]:
+    """The request's fields (model, doc type, dpi, generation) and its files, from a multipart form or a
+    JSON body; nothing is decoded yet (that needs the chosen model's page budget)."""
     ctype = content_type(request)
     if ctype == "multipart/form-data":
-        form, files = await read_form(request, max_files=settings.limits.max_pages)
-        budget = settings.budget(state.service, form.dpi)
-        return await decode_pages(files, budget), overrides(form.generation), form.doc_type
+        return await read_form(request, max_files=state.settings.limits.max_pages)
     if ctype == "application/json":
         body = await read_json(request, OCRRequest)
         files = []
@@ -70,8 +72,7 @@ async def _read_pages(
                 name, data = item.name or name, item.data
             raw, mime = decode_base64(data, name)
             files.append((raw, name, mime))
-        budget = settings.budget(state.service, body.dpi)
-        return await decode_pages(files, budget), overrides(body.generation), body.doc_type
+        return body, files
     raise InputError(
         415,
         "unsupported_media_type",

@@ -40,12 +40,16 @@ async def chat_completions(request: Request) -> Response:
 
 
 async def _chat(request: Request, state: ServerState, ctx: RequestContext) -> Response:
-    service, obs = state.service, state.service.obs
-    with obs.stage("preprocess"):
+    t0, obs = time.perf_counter(), state.service.obs  # the default model's until the request picks one
+    try:
         body = await read_json(request, ChatCompletionRequest)
-        files, gen = _read_chat(body, service.model_id)
+        service = state.select(ctx, body.model)  # 404 naming the served models for an unknown one
+        obs = service.obs
+        files, gen = _read_chat(body)
         pages = await decode_pages(files, state.settings.budget(service))
         gen = resolve_generation(service, gen)
+    finally:
+        obs.record_stage("preprocess", time.perf_counter() - t0)
     preds = await service.recognize_async([p.image for p in pages], gen)
     with obs.stage("postprocess"):
         text = "\n\n".join(p.text for p in preds)
@@ -77,14 +81,8 @@ async def _chat(request: Request, state: ServerState, ctx: RequestContext) -> Re
     )
 
 
-def _read_chat(body: ChatCompletionRequest, model_id: str) -> tuple[list[FileItem], dict[str, Any]]:
+def _read_chat(body: ChatCompletionRequest) -> tuple[list[FileItem], dict[str, Any]]:
     """The images of the user messages, and generation overrides (prompt, token limit, sampling)."""
-    if body.model not in (None, "", model_id):
-        raise InputError(
-            404,
-            "model_not_found",
-            f"model {body.model!r} is not served here; this server serves {model_id!r}",
-        )
     files: list[FileItem] = []
     prompt_parts: list[str] = []
     for mi, msg in enumerate(body.messages):
@@ -137,12 +135,19 @@ async def _sse_chunks(cid: str, created: int, model: str, text: str, finish: str
 
 @router.get("/v1/models", response_model=ModelList, responses=ERRORS)
 async def models(state: ServerState = Depends(server_state)) -> dict[str, Any]:
-    """The one model this server serves."""
-    card = {
-        "id": state.service.model_id,
-        "object": "model",
-        "created": state.created,
-        "owned_by": "deepsynth",
-        "limits": state.settings.limits.as_dict(),
-    }
-    return {"object": "list", "data": [card]}
+    """Every model this server serves (the default first), with the doc types routed to each."""
+    pool = state.models
+    names = [pool.default] + [n for n in pool.names if n != pool.default]
+    cards = [
+        {
+            "id": name,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "deepsynth",
+            "default": name == pool.default,
+            "doc_types": sorted(t for t, m in pool.routing.routes.items() if m == name),
+            "limits": state.settings.limits.as_dict(),
+        }
+        for name in names
+    ]
+    return {"object": "list", "data": cards}
