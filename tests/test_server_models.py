@@ -108,19 +108,16 @@ def test_a_busy_model_does_not_starve_another():
             t.start()
         while not slow.batch_sizes:  # the slow model is now busy (held by the gate) with 2 more queued
             time.sleep(0.01)
-        t0 = time.perf_counter()
         answers = [
             httpx.post(f"{s.url}/v1/ocr", json=body((i, i, i), model="fast"), timeout=10) for i in range(5)
         ]
-        fast_seconds = time.perf_counter() - t0
         assert [a.json()["pages"][0]["text"] for a in answers] == [
             f"#{i:02x}{i:02x}{i:02x}" for i in range(5)
         ]
-        assert not slow_results  # still busy while the fast model answered all five
+        assert not slow_results  # the slow model is held (gate closed) while the fast one answered all five
         gate.set()
         for t in threads:
             t.join(30)
-    assert fast_seconds < 5.0
     assert [r.status_code for r in slow_results] == [200, 200, 200]
 
 
