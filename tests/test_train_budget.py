@@ -150,3 +150,16 @@ def test_identity_batchnorms_as_bias_adds_keep_outputs_and_freeze_works(tmp_path
     assert all(p.grad is not None for p in head)
     with pytest.raises(ConfigError, match="no parameter under 'backbone.nope'"):
         freeze_parameters(adapter.model, ["backbone.nope"])
+
+
+def test_held_out_splits_lines_by_group_and_never_leaves_a_share_empty(shared_data):
+    """20 pages of print: page rows are left out, and validation/test get whole pages even with so few."""
+    from deepsynth.training.experiment import held_out
+
+    split = held_out([str(shared_data / "fondue_en_print20")], key="page_id")
+    assert split.train and split.val and split.test
+    assert all(s.level == "line" for s in split.train + split.val + split.test)
+    pages = [{s.meta["page_id"] for s in part} for part in (split.train, split.val, split.test)]
+    assert not (pages[0] & pages[1] or pages[0] & pages[2] or pages[1] & pages[2])
+    again = held_out([str(shared_data / "fondue_en_print20")], key="page_id")
+    assert [s.id for s in again.test] == [s.id for s in split.test]  # seeded: the same split every time

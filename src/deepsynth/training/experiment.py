@@ -9,6 +9,7 @@ CERs with 95% bootstrap intervals and the paired CI of the change.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -46,14 +47,26 @@ def held_out(
     exclude_flags: tuple[str, ...] = SCORING_EXCLUDE,
     report: DataReport | None = None,
 ) -> HeldOut:
-    """Split ``sources`` by the hash of each sample's ``key`` group: ``test`` and ``val`` are shares of groups."""
-    samples = list(
-        open_sources(sources, filter=SampleFilter(exclude_flags=list(exclude_flags)), report=report)
-    )
+    """Split the line samples of ``sources`` by the hash of each sample's ``key`` group: ``test`` and ``val`` are
+    shares of groups. With few groups a share can come out empty: then the train group that hashes first moves
+    there, so validation and test always hold at least one group."""
+    keep = SampleFilter(
+        exclude_flags=list(exclude_flags), levels=["line"]
+    )  # the recipes train line recognisers
+    samples = list(open_sources(sources, filter=keep, report=report))
+    split = {g: split_of(g, seed, (1 - test - val, val, test)) for g in {group_key(s, key) for s in samples}}
+    for name in ("test", "val"):
+        train_groups = sorted(g for g, where in split.items() if where == "train")
+        if name not in split.values() and len(train_groups) > 1:
+            split[min(train_groups, key=lambda g: _rank(g, seed))] = name
     parts: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     for s in samples:
-        parts[split_of(group_key(s, key), seed, (1 - test - val, val, test))].append(s)
+        parts[split[group_key(s, key)]].append(s)
     return HeldOut(parts["train"], parts["val"], parts["test"], key)
+
+
+def _rank(group: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()
 
 
 def finetune_and_score(
