@@ -90,3 +90,31 @@ def test_serve_exits_with_status_1_when_its_model_process_dies(tmp_path):
     text = (tmp_path / "serve.log").read_text()
     assert code == 1, text
     assert "the model process has exited" in text and "Traceback" not in text
+
+
+@pytest.mark.slow
+def test_serve_without_model_uses_the_default_engine_and_accepts_api_key(shared_data, tmp_path):
+    """vLLM's ``--api-key`` is accepted as ``--token``; with no ``--model`` the server reads with the same
+    default engine as `deepsynth ocr`, and the official openai SDK reads a line through it."""
+    import openai
+
+    from deepsynth.cli.console import DEFAULT_ENGINE
+    from deepsynth.evaluation.metrics import cer
+    from tests.serving_engines import data_uri
+
+    ((img, truth),) = fondue_lines(shared_data, 1)
+    proc, url = _start_serve(["--api-key", "k3y", "--max-wait-ms", "5"], tmp_path / "serve.log")
+    try:
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="k3y", max_retries=0)
+        assert [m.id for m in client.models.list().data] == [DEFAULT_ENGINE]
+        content = [{"type": "image_url", "image_url": {"url": data_uri(img)}}]
+        r = client.chat.completions.create(
+            model=DEFAULT_ENGINE, messages=[{"role": "user", "content": content}]
+        )
+        assert cer([truth], [r.choices[0].message.content]) < 0.05
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)

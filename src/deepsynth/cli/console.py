@@ -16,6 +16,9 @@ import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+# the model every command reads with when given none: the embedded PP-OCR recogniser with line detection
+DEFAULT_ENGINE = "rapidocr:page"
+
 ProgressOpt = Annotated[
     bool | None,
     typer.Option(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from deepsynth.cli.console import ProgressOpt, show_progress
+from deepsynth.cli.console import DEFAULT_ENGINE, ProgressOpt, show_progress
 from deepsynth.cli.ray_options import CpusOpt, GpusOpt, RayOpt, ShardOpt, WorkersOpt
 
 
@@ -18,7 +18,7 @@ def ocr(
         Path("results.jsonl"), "--out", "-o", help="JSONL output (appended; resumable)."
     ),
     model: str = typer.Option(
-        "rapidocr:page",
+        DEFAULT_ENGINE,
         "--model",
         "-m",
         help="Engine spec: rapidocr:page, ppocr:runs/x/best, deepseek_ocr2:DIR ...",

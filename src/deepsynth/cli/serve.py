@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from deepsynth import envs
+from deepsynth.cli.console import DEFAULT_ENGINE
 from deepsynth.inference.limits import ServingLimits
 
 _LIMITS = ServingLimits()
@@ -22,7 +23,7 @@ def _limit(name: str, flag: str, **kwargs) -> typer.models.OptionInfo:
 
 def serve(
     model: list[str] = typer.Option(
-        ...,
+        [DEFAULT_ENGINE],
         "--model",
         "-m",
         help="Engine spec or saved model dir (rapidocr, ppocr:runs/x/best), or NAME=SPEC; repeat to serve "
@@ -58,7 +59,9 @@ def serve(
     token: str | None = typer.Option(
         None,
         "--token",
-        help="Require 'Authorization: Bearer TOKEN' on /v1/* (default: $DEEPSYNTH_API_TOKEN).",
+        "--api-key",
+        help="Require 'Authorization: Bearer TOKEN' on /v1/* (default: $DEEPSYNTH_API_TOKEN); --api-key is "
+        "vLLM's name for it.",
     ),
     max_upload_mb: float = _limit("max_upload_mb", "--max-upload-mb", min=0),
     max_pages: int = _limit("max_pages", "--max-pages", min=1),
@@ -181,7 +184,7 @@ def model_specs(options: list[str], served_model_name: str | None = None) -> dic
 
 def demo_ui(
     model: list[str] = typer.Option(
-        ["rapidocr:page"], "--model", "-m", help="Engine spec(s) to offer (repeatable)."
+        [DEFAULT_ENGINE], "--model", "-m", help="Engine spec(s) to offer (repeatable)."
     ),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(7860, "--port"),
