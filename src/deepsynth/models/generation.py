@@ -6,6 +6,18 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
+class UnsupportedGeneration(ValueError):
+    """A per-request generation setting this engine cannot honour (the server answers 400 naming ``param``,
+    the GenerationConfig field, e.g. ``prompt``). Pickles, so it crosses the model process's pipe intact."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message, param)
+        self.message, self.param = message, param
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @dataclass
 class GenerationConfig:
     """Decoding settings. CTC engines use only what applies to them (nothing, for greedy CTC)."""

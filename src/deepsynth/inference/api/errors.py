@@ -7,6 +7,7 @@ Every error body is ``{"error": {"message", "type", "code", "param"}}`` (OpenAI'
 exception                                 status  type
 ========================================  ======  ===========================
 InputError (a bad file or field)          4xx     its own kind
+UnsupportedGeneration (engine refuses)    400     unsupported_generation
 pydantic ValidationError                  400     invalid_request / ...
 QueueFull                                 429     queue_full (Retry-After)
 not ready, BatcherClosed, dead model      503     unavailable (Retry-After)
@@ -32,6 +33,7 @@ from deepsynth.inference.api.protocol import field_path
 from deepsynth.inference.batcher import BatcherClosed, QueueFull
 from deepsynth.inference.inputs import InputError
 from deepsynth.inference.model_process import ModelProcessDied
+from deepsynth.models.generation import UnsupportedGeneration
 
 log = logging.getLogger("deepsynth.server")
 
@@ -73,6 +75,8 @@ def failure(exc: BaseException, *, unexpected: str = "internal_error") -> Failur
         exc = validation_error(exc)
     if isinstance(exc, InputError):
         return Failure(exc.status, exc.kind, str(exc), exc.param)
+    if isinstance(exc, UnsupportedGeneration):  # never a 500: clients (the openai SDK) retry those
+        return Failure(400, "unsupported_generation", str(exc), f"generation.{exc.param}")
     if isinstance(exc, QueueFull):
         return Failure(429, "queue_full", str(exc), headers={"Retry-After": "1"})
     if isinstance(exc, BatcherClosed | Unavailable | ModelProcessDied):

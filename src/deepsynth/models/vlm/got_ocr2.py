@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from deepsynth.models.generation import UnsupportedGeneration
 from deepsynth.models.vlm.base import VLMAdapter, make_build
 from deepsynth.models.vlm.lora import LoraPreset, decoder_presets
 
@@ -23,8 +24,10 @@ class GotOcr2Adapter(VLMAdapter):
     def resolve_prompt(self, prompt: str | None) -> str:
         prompt = prompt or "ocr"
         if prompt not in PROMPTS:
-            raise ValueError(
-                f"GOT-OCR2 prompts are fixed by its processor: choose one of {', '.join(PROMPTS)}"
+            raise UnsupportedGeneration(
+                f"GOT-OCR2 prompts are fixed by its processor: {prompt!r} is not one of them; "
+                f"choose one of {', '.join(PROMPTS)}",
+                "prompt",
             )
         return prompt
 

@@ -16,6 +16,7 @@ from deepsynth.inference.api.protocol import ChatCompletionRequest, ChatCompleti
 from deepsynth.inference.api.routers.common import record, resolve_generation, timings
 from deepsynth.inference.api.state import ServerState, scoped, server_state
 from deepsynth.inference.inputs import InputError, decode_base64
+from deepsynth.models.generation import UnsupportedGeneration
 from deepsynth.observability.core import RequestContext
 
 router = APIRouter(tags=["openai"])
@@ -50,7 +51,17 @@ async def _chat(request: Request, state: ServerState, ctx: RequestContext) -> Re
         gen = resolve_generation(service, gen)
     finally:
         obs.record_stage("preprocess", time.perf_counter() - t0)
-    preds = await service.recognize_async([p.image for p in pages], gen)
+    try:
+        preds = await service.recognize_async([p.image for p in pages], gen)
+    except UnsupportedGeneration as exc:
+        if exc.param != "prompt":
+            raise
+        raise InputError(
+            400,
+            "unsupported_generation",
+            f"{exc} (the text parts of the user messages are the prompt)",
+            "messages",
+        ) from exc
     with obs.stage("postprocess"):
         text = "\n\n".join(p.text for p in preds)
         finish = "length" if any(p.finished is False for p in preds) else "stop"

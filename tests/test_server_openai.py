@@ -1,0 +1,81 @@
+"""OpenAI/vLLM semantics of /v1/chat/completions with the official SDK over real HTTP, on tiny real models."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from PIL import Image
+
+from deepsynth.inference.api import create_app
+from deepsynth.inference.service import OCRService
+from deepsynth.models.generation import GenerationConfig
+from deepsynth.observability import Observability
+from tests.serving_engines import data_uri, running_server
+
+pytestmark = pytest.mark.slow
+
+
+def page() -> Image.Image:
+    img = Image.new("RGB", (96, 96), "white")
+    img.paste((0, 0, 0), (10, 40, 80, 50))
+    return img
+
+
+@pytest.fixture(scope="module")
+def got_server():
+    from deepsynth.testing.tiny_models import build_tiny
+
+    service = OCRService(
+        build_tiny("got_ocr2"),
+        model_id="got-tiny",
+        generation=GenerationConfig(max_new_tokens=4),
+        max_wait_ms=5,
+        obs=Observability("got-tiny"),
+    )
+    with running_server(create_app(service)) as s:
+        s.service = service
+        yield s
+
+
+def _messages(text: str | None = None) -> list[dict]:
+    content: list[dict] = [{"type": "image_url", "image_url": {"url": data_uri(page())}}]
+    if text is not None:
+        content.insert(0, {"type": "text", "text": text})
+    return [{"role": "user", "content": content}]
+
+
+def test_free_text_prompt_to_got_ocr2_is_a_400_naming_the_allowed_prompts(got_server):
+    requests: list[httpx.Request] = []
+    http = httpx.Client(event_hooks={"request": [requests.append]})
+    client = openai.OpenAI(base_url=f"{got_server.url}/v1", api_key="x", http_client=http)  # retries on
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="got-tiny", messages=_messages("Describe this picture."), max_tokens=4
+        )
+    assert len(requests) == 1  # a 400: the SDK does not retry it
+    body = err.value.body
+    assert body["type"] == "unsupported_generation" and body["param"] == "messages"
+    assert "'Describe this picture.'" in body["message"]
+    assert all(p in body["message"] for p in ("ocr", "format"))
+    # one of the allowed prompts works
+    ok = client.chat.completions.create(model="got-tiny", messages=_messages("format"), max_tokens=4)
+    assert ok.choices[0].finish_reason in ("stop", "length")
+
+
+def test_free_text_prompt_on_v1_ocr_names_the_generation_field(got_server):
+    body = {"images": [data_uri(page())], "generation": {"prompt": "Describe this", "max_new_tokens": 4}}
+    r = httpx.post(f"{got_server.url}/v1/ocr", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "generation.prompt"
+    assert "choose one of ocr" in r.json()["error"]["message"]
+
+
+def test_unsupported_generation_crosses_the_model_process_pipe_intact():
+    import pickle
+
+    from deepsynth.inference.model_process import _portable
+    from deepsynth.models.generation import UnsupportedGeneration
+
+    exc = pickle.loads(pickle.dumps(_portable(UnsupportedGeneration("prompts are fixed", "prompt"))))
+    assert type(exc) is UnsupportedGeneration and exc.param == "prompt" and str(exc) == "prompts are fixed"
