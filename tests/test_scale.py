@@ -27,8 +27,15 @@ METRIC_KEYS = ("n", "cer", "wer", "ned", "exact_match", "cer_ci", "wer_ci", "per
 @pytest.fixture(scope="module")
 def ray_runtime():
     """One local Ray runtime (head + worker processes on loopback) shared by every test here."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _node_ip_address="127.0.0.1")  # fmt: skip
+    for attempt in range(3):  # Ray gives its raylet 30 s to start; a saturated machine can take longer
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     _node_ip_address="127.0.0.1")  # fmt: skip
+            break
+        except Exception as exc:
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
     yield
     ray.shutdown()
 
