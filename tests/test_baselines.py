@@ -114,3 +114,15 @@ def test_tesseract_missing_language_or_data_is_a_clear_error(tmp_path):
         load_engine("tesseract", lang="eng+xx")
     with pytest.raises(TesseractUnavailable, match="not found"):
         load_engine("tesseract", path=str(tmp_path / "nowhere"))
+
+
+def test_tesseract_line_options_reach_tesseract():
+    engine = _tesseract_or_skip(psm=6, height=64, pad=0.5)
+    assert engine._api.GetPageSegMode() == 6
+    line = _render(["Grüße aus Köln"])
+    framed = engine._prepare(line)
+    assert framed.height == 64 + 2 * 32 and framed.getpixel((0, 0)) == (255, 255, 255)
+    assert framed.width == round(line.width * 64 / line.height) + 64
+    assert cer("Grüße aus Köln", engine.recognize([line])[0].text) < 0.1
+    with pytest.raises(ValueError, match="psm"):
+        load_engine("tesseract", psm=42)

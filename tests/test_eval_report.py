@@ -22,3 +22,30 @@ def test_confusion_cells_show_code_points_for_lookalikes():
 def test_render_report_without_images_or_scores():
     html = render_report({"engine": "x", "n": 0, "dataset": []}, [], normalize="nfc")
     assert "normalisation profile: <b>nfc</b>" in html and "Worst 0 samples" in html
+
+
+def test_worst_cards_put_every_image_on_its_own_row_and_single_groups_get_no_chart(shared_data):
+    import json
+    import re
+
+    src = shared_data / "gt4histocr_dta19_lines"
+    rows = [json.loads(line) for line in (src / "manifest.jsonl").read_text().splitlines()[:3]]
+    records = [{"id": r["id"], "ref": r["text"], "hyp": r["text"][: 5 * (i + 1)], "image": str(src / r["image"]),
+                "subset": r["subset"]} for i, r in enumerate(rows)]  # fmt: skip
+    records.append({"id": "no-image", "ref": "abc", "hyp": "xyz", "subset": "s"})
+    group = {"cer": 0.5, "wer": 0.5, "ned": 0.4, "exact_match": 0.0, "n": 2}
+    result = {"engine": "x", "n": 4, "dataset": ["d"], "per_language": {"de": group},
+              "per_subset": {"a": group, "b": {**group, "cer": 0.1}}}  # fmt: skip
+    page = render_report(result, records)
+    cards = re.findall(r"<div class=sample>(.*?)<div class=diff>", page)
+    assert len(cards) == 4
+    for card in cards:  # the same layout whether or not the image exists
+        assert re.fullmatch(
+            r"<div class=head>.*?</div><div class=img>(<img [^>]+>|<p class=meta>.*?</p>)</div>", card
+        )
+    assert sum("data:image/jpeg;base64," in c for c in cards) == 3
+    assert "display:block" in page
+    assert (
+        "<h3>CER by subset</h3>" in page and "<h3>CER by language</h3>" not in page
+    )  # one language: no chart
+    assert "<td class=l>de</td>" in page  # ... but still its table row

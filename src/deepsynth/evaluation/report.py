@@ -25,7 +25,9 @@ table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;paddin
 th{background:#f4f4f4}td.l,th.l{text-align:left}.meta{color:#555}
 .diff{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;line-height:1.6}
 del{background:#ffd7d5;color:#82071e;text-decoration:line-through}ins{background:#ccffd8;color:#055d20;text-decoration:none}
-.sample{border:1px solid #ddd;border-radius:6px;padding:.6rem;margin:.8rem 0}.sample img{max-width:100%;border:1px solid #eee}
+.sample{border:1px solid #ddd;border-radius:6px;padding:.6rem;margin:.8rem 0}
+.sample .head{margin-bottom:.4rem}.sample .img{margin:0 0 .4rem}
+.sample img{display:block;max-width:100%;max-height:480px;height:auto;width:auto;border:1px solid #eee}
 """
 
 
@@ -59,7 +61,7 @@ def _plots(per_sample: Sequence[float], summary: dict[str, Any]) -> list[tuple[s
     plt.close(fig)
     for kind in GROUP_KEYS:
         groups, title = summary.get(f"per_{kind}") or {}, f"CER by {kind.replace('_', ' ')}"
-        if len(groups) < 1:
+        if len(groups) < 2:  # one bar says nothing the summary table does not
             continue
         names = sorted(groups, key=lambda g: groups[g]["cer"] or 0)
         fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1))
@@ -199,9 +201,9 @@ def render_report(
     for score, _, r in sorted(worst_heap, key=lambda t: (-t[0], -t[1])):
         uri = _image_uri(r, thumbnails)
         img = f"<img alt='{esc(r['id'])}' src='{uri}'>" if uri else "<p class=meta>(image not available)</p>"
-        blocks.append(
-            f"<div class=sample><b>{esc(r['id'])}</b> <span class=meta>CER {_pct(score)} · "
-            f"{esc(str(r.get('subset') or ''))}</span>{img}"
+        blocks.append(  # every card: header line, then the image on its own row, then the diff
+            f"<div class=sample><div class=head><b>{esc(r['id'])}</b> <span class=meta>CER {_pct(score)} · "
+            f"{esc(str(r.get('subset') or ''))}</span></div><div class=img>{img}</div>"
             f"<div class=diff>{diff_html(norm(r['ref']), norm(r['hyp']))}</div></div>"
         )
     worst_html = (
