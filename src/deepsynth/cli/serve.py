@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from deepsynth import envs
 from deepsynth.cli.console import DEFAULT_ENGINE
 from deepsynth.inference.limits import ServingLimits
+
+if TYPE_CHECKING:
+    from deepsynth.models.base import OCREngine
+    from deepsynth.models.vlm.multi_lora import LoraSet
 
 _LIMITS = ServingLimits()
 
@@ -42,6 +47,18 @@ def serve(
         "--routing",
         help="Routing table YAML: {routes: {DOC_TYPE: MODEL}, default: MODEL}; a request's doc_type picks its "
         "model when it names none.",
+    ),
+    lora: list[str] = typer.Option(
+        [],
+        "--lora",
+        help="NAME=DIR: a saved LoRA model directory served as model NAME on the first --model's weights (a VLM; "
+        "repeatable). The adapters share one copy of the base in the server's process (--in-process is implied).",
+    ),
+    max_loras: int = typer.Option(
+        4,
+        "--max-loras",
+        min=1,
+        help="LoRA adapters kept loaded at once; more are loaded on use, LRU evicted.",
     ),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Bind address (0.0.0.0 to listen on all interfaces)."
@@ -105,7 +122,7 @@ def serve(
     from deepsynth.inference.limits import engine_geometry
     from deepsynth.inference.model_process import ProcessEngine
     from deepsynth.inference.pool import ModelPool, RoutingTable, ServedModel
-    from deepsynth.inference.service import ModelLoadError, OCRService
+    from deepsynth.inference.service import ModelLoadError, OCRService, load_model
     from deepsynth.models.generation import GenerationConfig
 
     ensure_port_free(host, port)  # before the model loads: a busy port is a one-line error
@@ -133,9 +150,10 @@ def serve(
     )
     gen = GenerationConfig(max_new_tokens=max_new_tokens, retry_truncated=retry_truncated)
 
-    def make_service(name: str, spec: str) -> OCRService:
+    def make_service(name: str, spec: str, engine: OCREngine | None = None) -> OCRService:
         """One model's service: its own engine (own process unless --in-process), queue and batcher."""
-        engine = ProcessEngine(spec, threads=threads) if model_process else spec
+        if engine is None:
+            engine = ProcessEngine(spec, threads=threads) if model_process else load_model(spec)
         return OCRService(
             engine,
             model_id=name,
@@ -152,14 +170,40 @@ def serve(
         specs = model_specs(model, served_model_name)
         table = RoutingTable.from_yaml(routing) if routing else None
         # check the names before loading anything (a routing typo must not cost a model load)
-        ModelPool.check_names(set(specs), default=default_model, routing=table)
-        services = {name: ServedModel(name, make_service(name, spec), spec) for name, spec in specs.items()}
+        adapters = model_specs(lora) if lora else {}
+        if set(adapters) & set(specs):
+            raise ValueError(f"--lora names {sorted(set(adapters) & set(specs))} are also --model names")
+        ModelPool.check_names(set(specs) | set(adapters), default=default_model, routing=table)
+        services = {}
+        for i, (name, spec) in enumerate(specs.items()):
+            if i == 0 and adapters:  # the adapters' base: loaded here, its weights shared by every adapter
+                lora_set = lora_base(load_model(spec), adapters, max_loras)
+                services[name] = ServedModel(name, make_service(name, spec, lora_set.engine(None)), spec)
+                for adapter in adapters:
+                    services[adapter] = ServedModel(
+                        adapter, make_service(adapter, spec, lora_set.engine(adapter))
+                    )
+            else:
+                services[name] = ServedModel(name, make_service(name, spec), spec)
         pool = ModelPool(services, default=default_model, routing=table, factory=make_service)
     except (ModelLoadError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     token = token or envs.DEEPSYNTH_API_TOKEN
     run(pool, ServerSettings(host=host, port=port, token=token, warmup=warmup, limits=limits, docs=docs))
+
+
+def lora_base(base: OCREngine, adapters: dict[str, str], max_loras: int) -> LoraSet:
+    """The LoRA adapters of ``--lora`` over ``base`` (which must be a VLM without an adapter of its own)."""
+    from deepsynth.models.vlm.base import VLMAdapter
+    from deepsynth.models.vlm.multi_lora import LoraSet
+
+    if not isinstance(base, VLMAdapter):
+        raise ValueError(f"--lora needs a VLM as the first --model; {base.name} is not one")
+    try:
+        return LoraSet(base, adapters, max_loras=max_loras)
+    except (OSError, KeyError) as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def model_specs(options: list[str], served_model_name: str | None = None) -> dict[str, str]:

@@ -35,7 +35,6 @@ def load_lora(base_model: Any, adapter_dir: str | Path, *, is_trainable: bool = 
 
     Raises RuntimeError naming keys when the saved file and the rebuilt model disagree.
     """
-    import torch
     from peft import PeftConfig, get_peft_model
     from safetensors.torch import load_file
 
@@ -46,13 +45,25 @@ def load_lora(base_model: Any, adapter_dir: str | Path, *, is_trainable: bool = 
     config = PeftConfig.from_pretrained(str(adapter_dir))
     config.inference_mode = not is_trainable
     model = get_peft_model(base_model, config)
-    saved = load_file(str(weights))
-    live = lora_state_keys(model)
+    copy_adapter_tensors(model, load_file(str(weights)), "default", adapter_dir)
+    if not is_trainable:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+    return model
+
+
+def copy_adapter_tensors(model: Any, saved: dict[str, Any], adapter_name: str, where: str | Path) -> None:
+    """Copy the saved tensors of one adapter into ``model``'s adapter ``adapter_name`` by name (shapes
+    checked); raises RuntimeError naming keys when the file (``where``) and the model disagree."""
+    import torch
+
+    live = lora_state_keys(model, adapter_name)
     missing_in_model = sorted(set(saved) - set(live))
     missing_in_file = sorted(set(live) - set(saved))
     if missing_in_model or missing_in_file:
         raise RuntimeError(
-            f"adapter {adapter_dir} does not match the rebuilt model: "
+            f"adapter {where} does not match the rebuilt model: "
             f"{len(missing_in_model)} saved key(s) unmatched (e.g. {missing_in_model[:3]}), "
             f"{len(missing_in_file)} model key(s) not in the file (e.g. {missing_in_file[:3]})"
         )
@@ -66,8 +77,3 @@ def load_lora(base_model: Any, adapter_dir: str | Path, *, is_trainable: bool = 
                     f"adapter tensor {saved_key}: shape {tuple(src.shape)} != {tuple(target.shape)}"
                 )
             target.copy_(src.to(device=target.device, dtype=target.dtype))
-    if not is_trainable:
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-    return model

@@ -1,0 +1,113 @@
+"""Several LoRA adapters on one tiny real DeepSeek-OCR-2 (peft multi-adapter): each reads exactly like the
+adapter loaded alone (logits compared: peft's own loader drops these weights), LRU eviction, one base copy,
+and behind the server as models of their own."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from deepsynth.inference.api import ServerSettings, create_app
+from deepsynth.inference.pool import ModelPool
+from deepsynth.inference.service import OCRService
+from deepsynth.models.generation import GenerationConfig
+from deepsynth.models.vlm import adapter_class
+from deepsynth.models.vlm.multi_lora import LoraSet
+from deepsynth.observability import Observability
+from deepsynth.testing.tiny_models import build_tiny
+from tests.serving_engines import data_uri, running_server
+from tests.vlm_helpers import line_image, line_samples, train_steps
+
+pytestmark = pytest.mark.slow
+GEN = GenerationConfig(max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Two adapters trained differently on the same tiny base, saved as DeepSynth model directories."""
+    root = tmp_path_factory.mktemp("loras")
+    out = {}
+    for name, n, lr in (("a", 2, 2e-2), ("b", 4, 5e-2)):
+        ad = build_tiny("deepseek_ocr2")
+        ad.apply_lora({"r": 4})
+        train_steps(ad, ad.collate(line_samples(n)), steps=3, lr=lr)
+        ad.save(root / name)
+        out[name] = root / name
+    return out
+
+
+def test_adapters_on_one_base_read_like_each_adapter_alone(saved):
+    cls = adapter_class("deepseek_ocr2")
+    refs = {name: cls.load(path) for name, path in saved.items()}
+    batch = refs["a"].collate(line_samples(2))
+    lora = LoraSet(build_tiny("deepseek_ocr2"), saved, max_loras=1)
+    n_base = sum(p.numel() for n, p in lora.base.model.named_parameters() if "lora_" not in n)
+    images = [line_image("hello world"), line_image("brown dog 7")]
+    for name in ("a", "b", "a"):
+        got = lora.engine(name).recognize(images, GEN)
+        assert [p.text for p in got] == [p.text for p in refs[name].recognize(images, GEN)]
+        with lora._lock:
+            lora.activate(name)
+            diff = (lora.base.logits(batch) - refs[name].logits(batch)).abs().max().item()
+        assert diff == 0.0, name
+    assert (lora.loads, lora.evictions, list(lora.loaded)) == (3, 2, ["a"])
+    assert sum(p.numel() for n, p in lora.base.model.named_parameters() if "lora_" not in n) == n_base
+    assert (refs["a"].logits(batch) - refs["b"].logits(batch)).abs().max().item() > 0  # they differ
+    base_alone = build_tiny("deepseek_ocr2")
+    assert [p.text for p in lora.engine(None).recognize(images, GEN)] == [
+        p.text for p in base_alone.recognize(images, GEN)
+    ]
+    with pytest.raises(KeyError, match="known: a, b"):
+        lora.engine("c")
+
+
+def test_adapters_served_as_models_of_their_own(saved):
+    cls = adapter_class("deepseek_ocr2")
+    lora = LoraSet(build_tiny("deepseek_ocr2"), saved, max_loras=2)
+    pool = ModelPool(
+        {
+            name: OCRService(
+                lora.engine(name),
+                model_id=name,
+                generation=GEN,
+                trim_repetition=False,
+                obs=Observability(name),
+            )
+            for name in ("a", "b")
+        }
+    )
+    image = line_image("the lazy fox 42")
+    with running_server(create_app(pool, ServerSettings(warmup=False))) as s:
+        for name in ("b", "a", "b"):
+            r = httpx.post(f"{s.url}/v1/ocr", json={"images": [data_uri(image)], "model": name}, timeout=120)
+            assert r.status_code == 200 and r.json()["model"] == name
+            (ref,) = cls.load(saved[name]).recognize([image], GEN)
+            assert r.json()["text"] == ref.text
+    assert lora.loads == 2 and lora.evictions == 0
+
+
+def test_serve_command_with_lora_adapters(saved, tmp_path):
+    from tests.test_server_cli import _start_serve
+
+    args = ["--model", "base=deepseek_ocr2:tiny", "--lora", f"a={saved['a']}", "--lora", f"b={saved['b']}"]
+    args += ["--max-loras", "1", "--max-new-tokens", "6", "--no-warmup"]
+    proc, url = _start_serve(args, tmp_path / "serve.log")
+    try:
+        assert [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]] == ["base", "a", "b"]
+        image = line_image("OCR test line")
+        for name in ("a", "b"):
+            r = httpx.post(f"{url}/v1/ocr", json={"images": [data_uri(image)], "model": name}, timeout=120)
+            assert r.status_code == 200 and r.json()["model"] == name, r.text
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    bad = _run_serve(["--model", "rapidocr", "--lora", f"a={saved['a']}"])
+    assert bad.returncode == 2 and "--lora needs a VLM as the first --model" in bad.stderr
+
+
+def _run_serve(args: list[str]):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "deepsynth.cli.main", "serve", *args, "--port", "1"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
