@@ -204,3 +204,17 @@ def test_cli_names_a_bad_config(tmp_path):
     assert res.exit_code == 0, res.output
     assert res.output.count("notes.txt: skipped") == 1  # reported once, not on every pass
     assert load_state(tmp_path / "w").entries["notes.txt"]["status"] == "bad"
+
+
+def test_runs_started_in_the_same_second_get_their_own_record(tmp_path):
+    from deepsynth.loop.runner import _start, load_record
+
+    cfg = LoopConfig(workdir=str(tmp_path / "w"), inbox=str(tmp_path / "in"))
+    state = LoopState()
+    state.add_sample(_line(0, 0), "page_id", 0.15, 0)
+    first = _start(cfg, state, ["receipts"], now=1_000.0)
+    second = _start(cfg, state, ["receipts"], now=1_000.0)
+    assert first["run_id"] != second["run_id"]
+    assert load_record(cfg, first["run_id"])["stage"] == "started"
+    assert load_state(cfg.workdir).pending == second["run_id"]
+    assert second["labelled_at_start"] == {"receipts": 1} and second["model_name"] == "deepsynth-ocr-receipts"

@@ -79,7 +79,11 @@ def run_once(cfg: LoopConfig, *, now: float | None = None, log: Callable[[str], 
 
 
 def _start(cfg: LoopConfig, state: LoopState, types: list[str], now: float) -> dict[str, Any]:
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"-{'+'.join(types)}"[:60]
+    base = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"-{'+'.join(types)}"[:60]
+    run_id, n = base, 1
+    while run_dir(cfg, run_id).exists():  # two passes within one second never share a record
+        n += 1
+        run_id = f"{base}-{n}"
     trained_on = sorted(state.types) if cfg.trigger.mode == "shared" else types
     record = {
         "run_id": run_id, "created": now, "mode": cfg.trigger.mode, "types": types, "trained_on": trained_on,
