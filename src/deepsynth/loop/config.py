@@ -104,7 +104,12 @@ class LoopConfig:
         """The registered model that serves ``doc_type`` (specialise) or every type (shared)."""
         if self.trigger.mode == "shared" or doc_type is None:
             return self.name
-        return f"{self.name}-{re.sub(r'[^A-Za-z0-9_.-]', '_', doc_type)}"
+        return f"{self.name}-{safe_name(doc_type)}"
+
+
+def safe_name(text: str) -> str:
+    """``text`` with every character MLflow may refuse in a model or metric name replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
 def load_loop_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoopConfig:

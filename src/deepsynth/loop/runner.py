@@ -15,7 +15,7 @@ from typing import Any
 from deepsynth.data import DataReport, Sample, SampleFilter, open_sources
 from deepsynth.loop import gate as gates
 from deepsynth.loop import trigger as triggers
-from deepsynth.loop.config import LoopConfig
+from deepsynth.loop.config import LoopConfig, safe_name
 from deepsynth.loop.inbox import InboxScan, good_sources, scan
 from deepsynth.loop.registry import CHAMPION, ModelRegistry
 from deepsynth.loop.state import LoopState, doc_type, load_state, save_state, write_json_atomic
@@ -31,6 +31,11 @@ class PassReport:
     scan: InboxScan
     decisions: list[triggers.Decision]
     runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def holdout_metric(doc_type: str) -> str:
+    """The registered version's metric holding its CER on ``doc_type``'s holdout."""
+    return f"holdout_cer.{safe_name(doc_type)}"
 
 
 def registry_for(cfg: LoopConfig) -> ModelRegistry:
@@ -112,7 +117,7 @@ def _execute(cfg: LoopConfig, state: LoopState, registry: ModelRegistry, record:
         for reason in record["gate"]["reasons"]:
             log(f"gate: {reason}")
     if record["stage"] == "gated":
-        metrics = {f"holdout_cer.{r['doc_type']}": r["cer_candidate"] for r in record["gate"]["results"]}
+        metrics = {holdout_metric(r["doc_type"]): r["cer_candidate"] for r in record["gate"]["results"]}
         version = registry.register(
             name, record["train"]["model_dir"], run_id=record["run_id"],
             metrics={**metrics, "train_steps": record["train"]["steps"], "train_samples": record["train"]["n_train"]},
@@ -261,7 +266,7 @@ def status(cfg: LoopConfig, *, now: float | None = None) -> list[dict[str, Any]]
     for t, ts in sorted(state.types.items()):
         name = cfg.model_name(t)
         version = registry.version_by_alias(name, CHAMPION)
-        cer = registry.version_info(name, version)["metrics"].get(f"holdout_cer.{t}") if version else None
+        cer = registry.version_info(name, version)["metrics"].get(holdout_metric(t)) if version else None
         rows.append({"doc_type": t, "labelled": ts.labelled, "new_since_last_run": ts.new_since_last_run,
                      "holdout": ts.holdout_size, "model": name, "champion": version, "champion_holdout_cer": cer,
                      "would_fire": decisions[t].fire, "reason": decisions[t].reason,
