@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from PIL import Image
 
 from deepsynth.data.sample import SampleError
+from deepsynth.envs import parse_bool
 from deepsynth.models.base import ModelAdapter, Prediction
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.models.registry import MODEL_CARD
@@ -551,12 +552,9 @@ class VLMAdapter(ModelAdapter):
 def as_bool(value: Any) -> bool:
     """Booleans from YAML, CLI strings ("true", "1", "yes", "false", "0", "no") or None."""
     if isinstance(value, str):
-        v = value.strip().lower()
-        if v in ("1", "true", "yes", "on"):
-            return True
-        if v in ("", "0", "false", "no", "off", "none", "null"):
+        if value.strip().lower() in ("", "none", "null"):
             return False
-        raise ValueError(f"expected a boolean, got {value!r}")
+        return parse_bool(value)  # the one truthy parser (deepsynth.envs)
     return bool(value)
 
 
