@@ -1,0 +1,174 @@
+"""Many models behind one server: LoRA adapters on one base (tiny DeepSeek-OCR-2, random weights).
+
+1. Memory: parameter bytes of N adapters on one base (:class:`LoraSet`) vs N separate servers each holding the
+   base + its adapter (goal: the base's weights once, ratio <= 1/N + the adapters' share). Exact byte counts
+   (RSS on this shared machine is noise).
+2. Throughput: the same load (REQUESTS concurrent one-image requests through the server's path: ModelPool →
+   one OCRService/batcher per adapter → the shared base) spread over 4 adapters vs all on 1 adapter; declared
+   statistic: median of per-round ratios spread/one over interleaved rounds (goal >= 0.8, bench/stats.py).
+3. Swap latency: with ``max_loras=1``, a request for the other adapter (load + evict + read) vs a request for
+   the loaded one; median over rounds of the extra milliseconds.
+
+    nice -n 10 python bench/bench_multi_model.py [--rounds 5] [--requests 16]   # -> bench/results/multi_model.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+N_ADAPTERS = 4
+NEW_TOKENS = 8
+
+
+def _param_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _save_adapters(root: Path, n: int) -> dict[str, Path]:
+    from deepsynth.testing.tiny_models import build_tiny
+
+    out = {}
+    for i in range(n):
+        ad = build_tiny("deepseek_ocr2")
+        ad.apply_lora({"r": 8})
+        ad.save(root / f"a{i}")
+        out[f"a{i}"] = root / f"a{i}"
+    return out
+
+
+def memory(paths: dict[str, Path]) -> dict:
+    from deepsynth.models.vlm import adapter_class
+    from deepsynth.models.vlm.multi_lora import LoraSet
+    from deepsynth.testing.tiny_models import build_tiny
+
+    shared = LoraSet(build_tiny("deepseek_ocr2"), paths, max_loras=len(paths))
+    for name in paths:
+        shared.activate(name)
+    one = adapter_class("deepseek_ocr2").load(next(iter(paths.values())))
+    shared_bytes, separate_bytes = _param_bytes(shared.base.model), len(paths) * _param_bytes(one.model)
+    base_bytes = _param_bytes(build_tiny("deepseek_ocr2").model)
+    return {
+        "adapters": len(paths),
+        "one_base_bytes": shared_bytes,
+        "separate_servers_bytes": separate_bytes,
+        "ratio": round(shared_bytes / separate_bytes, 4),
+        "base_bytes": base_bytes,
+        "base_copies_in_shared": round(shared_bytes / base_bytes, 4),
+        "goal": f"<= 1/N + adapters' share ({1 / len(paths):.2f} + small)",
+    }
+
+
+async def _load(pool, names: list[str], requests: int, image) -> float:
+    """Images per second for ``requests`` concurrent one-image requests, round-robin over ``names``."""
+    from deepsynth.models.generation import GenerationConfig
+
+    gen = GenerationConfig(max_new_tokens=NEW_TOKENS)
+
+    async def one(i: int):
+        with pool.lease(names[i % len(names)]) as service:
+            return await service.recognize_async([image], gen)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(requests)))
+    return requests / (time.perf_counter() - t0)
+
+
+async def throughput(paths: dict[str, Path], rounds: int, requests: int) -> dict:
+    import torch
+    from tests.vlm_helpers import line_image
+
+    from deepsynth.inference.pool import ModelPool
+    from deepsynth.inference.service import OCRService
+    from deepsynth.models.vlm.multi_lora import LoraSet
+    from deepsynth.observability import Observability
+    from deepsynth.testing.tiny_models import build_tiny
+
+    torch.set_num_threads(1)
+    lora = LoraSet(build_tiny("deepseek_ocr2"), paths, max_loras=len(paths))
+    services = {
+        n: OCRService(
+            lora.engine(n), model_id=n, max_batch_size=8, max_wait_ms=20, obs=Observability(n, metrics=False)
+        )
+        for n in paths
+    }
+    pool = ModelPool(services)
+    await pool.start(warmup=True)
+    image = line_image("the lazy fox 42")
+    names = list(paths)
+    ratios, spread_rates, one_rates = [], [], []
+    try:
+        for r in range(rounds):
+            order = [("spread", names), ("one", names[:1])]
+            if r % 2:
+                order.reverse()
+            rates = {}
+            for label, chosen in order:
+                rates[label] = await _load(pool, chosen, requests, image)
+            ratios.append(rates["spread"] / rates["one"])
+            spread_rates.append(rates["spread"])
+            one_rates.append(rates["one"])
+        swaps = await _swap_latency(paths, rounds, image)
+    finally:
+        await pool.aclose()
+    from bench.stats import paired_ratio
+
+    return {
+        "requests_per_round": requests,
+        "new_tokens": NEW_TOKENS,
+        "images_per_s_spread_over_4": [round(x, 2) for x in spread_rates],
+        "images_per_s_one_adapter": [round(x, 2) for x in one_rates],
+        "spread_over_one": paired_ratio(ratios, goal=0.8, higher_is_better=True),
+        "swap": swaps,
+    }
+
+
+async def _swap_latency(paths: dict[str, Path], rounds: int, image) -> dict:
+    from deepsynth.models.generation import GenerationConfig
+    from deepsynth.models.vlm.multi_lora import LoraSet
+    from deepsynth.testing.tiny_models import build_tiny
+
+    gen = GenerationConfig(max_new_tokens=NEW_TOKENS)
+    lora = LoraSet(build_tiny("deepseek_ocr2"), paths, max_loras=1)
+    a, b = list(paths)[:2]
+    lora.engine(a).recognize([image], gen)
+    extra = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        lora.engine(a).recognize([image], gen)  # loaded: no swap
+        warm = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        lora.engine(b).recognize([image], gen)  # load b, evict a
+        swapped = time.perf_counter() - t0
+        a, b = b, a
+        extra.append((swapped - warm) * 1000)
+    return {"extra_ms_median": round(statistics.median(extra), 2), "extra_ms": [round(x, 2) for x in extra]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "multi_model.json")
+    args = parser.parse_args()
+    cpu0 = time.process_time()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = _save_adapters(Path(tmp), N_ADAPTERS)
+        result = {
+            "memory": memory(paths),
+            "throughput": asyncio.run(throughput(paths, args.rounds, args.requests)),
+        }
+    result["cpu_seconds"] = round(time.process_time() - cpu0, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
