@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -151,12 +152,13 @@ async def _swap_latency(paths: dict[str, Path], rounds: int, image) -> dict:
     return {"extra_ms_median": round(statistics.median(extra), 2), "extra_ms": [round(x, 2) for x in extra]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """Run the three measurements (``bench.run_all`` calls this with no arguments: the defaults)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "multi_model.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv or [])
     cpu0 = time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
         paths = _save_adapters(Path(tmp), N_ADAPTERS)
@@ -168,7 +170,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
