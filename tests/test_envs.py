@@ -30,7 +30,14 @@ def test_typed_values_defaults_and_errors_that_name_the_variable():
     assert envs.read("DEEPSYNTH_SAMPLES_RATE", {"DEEPSYNTH_SAMPLES_RATE": " 0.5 "}) == 0.5
     assert envs.read("DEEPSYNTH_SAMPLES_MAX_COUNT", {}) == 1000
     assert envs.read("DEEPSYNTH_TRACING", {"DEEPSYNTH_TRACING": ""}) is None  # empty = unset
-    for raw, value in [("1", True), ("TRUE", True), ("on", True), ("0", False), ("No", False), ("off", False)]:
+    for raw, value in [
+        ("1", True),
+        ("TRUE", True),
+        ("on", True),
+        ("0", False),
+        ("No", False),
+        ("off", False),
+    ]:
         assert envs.read("DEEPSYNTH_METRICS", {"DEEPSYNTH_METRICS": raw}) is value
     with pytest.raises(ValueError, match="DEEPSYNTH_METRICS='maybe' is not a valid bool"):
         envs.read("DEEPSYNTH_METRICS", {"DEEPSYNTH_METRICS": "maybe"})

@@ -42,6 +42,8 @@ def test_child_process_reads_like_the_engine_in_process(engine):
     assert engine.name == load_model(SPEC).name
     assert [p.text for p in remote] == [p.text for p in local]
     assert [p.num_tokens for p in remote] == [p.num_tokens for p in local] == [6, 6, 6]
+    assert [p.prompt_tokens for p in remote] == [p.prompt_tokens for p in local]  # usage crosses the pipe
+    assert all(p.prompt_tokens > 0 for p in remote)
     assert all(p.finished is False for p in remote)
     assert engine.gpu_memory() == []  # reported with every reply; nothing on a CPU
 

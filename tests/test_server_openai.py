@@ -79,3 +79,49 @@ def test_unsupported_generation_crosses_the_model_process_pipe_intact():
 
     exc = pickle.loads(pickle.dumps(_portable(UnsupportedGeneration("prompts are fixed", "prompt"))))
     assert type(exc) is UnsupportedGeneration and exc.param == "prompt" and str(exc) == "prompts are fixed"
+
+
+def test_usage_counts_image_and_prompt_tokens_in_and_generated_tokens_out(got_server):
+    client = openai.OpenAI(base_url=f"{got_server.url}/v1", api_key="x", max_retries=0)
+    r = client.chat.completions.create(model="got-tiny", messages=_messages(), max_tokens=4)
+    (direct,) = got_server.service.engine.recognize([page()], GenerationConfig(max_new_tokens=4))
+    image_tokens = got_server.service.engine.engine.num_image_tokens
+    assert r.usage.prompt_tokens == direct.prompt_tokens > image_tokens  # the image's tokens and GOT's prompt
+    assert r.usage.completion_tokens == direct.num_tokens <= 4
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+    # stream_options.include_usage: every chunk has usage null, a last chunk without choices carries it
+    chunks = list(
+        client.chat.completions.create(
+            model="got-tiny",
+            messages=_messages(),
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert [c.usage for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert chunks[-1].choices == [] and chunks[-1].usage == r.usage
+    assert "".join(c.choices[0].delta.content or "" for c in chunks[:-1]) == r.choices[0].message.content
+    plain = list(
+        client.chat.completions.create(model="got-tiny", messages=_messages(), max_tokens=4, stream=True)
+    )
+    assert all(c.usage is None and c.choices for c in plain)
+
+
+def test_usage_of_a_ctc_recogniser_counts_characters(shared_data):
+    from tests.serving_engines import fondue_lines
+
+    ((img, _),) = fondue_lines(shared_data, 1)
+    service = OCRService("ppocr", model_id="ppocr", max_wait_ms=5, obs=Observability("ppocr"))
+    with running_server(create_app(service)) as s:
+        client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0)
+        content = [{"type": "image_url", "image_url": {"url": data_uri(img)}}]
+        r = client.chat.completions.create(model="ppocr", messages=[{"role": "user", "content": content}])
+    text = r.choices[0].message.content
+    assert len(text) > 20
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (
+        0,
+        len(text),
+        len(text),
+    )

@@ -30,6 +30,10 @@ class Prediction:
 
     ``finished`` is False when a generative engine stopped at its length limit without an end token
     (None when the engine cannot tell). ``lines`` holds per-line results in page mode.
+
+    Token counts (the API's ``usage``): ``num_tokens`` is what the engine generated — a VLM's tokens without
+    the end token, a CTC recogniser's characters (labels left after collapsing repeats and blanks);
+    ``prompt_tokens`` is what it read — a VLM's image + prompt tokens, 0 for a CTC recogniser (no prompt).
     """
 
     text: str
@@ -38,6 +42,12 @@ class Prediction:
     num_tokens: int | None = None
     lines: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    prompt_tokens: int | None = None
+
+
+def char_tokens(text: str) -> int:
+    """Output tokens of a non-generative (CTC) engine: its characters, line breaks between lines not counted."""
+    return len(text) - text.count("\n")
 
 
 @runtime_checkable

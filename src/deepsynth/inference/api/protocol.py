@@ -222,8 +222,8 @@ class ChatCompletionRequest(StrictModel):
     top_p: float | None = Field(None, ge=0, le=1)
     n: Literal[1] | None = None
     stream: bool | None = False
+    stream_options: StreamOptions | None = None  # include_usage: a last chunk carries the usage
     # accepted (OpenAI clients send them) and without effect on OCR
-    stream_options: StreamOptions | None = None
     user: str | None = None
     seed: int | None = None
     stop: str | list[str] | None = None

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from deepsynth.models.base import Prediction
+from deepsynth.models.base import Prediction, char_tokens
 from deepsynth.models.baselines.reading_order import reading_order
 from deepsynth.models.generation import GenerationConfig
 
@@ -92,6 +92,7 @@ class RapidOCREngine:
             t0 = time.perf_counter()
             pred = read(image)
             pred.meta["seconds"] = round(time.perf_counter() - t0, 4)
+            pred.num_tokens, pred.prompt_tokens = char_tokens(pred.text), 0  # usage: characters out
             preds.append(pred)
         return preds
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from deepsynth.models.base import Prediction
+from deepsynth.models.base import Prediction, char_tokens
 from deepsynth.models.generation import GenerationConfig
 
 DEFAULT_TESSDATA = "/usr/share/tesseract-ocr/5/tessdata/"
@@ -144,6 +144,7 @@ class TesseractEngine:
                 t0 = time.perf_counter()
                 pred = read(image.convert("RGB") if image.mode not in ("RGB", "L") else image)
                 pred.meta["seconds"] = round(time.perf_counter() - t0, 4)
+                pred.num_tokens, pred.prompt_tokens = char_tokens(pred.text), 0  # usage: characters out
                 preds.append(pred)
         return preds
 

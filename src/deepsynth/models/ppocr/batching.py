@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from deepsynth.models.base import Prediction
+from deepsynth.models.base import Prediction, char_tokens
 from deepsynth.models.ppocr.charset import Charset
 from deepsynth.models.ppocr.preprocess import to_bgr
 
@@ -28,5 +28,7 @@ def recognize_in_batches(
         chunk = order[start : start + batch_size]
         probs = probs_fn([bgrs[i] for i in chunk])
         for i, (text, conf) in zip(chunk, charset.decode_greedy(probs), strict=True):
-            results[i] = Prediction(text=text, confidence=conf, finished=True, num_tokens=len(text))
+            results[i] = Prediction(
+                text=text, confidence=conf, finished=True, num_tokens=char_tokens(text), prompt_tokens=0
+            )
     return [r for r in results if r is not None]

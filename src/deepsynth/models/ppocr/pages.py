@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from deepsynth.models.base import OCREngine, Prediction
+from deepsynth.models.base import OCREngine, Prediction, char_tokens
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.models.ppocr.preprocess import to_bgr
 
@@ -165,7 +165,9 @@ class PageReader:
         bgr = to_bgr(image)
         quads, scores = self.detect(bgr)
         if len(quads) == 0:
-            return Prediction(text="", confidence=None, finished=True, lines=[])
+            return Prediction(
+                text="", confidence=None, finished=True, lines=[], num_tokens=0, prompt_tokens=0
+            )
         boxes = [
             Box(i, float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()), float(q[:, 1].max()))
             for i, q in enumerate(quads)
@@ -190,10 +192,13 @@ class PageReader:
                 }
             )
         confs = [line["confidence"] for line in lines if line["confidence"] is not None]
+        text = join_lines(lines)
         return Prediction(
-            text=join_lines(lines),
+            text=text,
             confidence=float(np.mean(confs)) if confs else None,
             finished=True,
+            num_tokens=char_tokens(text),
+            prompt_tokens=0,
             lines=lines,
             meta={"detected": len(quads)},
         )

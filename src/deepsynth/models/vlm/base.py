@@ -307,17 +307,20 @@ class VLMAdapter(ModelAdapter):
     # ------------------------------------------------------------------ inference
     def generate_ids(
         self, images: Sequence[Image.Image], gen: GenerationConfig, prompt: str
-    ) -> tuple[Any, int]:
+    ) -> tuple[Any, int, list[int]]:
+        """(generate's output, the padded prompt length, each row's prompt tokens incl. image tokens)."""
         import torch
 
         enc = self._to_device(dict(self.encode_prompts(images, prompt, gen, padding_side="left")))
+        mask = enc.get("attention_mask")
+        read = mask.sum(1).tolist() if mask is not None else [enc["input_ids"].shape[1]] * len(images)
         kw = gen.to_hf_kwargs()
         ends = self.end_token_ids()
         kw["eos_token_id"] = ends if len(ends) > 1 else (ends[0] if ends else None)
         kw["pad_token_id"] = self.tokenizer.pad_token_id
         with torch.inference_mode():
             out = self.model.generate(**enc, **kw, return_dict_in_generate=True, output_scores=True)
-        return out, enc["input_ids"].shape[1]
+        return out, enc["input_ids"].shape[1], [int(n) for n in read]
 
     def _token_logprobs(self, out: Any, gen: GenerationConfig) -> Any:
         """Log-probability of every generated token (greedy/sampling), or None (beam search, no scores)."""
@@ -346,7 +349,9 @@ class VLMAdapter(ModelAdapter):
             self.model.train(was_training)
         return preds
 
-    def _decode(self, out: Any, prompt_len: int, gen: GenerationConfig) -> list[Prediction]:
+    def _decode(
+        self, out: Any, prompt_len: int, prompt_tokens: list[int], gen: GenerationConfig
+    ) -> list[Prediction]:
         """Text, ``finished`` (an end token came) and confidence = exp(mean token log-probability)."""
         import math
 
@@ -378,6 +383,7 @@ class VLMAdapter(ModelAdapter):
                     confidence=confidence,
                     finished=finished,
                     num_tokens=len(toks),
+                    prompt_tokens=prompt_tokens[i],
                     lines=lines,
                     meta={"family": self.family},
                 )

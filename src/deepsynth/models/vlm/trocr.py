@@ -52,7 +52,8 @@ class TrOCRAdapter(VLMAdapter):
 
     def generate_ids(
         self, images: Sequence[Image.Image], gen: GenerationConfig, prompt: str
-    ) -> tuple[Any, int]:
+    ) -> tuple[Any, int, list[int]]:
+        """Prompt tokens: the encoder's output length (image patches) + the decoder start token."""
         import torch
 
         px = self._to_device({"pixel_values": self.pixel_values(images)})["pixel_values"]
@@ -61,8 +62,12 @@ class TrOCRAdapter(VLMAdapter):
         kw["pad_token_id"] = self.tokenizer.pad_token_id
         kw["decoder_start_token_id"] = self.model.config.decoder_start_token_id
         with torch.inference_mode():
-            out = self.model.generate(pixel_values=px, **kw, return_dict_in_generate=True, output_scores=True)
-        return out, 1  # skip the decoder start token
+            encoded = self.model.get_encoder()(pixel_values=px)
+            out = self.model.generate(
+                encoder_outputs=encoded, **kw, return_dict_in_generate=True, output_scores=True
+            )
+        read = int(encoded.last_hidden_state.shape[1]) + 1
+        return out, 1, [read] * len(images)  # generated ids start after the decoder start token
 
     def logits(self, batch: dict[str, Any]) -> Any:
         import torch

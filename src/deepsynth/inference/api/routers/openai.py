@@ -16,6 +16,7 @@ from deepsynth.inference.api.protocol import ChatCompletionRequest, ChatCompleti
 from deepsynth.inference.api.routers.common import record, resolve_generation, timings
 from deepsynth.inference.api.state import ServerState, scoped, server_state
 from deepsynth.inference.inputs import InputError, decode_base64
+from deepsynth.models.base import Prediction
 from deepsynth.models.generation import UnsupportedGeneration
 from deepsynth.observability.core import RequestContext
 
@@ -65,12 +66,16 @@ async def _chat(request: Request, state: ServerState, ctx: RequestContext) -> Re
     with obs.stage("postprocess"):
         text = "\n\n".join(p.text for p in preds)
         finish = "length" if any(p.finished is False for p in preds) else "stop"
-        tokens = sum(p.num_tokens or 0 for p in preds)
+        usage = usage_of(preds)
         record(obs, ctx, pages, preds, service.model_id)
     cid = f"chatcmpl-{ctx.request_id}"
     if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _sse_chunks(cid, int(time.time()), service.model_id, text, finish), media_type="text/event-stream"
+            _sse_chunks(
+                cid, int(time.time()), service.model_id, text, finish, usage if include_usage else None
+            ),
+            media_type="text/event-stream",
         )
     return JSONResponse(
         {
@@ -86,10 +91,17 @@ async def _chat(request: Request, state: ServerState, ctx: RequestContext) -> Re
                     "logprobs": None,
                 }
             ],
-            "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens},
+            "usage": usage,
             "timings": timings(ctx),
         }
     )
+
+
+def usage_of(preds: list[Prediction]) -> dict[str, int]:
+    """OpenAI's usage from the engine's own counts (see Prediction: a CTC engine's token is a character)."""
+    prompt = sum(p.prompt_tokens or 0 for p in preds)
+    completion = sum(p.num_tokens or 0 for p in preds)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def _read_chat(body: ChatCompletionRequest) -> tuple[list[FileItem], dict[str, Any]]:
@@ -127,20 +139,27 @@ def _read_chat(body: ChatCompletionRequest) -> tuple[list[FileItem], dict[str, A
     return files, gen
 
 
-async def _sse_chunks(cid: str, created: int, model: str, text: str, finish: str) -> AsyncIterator[str]:
-    def chunk(delta: dict[str, Any], finish_reason: str | None) -> str:
-        payload = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-        }
+async def _sse_chunks(
+    cid: str, created: int, model: str, text: str, finish: str, usage: dict[str, int] | None
+) -> AsyncIterator[str]:
+    """OpenAI's chunks; with ``usage`` (``stream_options.include_usage``) every chunk has ``usage: null`` and a
+    last chunk with no choices carries it, as OpenAI sends it."""
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+        payload = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
+        payload.update(choices=choices, **extra)
+        if usage is not None:
+            payload.setdefault("usage", None)
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""}, None)
-    yield chunk({"content": text}, None)
-    yield chunk({}, finish)
+    def delta(content: dict[str, Any], finish_reason: str | None) -> str:
+        return chunk([{"index": 0, "delta": content, "finish_reason": finish_reason}])
+
+    yield delta({"role": "assistant", "content": ""}, None)
+    yield delta({"content": text}, None)
+    yield delta({}, finish)
+    if usage is not None:
+        yield chunk([], usage=usage)
     yield "data: [DONE]\n\n"
 
 
