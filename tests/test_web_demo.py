@@ -34,20 +34,46 @@ def test_backend_reads_images_and_pdfs_and_reports_bad_files(tmp_path: Path):
 
     backend = DemoBackend(["colour"], factory=factory)
     colour_image((1, 2, 3)).save(tmp_path / "a.png")
-    text, info = backend.run(str(tmp_path / "a.png"), "colour")
+    text, info, preview = backend.run(str(tmp_path / "a.png"), "colour")
+    assert preview.size == (64, 32)  # no lines from this engine: the page itself
     assert text == "#010203" and info["pages"] == 1 and info["total_ms"] >= info["model_ms"]
     doc = pdfium.PdfDocument.new()
     doc.new_page(72, 36)
     doc.new_page(72, 36)
     doc.save(str(tmp_path / "d.pdf"))
-    text, info = backend.run(str(tmp_path / "d.pdf"), "colour")
+    text, info, _ = backend.run(str(tmp_path / "d.pdf"), "colour")
     assert info["pages"] == 2 and "--- page 2 ---\n#ffffff" in text
     (tmp_path / "bad.png").write_bytes(b"nope")
-    text, info = backend.run(str(tmp_path / "bad.png"), "colour")
+    text, info, preview = backend.run(str(tmp_path / "bad.png"), "colour")
+    assert preview is None
     assert (
         text.startswith("Cannot read this file") and "bad.png" in text and info == {"error": "invalid_image"}
     )
     assert backend.run(None, "colour")[0] == "Upload an image or a PDF first."
+
+
+def test_preview_draws_real_line_boxes_in_confidence_colours(shared_data):
+    import json
+
+    from deepsynth.inference.web_demo import annotate, confidence_colour, example_files
+
+    src = shared_data / "fondue_en_print20"
+    row = next(json.loads(x) for x in (src / "manifest.jsonl").read_text().splitlines() if '"page"' in x)
+    from PIL import Image
+
+    page = Image.open(src / row["image"]).convert("RGB")
+    (pred,) = OCRService("rapidocr:page", obs=Observability("p", metrics=False)).recognize([page])
+    assert len(pred.lines) > 5
+    drawn = annotate(page, pred.lines)
+    colours = {confidence_colour(ln["confidence"]) for ln in pred.lines}
+    rgb = {tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in colours}
+    assert drawn.size == page.size and rgb & set(drawn.getdata()) == rgb  # every colour used is on the image
+    assert not rgb & set(page.getdata())
+    assert (
+        confidence_colour(0.95) != confidence_colour(0.8) != confidence_colour(0.1) != confidence_colour(None)
+    )
+    assert annotate(page, [{"box": [10, 10, 50, 30], "confidence": 0.1}]).getpixel((10, 20)) == (215, 48, 39)
+    assert example_files() and all(Path(f).is_file() for f in example_files())
 
 
 def _free_port() -> int:
@@ -83,7 +109,8 @@ def test_real_click_in_headless_chromium_reads_a_real_line(shared_data, tmp_path
             out = page.locator("#text textarea")
             expect(out).not_to_have_value("", timeout=60_000)
             got = out.input_value()
-            page.screenshot(path=str(tmp_path / "demo.png"))
+            page.locator("#preview img").wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
             timings = page.locator("#timings").inner_text()
             browser.close()
     finally:
@@ -91,5 +118,5 @@ def test_real_click_in_headless_chromium_reads_a_real_line(shared_data, tmp_path
     from deepsynth.evaluation.metrics import cer
 
     assert cer([truth], [got]) < 0.05, (truth, got)
-    assert "model_ms" in timings
+    assert "rapidocr" in timings and "model" in timings and " ms" in timings and "{" not in timings
     assert (tmp_path / "demo.png").stat().st_size > 0
