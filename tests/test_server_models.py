@@ -259,3 +259,22 @@ def test_model_options_parse_names_and_bare_specs():
         model_specs(["a=rapidocr", "a=ppocr"])
     with pytest.raises(ValueError, match="got 2 bare specs"):
         model_specs(["rapidocr", "ppocr"], "x")
+
+
+def test_unload_waits_for_a_request_that_picked_the_model_before_queueing():
+    """The window between choosing a model and queueing (decoding a PDF in a thread) is covered too."""
+    import asyncio
+
+    async def scenario() -> None:
+        pool = ModelPool({"main": service("main", ColourEngine()), "b": service("b", ColourEngine())})
+        await pool.start(warmup=False)
+        with pool.lease("b") as chosen:
+            unload = asyncio.create_task(pool.unload("b"))
+            await asyncio.sleep(0.2)
+            assert not unload.done() and pool.names == ["main"]  # new requests no longer find it
+            (pred,) = await chosen.recognize_async([colour_image((1, 1, 1))])  # this one is still served
+            assert pred.text == "#010101"
+        assert await unload == "unloaded" and not chosen.ready
+        await pool.aclose()
+
+    asyncio.run(scenario())
