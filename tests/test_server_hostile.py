@@ -114,7 +114,8 @@ def valid_chat() -> dict:
 
 
 CHAT_FIELDS = ["model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stream", "seed",
-               "stop", "user", "stream_options", "presence_penalty", "frequency_penalty"]  # fmt: skip
+               "stop", "user", "stream_options", "presence_penalty", "frequency_penalty", "logprobs",
+               "top_logprobs"]  # fmt: skip
 
 
 @BOUNDED

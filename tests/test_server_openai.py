@@ -125,3 +125,14 @@ def test_usage_of_a_ctc_recogniser_counts_characters(shared_data):
         len(text),
         len(text),
     )
+
+
+def test_logprobs_is_a_400_naming_the_field_not_silently_ignored(got_server):
+    client = openai.OpenAI(base_url=f"{got_server.url}/v1", api_key="x", max_retries=0)
+    for kwargs, field in (({"logprobs": True}, "logprobs"), ({"top_logprobs": 2}, "top_logprobs")):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model="got-tiny", messages=_messages(), max_tokens=2, **kwargs)
+        assert err.value.body["param"] == field and err.value.body["type"] == "unsupported_parameter"
+        assert "log-probabilities" in err.value.body["message"]
+    r = client.chat.completions.create(model="got-tiny", messages=_messages(), max_tokens=2, logprobs=False)
+    assert r.choices[0].logprobs is None

@@ -223,6 +223,9 @@ class ChatCompletionRequest(StrictModel):
     n: Literal[1] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None  # include_usage: a last chunk carries the usage
+    # not served: true (or top_logprobs) is a 400 naming the field, never silently ignored
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     # accepted (OpenAI clients send them) and without effect on OCR
     user: str | None = None
     seed: int | None = None

@@ -106,6 +106,14 @@ def usage_of(preds: list[Prediction]) -> dict[str, int]:
 
 def _read_chat(body: ChatCompletionRequest) -> tuple[list[FileItem], dict[str, Any]]:
     """The images of the user messages, and generation overrides (prompt, token limit, sampling)."""
+    if body.logprobs or body.top_logprobs is not None:
+        field = "logprobs" if body.logprobs else "top_logprobs"
+        raise InputError(
+            400,
+            "unsupported_parameter",
+            f"{field}: this server does not return token log-probabilities (leave out logprobs and top_logprobs)",
+            field,
+        )
     files: list[FileItem] = []
     prompt_parts: list[str] = []
     for mi, msg in enumerate(body.messages):
