@@ -1,0 +1,141 @@
+"""The improvement loop end to end on real lines: Fraktur and typewriter sets arrive in batches as two document
+types; the trigger fires only when a type crosses its threshold; the gate promotes a fine-tune of the shipped
+PP-OCRv6 recogniser (backbone frozen, 12 steps: cheap on a shared CPU) that is better and rejects one trained on shuffled labels; bad inbox entries are reported and
+skipped; a pass killed mid-training leaves the champion unchanged and the next pass resumes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from deepsynth.cli.main import app
+from deepsynth.data import Sample, SampleFilter, open_sources
+from deepsynth.loop.config import load_loop_config
+from deepsynth.loop.inbox import deliver
+from deepsynth.loop.registry import CHAMPION
+from deepsynth.loop.runner import registry_for, run_once
+from deepsynth.loop.state import is_holdout, load_state
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "loop" / "shared_sets.yaml"
+pytestmark = pytest.mark.slow
+
+
+def _lines(path: Path, doc_type: str, n: int) -> list[Sample]:
+    """The ``n`` narrowest lines of a set (fast steps), typed ``doc_type``, in a fixed order."""
+    rows = []
+    for s in open_sources([str(path)], filter=SampleFilter(limit=400)):
+        if not s.meta.get("has_untranscribed"):
+            rows.append((s.image.width / s.image.height, s.id, s))
+            s.release()
+    picked = [s for _, _, s in sorted(rows, key=lambda r: r[:2])[:n]]
+    for s in picked:
+        s.meta["doc_type"] = doc_type
+    return sorted(picked, key=lambda s: s.id)
+
+
+def _shuffled(samples: list[Sample]) -> list[Sample]:
+    texts = [s.text for s in samples]
+    random.Random(0).shuffle(texts)
+    return [
+        Sample(f"bad-{s.id}", t, image_loader=s.image_loader, meta=dict(s.meta))
+        for s, t in zip(samples, texts, strict=True)
+    ]
+
+
+def _status(cfg_path: Path) -> dict[str, dict]:
+    res = CliRunner().invoke(app, ["loop", "status", str(cfg_path), "--json"])
+    assert res.exit_code == 0, res.output
+    return {r["doc_type"]: r for r in json.loads(res.output)}
+
+
+def test_loop_end_to_end(shared_data, tmp_path):
+    fraktur = _lines(shared_data / "gt4histocr_dta19_lines", "fraktur", 250)
+    typewriter = _lines(shared_data / "tapuscorpus_fr", "typewriter", 30)
+    inbox, workdir = tmp_path / "inbox", tmp_path / "work"
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    raw.update(inbox=str(inbox), workdir=str(workdir), holdout={"key": "id", "fraction": 0.2, "max_eval": 30},
+               gate={"resamples": 500}, trigger={**raw["trigger"], "min_new": 40},
+               overrides=["max_steps=12", "batch_size=8", "optim.lr=1e-3", "optim.warmup_ratio=0", "eval.times=null",
+                          "model.freeze=[model.backbone]",
+                          "eval.every_steps=0", "eval.at_start=false", "checkpoint.times=null",
+                          "checkpoint.every_steps=3", "augment.p=0", "num_threads=1", "progress=false",
+                          "trackers=[jsonl]", "data.group_by_length=false"])  # fmt: skip
+    config = tmp_path / "loop.yaml"
+    config.write_text(f"# deepsynth loop run {config}\n" + yaml.safe_dump(raw))
+    cfg = load_loop_config(config)
+    registry = registry_for(cfg)
+    name = cfg.model_name("fraktur")
+    log: list[str] = []
+
+    # batch 1: below the threshold for both types; a bad file is reported and skipped
+    deliver(inbox, "001", fraktur[:30] + typewriter, "jsonl")
+    (inbox / "002-scan.pdf").write_bytes(b"%PDF-1.4 not a dataset")
+    first = run_once(cfg, log=log.append)
+    assert first.runs == [] and not any(d.fire for d in first.decisions)
+    assert "unknown source file type" in first.scan.bad["002-scan.pdf"]
+    assert any("002-scan.pdf: skipped" in line for line in log)
+    status = _status(config)
+    assert status["fraktur"]["reason"] == "30 new labelled < min_new 40"
+    assert status["typewriter"]["labelled"] == 30 and not status["typewriter"]["would_fire"]
+    assert status["fraktur"]["holdout"] == sum(is_holdout("fraktur", s.id, 0.2, 0) for s in fraktur[:30])
+
+    # batch 2 (Parquet): Fraktur crosses the threshold, typewriter does not
+    deliver(inbox, "003", fraktur[30:130], "parquet")
+    second = run_once(cfg, log=log.append)
+    decisions = {d.doc_type: d for d in second.decisions}
+    assert decisions["fraktur"].fire and decisions["typewriter"].reason == "30 new labelled < min_new 40"
+    (run,) = second.runs
+    assert run["types"] == ["fraktur"] and run["stage"] == "done"
+    results = {r["doc_type"]: r for r in run["gate"]["results"]}
+    assert set(results) == {"fraktur", "typewriter"}  # every type's holdout
+    assert run["decision"] == "promoted", run["gate"]
+    assert results["fraktur"]["ci_high"] < 0
+    assert registry.version_by_alias(name, CHAMPION) == run["version"] == "1"
+
+    # batch 3: a mislabelled batch of training pages (labels shuffled) -> the candidate trained on it is worse,
+    # the gate rejects it and the champion stays
+    mislabelled = [s for s in _shuffled(fraktur[130:200]) if not is_holdout("fraktur", s.id, 0.2, 0)]
+    deliver(inbox, "004", mislabelled, "webdataset")
+    third = run_once(cfg, log=log.append)
+    (bad,) = third.runs
+    assert bad["decision"] == "rejected" and bad["version"] == "2"
+    assert registry.version_by_alias(name, CHAMPION) == "1"
+    assert any("not better" in r or "worse beyond tolerance" in r for r in bad["gate"]["reasons"])
+    history = CliRunner().invoke(app, ["loop", "history", str(config)])
+    assert history.exit_code == 0 and "rejected" in history.output and "change CI" in history.output
+
+    # batch 4: a pass killed mid-training leaves the champion unchanged; the next pass resumes the run
+    deliver(inbox, "005", fraktur[:60], "jsonl")  # same ids: counted once, nothing new
+    assert run_once(cfg, log=log.append).runs == []
+    deliver(inbox, "006", fraktur[200:250], "jsonl")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "deepsynth.cli.main", "loop", "run", str(config)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if list(workdir.glob("runs/*/train/checkpoints/step_*")):
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = load_state(workdir)
+    assert state.pending is not None
+    assert registry.version_by_alias(name, CHAMPION) == "1"
+    resumed = run_once(cfg, log=log.append)
+    assert resumed.runs[0]["run_id"] == state.pending and resumed.runs[0]["stage"] == "done"
+    assert any(line.startswith("resuming run") for line in log)
+    run_yaml = (workdir / "runs" / state.pending / "train" / "run.yaml").read_text()
+    assert "resumed_from: null" not in run_yaml
+    assert load_state(workdir).pending is None
