@@ -120,16 +120,18 @@ def test_loop_end_to_end(shared_data, tmp_path):
     assert run_once(cfg, log=log.append).runs == []
     deliver(inbox, "006", fraktur[200:250], "jsonl")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    out = (tmp_path / "killed_pass.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "deepsynth.cli.main", "loop", "run", str(config)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+                            env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if list(workdir.glob("runs/*/train/checkpoints/step_*")):
             break
         time.sleep(0.5)
-    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    assert proc.poll() is None, (tmp_path / "killed_pass.log").read_text()[-3000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    out.close()
     state = load_state(workdir)
     assert state.pending is not None
     assert registry.version_by_alias(name, CHAMPION) == "1"
