@@ -32,13 +32,13 @@ pytestmark = pytest.mark.slow
 
 
 def _lines(path: Path, doc_type: str, n: int) -> list[Sample]:
-    """The ``n`` narrowest lines of a set (fast steps), typed ``doc_type``, in a fixed order."""
-    rows = []
-    for s in open_sources([str(path)], filter=SampleFilter(limit=400)):
-        if not s.meta.get("has_untranscribed"):
-            rows.append((s.image.width / s.image.height, s.id, s))
-            s.release()
-    picked = [s for _, _, s in sorted(rows, key=lambda r: r[:2])[:n]]
+    """The ``n`` lines with the shortest texts (narrow crops: fast steps), typed ``doc_type``, ordered by id."""
+    rows = [
+        s
+        for s in open_sources([str(path)], filter=SampleFilter(limit=400))
+        if not s.meta.get("has_untranscribed")
+    ]
+    picked = sorted(rows, key=lambda s: (len(s.text), s.id))[:n]
     for s in picked:
         s.meta["doc_type"] = doc_type
     return sorted(picked, key=lambda s: s.id)
