@@ -115,29 +115,55 @@ def test_loop_end_to_end(shared_data, tmp_path):
     history = CliRunner().invoke(app, ["loop", "history", str(config)])
     assert history.exit_code == 0 and "rejected" in history.output and "change CI" in history.output
 
-    # batch 4: a pass killed mid-training leaves the champion unchanged; the next pass resumes the run
-    deliver(inbox, "005", fraktur[:60], "jsonl")  # same ids: counted once, nothing new
+    # batch 4: the same ids again are counted once: nothing new, nothing runs
+    deliver(inbox, "005", fraktur[:60], "jsonl")
     assert run_once(cfg, log=log.append).runs == []
-    deliver(inbox, "006", fraktur[200:250], "jsonl")
+
+
+def test_a_killed_pass_leaves_the_champion_and_resumes(shared_data, tmp_path):
+    """`loop run` killed (SIGKILL) mid-training: the champion alias stays, the next pass resumes the same run from
+    its checkpoint and finishes it. A tiny PP-OCRv6-architecture model keeps the steps cheap."""
+    from deepsynth.models.ppocr.adapter import PPOCRAdapter
+
+    fraktur = _lines(shared_data / "gt4histocr_dta19_lines", "fraktur", 60)
+    base = tmp_path / "base_model"
+    PPOCRAdapter.tiny_random("".join(sorted({c for s in fraktur for c in s.text})), seed=0).save(base)
+    inbox, workdir = tmp_path / "inbox", tmp_path / "work"
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    raw.update(inbox=str(inbox), workdir=str(workdir), holdout={"key": "id", "fraction": 0.2, "max_eval": 10},
+               gate={"resamples": 200}, trigger={**raw["trigger"], "min_new": 40},
+               overrides=[f"model.path={base}", "max_steps=40", "batch_size=4", "eval.times=null",
+                          "eval.every_steps=0", "eval.at_start=false", "checkpoint.times=null",
+                          "checkpoint.every_steps=4", "checkpoint.keep_last=2", "augment.p=0", "num_threads=1",
+                          "progress=false", "trackers=[jsonl]", "data.group_by_length=false"])  # fmt: skip
+    config = tmp_path / "loop.yaml"
+    config.write_text(f"# deepsynth loop run {config}\n" + yaml.safe_dump(raw))
+    cfg = load_loop_config(config)
+    registry = registry_for(cfg)
+    name = cfg.model_name("fraktur")
+    registry.register(name, base, run_id="seed", metrics={}, params={}, files={})
+    registry.promote(name, "1")
+    deliver(inbox, "001", fraktur, "jsonl")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     out = (tmp_path / "killed_pass.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "deepsynth.cli.main", "loop", "run", str(config)],
                             env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    deadline = time.time() + 600
+    deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None:
-        if list(workdir.glob("runs/*/train/checkpoints/step_*")):
+        if list(workdir.glob("runs/*/train/checkpoints/step-*")):
             break
-        time.sleep(0.5)
+        time.sleep(0.2)
     assert proc.poll() is None, (tmp_path / "killed_pass.log").read_text()[-3000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     out.close()
     state = load_state(workdir)
-    assert state.pending is not None
-    assert registry.version_by_alias(name, CHAMPION) == "1"
+    assert state.pending is not None and registry.version_by_alias(name, CHAMPION) == "1"
+    log: list[str] = []
     resumed = run_once(cfg, log=log.append)
     assert resumed.runs[0]["run_id"] == state.pending and resumed.runs[0]["stage"] == "done"
-    assert any(line.startswith("resuming run") for line in log)
-    run_yaml = (workdir / "runs" / state.pending / "train" / "run.yaml").read_text()
-    assert "resumed_from: null" not in run_yaml
+    assert log[0] == f"resuming run {state.pending}"
+    run_yaml = yaml.safe_load((workdir / "runs" / state.pending / "train" / "run.yaml").read_text())
+    assert run_yaml["resumed_from"] and resumed.runs[0]["train"]["steps"] == 40
     assert load_state(workdir).pending is None
+    assert registry.version_by_alias(name, CHAMPION) in ("1", resumed.runs[0]["version"])
