@@ -194,6 +194,31 @@ def test_graceful_shutdown_drains_accepted_work_and_refuses_new():
     assert run(main()) == [i * i for i in range(6)]
 
 
+def test_drain_that_runs_out_of_time_fails_what_is_left_with_shutting_down():
+    """The running batch and the queued items both get ShuttingDown at the drain deadline (the server answers
+    503 shutting_down), new work is refused the same way, and finished work keeps its result."""
+    from deepsynth.inference.batcher import ShuttingDown
+
+    fn = SlowSquare(delay=0.4)
+
+    async def main():
+        b = AsyncBatcher(fn, max_batch_size=1, max_wait_ms=0)
+        await b.start()
+        done = await b.submit(3)
+        tasks = [asyncio.create_task(b.submit(i)) for i in range(3)]
+        await asyncio.sleep(0.05)
+        t0 = time.perf_counter()
+        await b.close(drain=True, timeout_s=0.2)
+        took = time.perf_counter() - t0
+        with pytest.raises(ShuttingDown):
+            b.enqueue(99)
+        return done, took, await asyncio.gather(*tasks, return_exceptions=True)
+
+    done, took, out = run(main())
+    assert done == 9 and took < 0.35
+    assert all(isinstance(x, ShuttingDown) and "drain" in str(x) for x in out), out
+
+
 def test_shutdown_without_drain_rejects_waiting_callers_clearly():
     fn = SlowSquare(delay=0.2)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 import pytest
 from PIL import Image, ImageDraw
@@ -128,3 +129,111 @@ def test_service_close_stops_the_child():
         return service.engine._proc.exitcode
 
     assert asyncio.run(scenario()) == 0
+
+
+# -- budgets: the real embedded PP-OCRv6 recogniser on the issue's 741-byte 65000x10 PNG (312000 px wide at
+# height 48: minutes of model time and gigabytes if nothing stops it) --------------------------------------
+
+THIN = Image.new("RGB", (65000, 10), "white")
+
+
+@pytest.fixture(scope="module")
+def ppocr_engine():
+    with ProcessEngine("ppocr", threads=1, timeout_s=3.0, max_rss_mb=None) as eng:
+        yield eng
+
+
+def _pid_gone(pid: int, within_s: float = 10.0) -> bool:
+    import psutil
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _recognize_in_thread(engine, images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1)
+    fut = pool.submit(engine.recognize, images)
+    pool.shutdown(wait=False)
+    return fut
+
+
+def test_time_budget_recycles_the_child_and_keeps_the_queue(ppocr_engine, shared_data):
+    from deepsynth.evaluation.metrics import cer
+    from deepsynth.inference.model_process import ModelBudgetExceeded
+    from tests.serving_engines import fondue_lines
+
+    ((line, truth),) = fondue_lines(shared_data, 1)
+    old_pid = ppocr_engine.pid
+    t0 = time.monotonic()
+    hostile = _recognize_in_thread(ppocr_engine, [THIN])
+    time.sleep(0.5)
+    behind = _recognize_in_thread(ppocr_engine, [line])  # queued in the child behind the hostile batch
+    with pytest.raises(ModelBudgetExceeded, match="model_timeout_s") as exc:
+        hostile.result(60)
+    assert exc.value.status == 504 and exc.value.kind == "model_timeout"
+    assert time.monotonic() - t0 < 3.0 + 2.0  # answered at the budget, not after the respawn
+    assert _pid_gone(old_pid)  # the work really stopped
+    (pred,) = behind.result(120)  # sent again to the fresh child
+    assert cer([truth], [pred.text]) < 0.05
+    assert ppocr_engine.alive and ppocr_engine.pid != old_pid and len(ppocr_engine.recycles) == 1
+    t0 = time.monotonic()
+    assert ppocr_engine.recognize([line])[0].text == pred.text
+    assert time.monotonic() - t0 < 5
+
+
+def test_memory_ceiling_recycles_the_child(ppocr_engine, shared_data):
+    from deepsynth.inference.model_process import ModelBudgetExceeded
+    from tests.serving_engines import fondue_lines
+
+    ((line, _),) = fondue_lines(shared_data, 1)
+    ppocr_engine.recognize([line])
+    old_pid, before = ppocr_engine.pid, ppocr_engine.rss()
+    ppocr_engine.max_rss_bytes = before + 300 * 2**20
+    ppocr_engine.timeout_s = 60.0
+    try:
+        with pytest.raises(ModelBudgetExceeded, match="model_max_rss_mb") as exc:
+            ppocr_engine.recognize([THIN])
+        assert exc.value.kind == "model_memory_exceeded"
+        assert _pid_gone(old_pid)
+        assert ppocr_engine.recognize([line])[0].text  # the fresh child serves the next batch
+        assert ppocr_engine.rss() < before + 300 * 2**20
+    finally:
+        ppocr_engine.timeout_s, ppocr_engine.max_rss_bytes = 3.0, None
+
+
+def test_memory_ceiling_defaults_to_three_times_the_loaded_size(ppocr_engine):
+    with ProcessEngine("rapidocr", threads=1) as eng:
+        loaded = eng.rss()
+        assert eng.max_rss_bytes == max(3 * loaded, loaded + 2048 * 2**20)
+
+
+def test_child_exits_when_its_parent_dies(tmp_path):
+    """SIGKILL the parent (no chance to clean up): the model process notices and exits; never orphaned."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from deepsynth.inference.model_process import ProcessEngine\n"
+        "if __name__ == '__main__':\n"
+        "    eng = ProcessEngine('rapidocr', threads=1)\n"
+        "    print(eng.pid, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    path = tmp_path / "parent.py"
+    path.write_text(script)
+    parent = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        assert _pid_gone(child, within_s=10)
+    finally:
+        if parent.poll() is None:
+            parent.kill()

@@ -111,7 +111,8 @@ def serve(
         True,
         "--model-process/--in-process",
         help="Run the model in its own process (HTTP parsing and the model then never wait on one GIL); "
-        "--in-process keeps everything in one process.",
+        "--in-process keeps everything in one process (then --model-timeout and --model-max-rss-mb cannot "
+        "stop a batch: they need the model process).",
     ),
 ) -> None:
     """Serve a model over HTTP: /v1/ocr, OpenAI-compatible /v1/chat/completions, /metrics.
@@ -153,7 +154,13 @@ def serve(
     def make_service(name: str, spec: str, engine: OCREngine | None = None) -> OCRService:
         """One model's service: its own engine (own process unless --in-process), queue and batcher."""
         if engine is None:
-            engine = ProcessEngine(spec, threads=threads) if model_process else load_model(spec)
+            engine = (
+                ProcessEngine(
+                    spec, threads=threads, timeout_s=limits.model_budget_s, max_rss_mb=limits.model_max_rss_mb
+                )
+                if model_process
+                else load_model(spec)
+            )
         return OCRService(
             engine,
             model_id=name,

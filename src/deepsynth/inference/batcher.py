@@ -9,7 +9,8 @@ its own caller.
 * Timeouts and cancellation: a caller that gives up (timeout, disconnected client) is dropped from the queue
   before its batch runs; results for callers that already left are discarded.
 * Isolation: if a batch raises, each of its items is retried alone, so one bad input fails only its own call.
-* Graceful shutdown: :meth:`close` stops accepting new items and, by default, finishes every accepted one.
+* Graceful shutdown: :meth:`close` stops accepting new items and, by default, finishes every accepted one;
+  with a ``timeout_s``, whatever is still unfinished then fails with :class:`ShuttingDown` (HTTP 503).
 * Pipelining (``max_inflight`` > 1, for engines that queue work themselves, such as a model in another
   process): while a batch runs, the next one is handed over as soon as a *full* batch is queued, so the
   engine starts it with no gap; a partial batch still waits for the engine to be free and takes whatever
@@ -41,7 +42,11 @@ class BatcherClosed(RuntimeError):
     """The batcher is shutting down or not started; no new work is accepted (HTTP 503)."""
 
 
-@dataclass
+class ShuttingDown(BatcherClosed):
+    """The batcher is closing: new work is refused, and work not finished within the drain time is dropped."""
+
+
+@dataclass(eq=False)  # identity equality: tickets are kept in a set
 class Ticket(Generic[R]):
     """One submitted item: ``started`` resolves when its batch starts, ``result`` when it is done."""
 
@@ -114,6 +119,8 @@ class AsyncBatcher(Generic[T, R]):
         self._worker: asyncio.Task[None] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._accepting = False
+        self._closing = False
+        self._live: set[Ticket[R]] = set()  # accepted and not finished (queued or in a running batch)
         self._inflight = 0
         self._full_batch = asyncio.Event()  # set when a full batch is queued (wakes a pipelined worker)
 
@@ -129,12 +136,15 @@ class AsyncBatcher(Generic[T, R]):
         )
         self._worker = asyncio.create_task(self._run(), name=f"{self.name}-worker")
         self._accepting = True
+        self._closing = False
 
     async def close(self, *, drain: bool = True, timeout_s: float | None = None) -> None:
-        """Stop accepting work; with ``drain`` finish every accepted item, else cancel what has not started."""
+        """Stop accepting work; with ``drain`` finish every accepted item (for at most ``timeout_s``; what is
+        unfinished then fails with :class:`ShuttingDown`), else cancel what has not started."""
         if self._worker is None:
             return
         self._accepting = False
+        self._closing = True
         assert self._queue is not None
         if not drain:
             while not self._queue.empty():
@@ -147,6 +157,15 @@ class AsyncBatcher(Generic[T, R]):
             await asyncio.wait_for(asyncio.shield(self._worker), timeout_s)
         except TimeoutError:
             self._worker.cancel()
+            dropped = ShuttingDown(
+                f"{self.name} is shutting down and this request did not finish within the {timeout_s:g} s "
+                "drain time; retry on another replica"
+            )
+            for ticket in list(self._live):
+                for fut in (ticket.started, ticket.result):
+                    if not fut.done():
+                        fut.set_exception(dropped)
+                        fut.exception()  # retrieved: no "never retrieved" warning when nobody awaits it
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._worker = None
@@ -170,6 +189,8 @@ class AsyncBatcher(Generic[T, R]):
     # -- submitting ------------------------------------------------------------------------------------
     def enqueue(self, item: T) -> Ticket[R]:
         """Accept one item or raise QueueFull / BatcherClosed at once (never waits)."""
+        if self._closing:
+            raise ShuttingDown(f"{self.name} is shutting down; retry on another replica")
         if not self.running:
             raise BatcherClosed(f"{self.name} is not accepting work (shutting down or not started)")
         assert self._queue is not None
@@ -178,6 +199,8 @@ class AsyncBatcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         ticket: Ticket[R] = Ticket(item=item, started=loop.create_future(), result=loop.create_future())
         self._inflight += 1
+        self._live.add(ticket)
+        ticket.result.add_done_callback(lambda _: self._live.discard(ticket))
         self._queue.put_nowait(ticket)
         if self.max_inflight > 1 and self._queue.qsize() >= self.max_batch_size:
             self._full_batch.set()

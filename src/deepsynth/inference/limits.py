@@ -65,6 +65,13 @@ class ServingLimits:
     )
 
     @property
+    def model_budget_s(self) -> float:
+        """Model time allowed to one batch: ``model_timeout_s``, never more than the request timeout (its
+        callers have given up by then); 0 when neither is set."""
+        budgets = [t for t in (self.model_timeout_s, self.request_timeout_s) if t and t > 0]
+        return min(budgets, default=0.0)
+
+    @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
@@ -77,11 +84,13 @@ class ServingLimits:
 
 
 class LimitExceeded(ValueError):
-    """A page or request over one of the :class:`ServingLimits`; ``limit`` names the field."""
+    """Work over one of the :class:`ServingLimits`; ``limit`` names the field, ``status`` / ``kind`` are the
+    HTTP answer (413 ``limit_exceeded`` for a page, 504 ``model_timeout`` for a batch that ran too long)."""
 
-    def __init__(self, limit: str, message: str, status: int = 413):
+    def __init__(self, limit: str, message: str, status: int = 413, kind: str = "limit_exceeded"):
         self.limit = limit
         self.status = status
+        self.kind = kind
         super().__init__(f"{message} (limit {limit})")
 
 

@@ -186,8 +186,9 @@ class ModelPool:
         """Start every model (concurrently: one slow warm-up does not delay the others)."""
         await asyncio.gather(*(s.start(warmup=warmup) for s in self.services))
 
-    async def aclose(self, *, drain: bool = True) -> None:
-        await asyncio.gather(*(s.aclose(drain=drain) for s in self.services))
+    async def aclose(self, *, drain: bool = True, timeout_s: float | None = None) -> None:
+        """Close every model (see :meth:`OCRService.aclose`; ``timeout_s`` bounds the drain)."""
+        await asyncio.gather(*(s.aclose(drain=drain, timeout_s=timeout_s) for s in self.services))
 
     async def load(self, name: str, spec: str, *, warmup: bool = True, drain_timeout_s: float = 30.0) -> str:
         """Load ``spec`` as ``name`` (replacing a model of that name: a reload). Returns "loaded" or

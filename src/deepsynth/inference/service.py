@@ -117,6 +117,7 @@ class OCRService:
         )
         self.warmed_up = False
         self.warmup_seconds: float | None = None
+        self._closing: asyncio.Future[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def warmup(self) -> float:
@@ -134,12 +135,26 @@ class OCRService:
             await asyncio.to_thread(self.warmup)
         await self.batcher.start()
 
-    async def aclose(self, *, drain: bool = True) -> None:
-        """Stop accepting work, finish (or drop) what was accepted, flush observability."""
-        await self.batcher.close(drain=drain)
-        if self.owns_engine:
-            self.engine.close()
-        self.obs.close()
+    async def aclose(self, *, drain: bool = True, timeout_s: float | None = None) -> None:
+        """Stop accepting work, finish (or drop) what was accepted — for at most ``timeout_s``, then the
+        rest fails with ``ShuttingDown`` — stop the engine (a model process for sure), flush observability.
+        Idempotent: a second call waits for the first."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._aclose(drain, timeout_s))
+        await asyncio.shield(self._closing)
+
+    async def _aclose(self, drain: bool, timeout_s: float | None) -> None:
+        try:
+            await self.batcher.close(drain=drain, timeout_s=timeout_s)
+        finally:
+            if self.owns_engine:
+                await asyncio.to_thread(self.engine.close)
+            self.obs.close()
+
+    @property
+    def closing(self) -> bool:
+        """:meth:`aclose` has been called (the engine is stopped on purpose)."""
+        return self._closing is not None
 
     @property
     def ready(self) -> bool:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 
 from deepsynth import envs
@@ -44,7 +46,7 @@ def create_app(models: OCRService | ModelPool, settings: ServerSettings | None =
             for task in (starter, watcher):
                 if not task.done():
                     task.cancel()
-            await asyncio.wait_for(state.models.aclose(drain=True), state.settings.limits.drain_timeout_s)
+            await state.models.aclose(drain=True, timeout_s=state.settings.limits.drain_timeout_s)
 
     from deepsynth import __version__
 
@@ -78,7 +80,8 @@ async def _start(state: ServerState) -> None:
 async def _watch_engine(state: ServerState) -> None:
     """A dead model process is fatal (as in vLLM): stop the server so its supervisor restarts it."""
     while True:
-        dead = next((s for s in state.models.services if not s.engine.alive), None)
+        # a service closed on purpose (shutdown drain, unload) is not dead
+        dead = next((s for s in state.models.services if not s.engine.alive and not s.closing), None)
         if dead is not None:
             break
         await asyncio.sleep(state.settings.engine_check_s)
@@ -88,10 +91,25 @@ async def _watch_engine(state: ServerState) -> None:
         state.on_fatal()
 
 
-def run(models: OCRService | ModelPool, settings: ServerSettings | None = None) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM drain accepted requests before exit)."""
-    import uvicorn
+class _DrainingServer(uvicorn.Server):
+    """uvicorn whose shutdown starts the service's drain at once: accepted requests get ``drain_s`` to finish,
+    then get a JSON 503 ``shutting_down`` (before uvicorn's own graceful-shutdown window would cancel them)
+    and the model process is stopped. A shutdown that completes exits with status 0 (uvicorn would re-raise
+    SIGTERM: exit status 143)."""
 
+    def __init__(self, config: uvicorn.Config, models: ModelPool, drain_s: float):
+        super().__init__(config)
+        self.models, self.drain_s = models, drain_s
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        drain = asyncio.ensure_future(self.models.aclose(drain=True, timeout_s=self.drain_s))
+        await super().shutdown(sockets)
+        await drain
+        self._captured_signals.clear()
+
+
+def run(models: OCRService | ModelPool, settings: ServerSettings | None = None) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM drain accepted requests, then exit 0)."""
     settings = settings or ServerSettings()
     app = create_app(models, settings)
     # uvicorn's access log is off: every request is already logged once, as JSON with its request id and
@@ -104,10 +122,10 @@ def run(models: OCRService | ModelPool, settings: ServerSettings | None = None) 
         log_config=uvicorn_log_config(fmt) or uvicorn.config.LOGGING_CONFIG,  # start/stop lines as JSON too
         log_level="info",
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.limits.drain_timeout_s + 10,  # a backstop: the drain ends first
     )
-    server = uvicorn.Server(config)
     state: ServerState = app.state.server
+    server = _DrainingServer(config, state.models, settings.limits.drain_timeout_s)
     state.on_fatal = lambda: setattr(server, "should_exit", True)
     server.run()
     if state.fatal:

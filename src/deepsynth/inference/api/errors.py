@@ -8,8 +8,10 @@ exception                                 status  type
 ========================================  ======  ===========================
 InputError (a bad file or field)          4xx     its own kind
 UnsupportedGeneration (engine refuses)    400     unsupported_generation
+LimitExceeded (a model budget)            504/413 model_timeout / model_memory_exceeded
 pydantic ValidationError                  400     invalid_request / ...
 QueueFull                                 429     queue_full (Retry-After)
+ShuttingDown (drain time over, or new)    503     shutting_down (Retry-After)
 not ready, BatcherClosed, dead model      503     unavailable (Retry-After)
 TimeoutError                              504     timeout
 HTTPException (404, 405 + Allow, ...)     its     not_found / method_not_allowed
@@ -30,8 +32,9 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deepsynth.inference.api.protocol import field_path
-from deepsynth.inference.batcher import BatcherClosed, QueueFull
+from deepsynth.inference.batcher import BatcherClosed, QueueFull, ShuttingDown
 from deepsynth.inference.inputs import InputError
+from deepsynth.inference.limits import LimitExceeded
 from deepsynth.inference.model_process import ModelProcessDied
 from deepsynth.models.generation import UnsupportedGeneration
 
@@ -77,8 +80,12 @@ def failure(exc: BaseException, *, unexpected: str = "internal_error") -> Failur
         return Failure(exc.status, exc.kind, str(exc), exc.param)
     if isinstance(exc, UnsupportedGeneration):  # never a 500: clients (the openai SDK) retry those
         return Failure(400, "unsupported_generation", str(exc), f"generation.{exc.param}")
+    if isinstance(exc, LimitExceeded):  # a model budget: the model process was recycled
+        return Failure(exc.status, exc.kind, str(exc), exc.limit)
     if isinstance(exc, QueueFull):
         return Failure(429, "queue_full", str(exc), headers={"Retry-After": "1"})
+    if isinstance(exc, ShuttingDown):
+        return Failure(503, "shutting_down", str(exc), headers={"Retry-After": "5"})
     if isinstance(exc, BatcherClosed | Unavailable | ModelProcessDied):
         return Failure(503, "unavailable", str(exc), headers={"Retry-After": "5"})
     if isinstance(exc, TimeoutError):
