@@ -23,7 +23,7 @@ THIN_PNG = png(Image.new("1", (65000, 10), 1))  # the issue's 741-byte line: 312
 def served(request, shared_data):
     service = OCRService(request.param, obs=Observability(request.param, metrics=False))
     ((line, truth),) = fondue_lines(shared_data, 1)
-    with running_server(create_app(service, ServerSettings(warmup=True))) as server:
+    with running_server(create_app(service, ServerSettings(warmup=True)), timeout_s=300) as server:
         yield request.param, server.url, line
 
 
@@ -32,7 +32,7 @@ def _good_request_is_prompt(url: str, line: Image.Image) -> None:
     r = httpx.post(f"{url}/v1/ocr", files={"file": ("line.png", png(line), "image/png")}, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["text"].strip()
-    assert time.perf_counter() - t0 < 10
+    assert time.perf_counter() - t0 < 15  # generous for a loaded 2-core box; unbudgeted: minutes
 
 
 def test_thin_png_is_refused_before_the_model_runs(served):
@@ -47,7 +47,7 @@ def test_thin_png_is_refused_before_the_model_runs(served):
     err = r.json()["error"]
     assert err["type"] == "limit_exceeded" and err["param"] == "thin.png"
     assert "65000x10" in err["message"] and "max_aspect_ratio" in err["message"]
-    assert took < 5
+    assert took < 10
     _good_request_is_prompt(url, line)
 
 
@@ -80,7 +80,7 @@ def test_huge_pdf_pages_are_refused_before_rendering(served):
     took = time.perf_counter() - t0
     assert r.status_code == 413, r.text  # before: 79 s and ~3.6 GB per process
     assert "max_request_pixels" in r.json()["error"]["message"]
-    assert took < 5
+    assert took < 10
     assert psutil.Process().memory_info().rss - rss0 < 100e6  # nothing was rendered
     _good_request_is_prompt(url, line)
 

@@ -166,7 +166,7 @@ def test_model_time_budget_and_sigterm_during_a_long_batch(shared_data, tmp_path
         assert not psutil.pid_exists(first_child) or psutil.Process(first_child).status() == "zombie"
         t0 = time.monotonic()
         assert httpx.post(f"{url}/v1/ocr", files=good, timeout=30).status_code == 200
-        assert time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 < 15
 
         child = _model_child(proc)
         hostile = pool.submit(httpx.post, f"{url}/v1/ocr", files=thin, timeout=120)
@@ -174,7 +174,7 @@ def test_model_time_budget_and_sigterm_during_a_long_batch(shared_data, tmp_path
         proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
         r = hostile.result(60)
-        assert time.monotonic() - t0 < 10
+        assert time.monotonic() - t0 < 20  # the 1 s drain window, then the answer
         assert r.status_code == 503 and r.headers["content-type"] == "application/json", r.text
         assert r.json()["error"]["type"] == "shutting_down"
         code = proc.wait(30)
