@@ -150,7 +150,7 @@ def test_model_time_budget_and_sigterm_during_a_long_batch(shared_data, tmp_path
         "1000000000",
     ]
     args += ["--model-timeout", "6", "--timeout", "120", "--drain-timeout", "1"]
-    proc, url = _start_serve(args, tmp_path / "serve.log")
+    proc, url = _start_serve(args, tmp_path / "serve.log", timeout_s=300)
     pool = ThreadPoolExecutor(2)
     try:
         first_child = _model_child(proc)
