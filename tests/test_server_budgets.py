@@ -36,7 +36,7 @@ def _good_request_is_prompt(url: str, line: Image.Image) -> None:
     r = httpx.post(f"{url}/v1/ocr", files={"file": ("line.png", png(line), "image/png")}, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["text"].strip()
-    assert time.perf_counter() - t0 < 15  # generous for a loaded 2-core box; unbudgeted: minutes
+    assert time.perf_counter() - t0 < 30  # generous for a loaded 2-core box; unbudgeted: minutes
 
 
 def test_thin_png_is_refused_before_the_model_runs(served):
