@@ -151,7 +151,16 @@ def test_model_time_budget_and_sigterm_during_a_long_batch(shared_data, tmp_path
     ]
     # a memory ceiling far above what 6 s of this input can reach, so that the time budget is what stops it
     # (on a quiet machine the default ceiling, 3x the loaded size, trips first: 413 model_memory_exceeded)
-    args += ["--model-timeout", "6", "--timeout", "300", "--drain-timeout", "1", "--model-max-rss-mb", "16000"]
+    args += [
+        "--model-timeout",
+        "6",
+        "--timeout",
+        "300",
+        "--drain-timeout",
+        "1",
+        "--model-max-rss-mb",
+        "16000",
+    ]
     proc, url = _start_serve(args, tmp_path / "serve.log", timeout_s=300)
     pool = ThreadPoolExecutor(2)
     try:
