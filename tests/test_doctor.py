@@ -349,7 +349,8 @@ def test_interrupting_the_runner_kills_the_running_check_and_its_children(tmp_pa
         "from deepsynth.doctor.runner import Check, CheckContext, run_checks\n"
         f"run_checks([Check('hang', 'doctor_probes:hang', 600)], CheckContext({str(tmp_path / 'work')!r}))\n"
     )
-    runner = subprocess.Popen([sys.executable, "-c", code], env=probe_env)
+    # Ctrl-C must reach the runner even when pytest itself was started with SIGINT ignored (a background job)
+    runner = subprocess.Popen([sys.executable, "-c", code], env=probe_env, preexec_fn=_default_sigint)
     pid_file = tmp_path / "work" / "hang" / "child.pid"
     deadline = time.time() + 60
     while not (pid_file.is_file() and pid_file.read_text()) and time.time() < deadline:
@@ -376,3 +377,10 @@ def test_only_keeps_the_cuda_gate_first_and_model_adds_its_checks():
     assert "model_lora" not in [c.name for c in select()]
     with pytest.raises(ValueError, match="unknown check"):
         select(["model_lora"])  # only with --model
+
+
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default (a background job inherits it ignored)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

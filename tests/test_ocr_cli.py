@@ -249,7 +249,9 @@ def test_ctrl_c_keeps_finished_records_and_says_how_to_resume(tmp_path: Path):
         str(out),
     ]
     env = {**os.environ, "PYTHONPATH": f"{root / 'src'}{os.pathsep}{root}"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    # (SIGINT back to its default in the child: a background job inherits it ignored)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (out.is_file() and len(records(out)) >= 2):
         time.sleep(0.05)  # records appear one by one while the run goes on
