@@ -38,11 +38,11 @@ def test_bad_override_fails_before_ray_starts(tmp_path):
 
 
 @pytest.mark.slow
-def test_tune_runs_trials_and_writes_the_best_recipe(tmp_path):
+def test_tune_runs_trials_and_writes_the_best_recipe(tmp_path, monkeypatch):
     out = tmp_path / "tune"
+    monkeypatch.chdir(ROOT)  # relative paths as a user types them: the trials resolve them here too
     args = [
-        "tune", str(ROOT / "configs/ppocr_finetune.yaml"),
-        f"data.train=[{ROOT / 'examples/gt4histocr_dta19'}]", "data.split_key=subset", "data.eval_limit=6",
+        "tune", "configs/ppocr_finetune.yaml", "data.train=[examples/gt4histocr_dta19]", "data.split_key=subset", "data.eval_limit=6",
         "max_steps=3", "eval.times=null", "eval.every_steps=1", "checkpoint.times=null", "checkpoint.every_steps=0",
         "num_threads=1", "trackers=[jsonl]",
         "--trials", "2", "--minutes", "8", "--trial-minutes", "4", "--out", str(out),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,7 @@ class TuneJob:
     trial_minutes: float
     metric: str = "cer"
     space: dict[str, tuple] = field(default_factory=lambda: dict(DEFAULT_SPACE))
+    cwd: str = field(default_factory=os.getcwd)  # relative recipe and data paths are the driver's
 
     def config_for(self, values: dict[str, Any], output_dir: str, *, trial: bool = True) -> Any:
         """The recipe + user overrides + ``values`` (+ the trial's budget when ``trial``)."""
@@ -112,6 +114,8 @@ def run_trial(values: dict[str, Any], job: TuneJob) -> None:
 
     from deepsynth.training.trainer import Trainer
 
+    if Path(job.cwd).is_dir():  # Tune starts each trial in its own directory; paths are the user's
+        os.chdir(job.cwd)
     trial_dir = Path(job.out) / "trials" / tune.get_context().get_trial_id()
     cfg = job.config_for(values, str(trial_dir))
     reported = 0
