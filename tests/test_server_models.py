@@ -93,6 +93,34 @@ def test_requests_pick_their_model_by_name_doc_type_and_routing_default():
     assert in_flight and all(v == 0 for v in in_flight)  # moved to the chosen model and back to 0
 
 
+def test_chat_metadata_doc_type_routes_and_labels_like_ocr():
+    engines = {n: ColourEngine() for n in ("print", "fraktur")}
+    pool = ModelPool(
+        {n: service(n, e) for n, e in engines.items()}, routing=RoutingTable({"book": "fraktur"})
+    )
+    with running_server(create_app(pool, ServerSettings(warmup=False))) as s:
+        client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0)
+        msg = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(colour_image((9, 9, 9)))}}]}]  # fmt: skip
+        routed = client.chat.completions.create(messages=msg, model=None, metadata={"doc_type": "book", "user": "u1"})  # type: ignore[arg-type]  # fmt: skip
+        assert routed.model == "fraktur" and routed.choices[0].message.content == "#090909"
+        unrouted = client.chat.completions.create(messages=msg, model=None, metadata={"doc_type": "letter"})  # type: ignore[arg-type]  # fmt: skip
+        assert unrouted.model == "print"  # a type the table does not route: the default model
+        named = client.chat.completions.create(messages=msg, model="print", metadata={"doc_type": "book"})
+        assert named.model == "print"  # a named model wins over the routed type, as on /v1/ocr
+        for metadata, param in (
+            ({"doc_type": "Bad Type!"}, "metadata.doc_type"),
+            ({"doc_type": 3}, "metadata.doc_type"),
+            ({f"k{i}": "v" for i in range(17)}, "metadata"),
+        ):
+            r = httpx.post(f"{s.url}/v1/chat/completions", json={"messages": msg, "metadata": metadata})
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+        metrics = httpx.get(f"{s.url}/metrics").text
+    assert 'deepsynth_outputs_total{doc_type="book",model="fraktur"} 1.0' in metrics
+    assert 'deepsynth_outputs_total{doc_type="book",model="print"} 1.0' in metrics
+    assert 'deepsynth_outputs_total{doc_type="letter",model="print"} 1.0' in metrics
+    assert [len(e.batch_sizes) for e in engines.values()] == [2, 1]
+
+
 def test_a_busy_model_does_not_starve_another():
     gate = threading.Event()
     slow, fast = ColourEngine(gate=gate), ColourEngine()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Json, Tag, create_model
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Json, Tag, create_model, model_validator
 
 from deepsynth.models.generation import GenerationConfig
 
@@ -192,6 +192,29 @@ class StreamOptions(StrictModel):
     include_usage: bool | None = None
 
 
+MetadataValue = Annotated[str, Field(max_length=512)]
+
+
+class ChatMetadata(StrictModel):
+    """OpenAI's ``metadata``: at most 16 string pairs (keys up to 64 characters, values up to 512).
+    ``doc_type`` labels the request and routes it as ``doc_type`` does on ``/v1/ocr``; other keys are kept
+    by clients and ignored here."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, MetadataValue] = Field(init=False)  # type: ignore[assignment]
+
+    doc_type: DocType | None = None
+
+    @model_validator(mode="after")
+    def _openai_bounds(self) -> ChatMetadata:
+        keys = [*(self.model_extra or {}), *(["doc_type"] if self.doc_type is not None else [])]
+        if len(keys) > 16:
+            raise ValueError(f"at most 16 metadata keys, got {len(keys)}")
+        if long := next((k for k in keys if len(k) > 64), None):
+            raise ValueError(f"metadata key {long[:80]!r} is longer than 64 characters")
+        return self
+
+
 class ChatCompletionRequest(StrictModel):
     """The subset of OpenAI's chat completion request an OCR model can honour; images only as data: URIs."""
 
@@ -223,6 +246,7 @@ class ChatCompletionRequest(StrictModel):
     n: Literal[1] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None  # include_usage: a last chunk carries the usage
+    metadata: ChatMetadata | None = None  # doc_type labels and routes the request
     # not served: true (or top_logprobs) is a 400 naming the field, never silently ignored
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -338,6 +362,7 @@ FIELD_NAMES = frozenset(
         ImagePart,
         ChatMessage,
         StreamOptions,
+        ChatMetadata,
         ChatCompletionRequest,
         ModelAction,
     )

@@ -45,7 +45,8 @@ async def _chat(request: Request, state: ServerState, ctx: RequestContext) -> Re
     t0, obs = time.perf_counter(), state.service.obs  # the default model's until the request picks one
     try:
         body = await read_json(request, ChatCompletionRequest)
-        service = state.select(ctx, body.model)  # 404 naming the served models for an unknown one
+        doc_type = body.metadata.doc_type if body.metadata else None
+        service = state.select(ctx, body.model, doc_type)  # 404 naming the served models for an unknown one
         obs = service.obs
         files, gen = _read_chat(body)
         pages = await decode_pages(files, state.settings.budget(service))
@@ -67,7 +68,7 @@ async def _chat(request: Request, state: ServerState, ctx: RequestContext) -> Re
         text = "\n\n".join(p.text for p in preds)
         finish = "length" if any(p.finished is False for p in preds) else "stop"
         usage = usage_of(preds)
-        record(obs, ctx, pages, preds, service.model_id)
+        record(obs, ctx, pages, preds, service.model_id, doc_type)
     cid = f"chatcmpl-{ctx.request_id}"
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
