@@ -113,13 +113,15 @@ def _linked_inputs(sources: list[Path], n: int, folder: Path) -> list[Path]:
 def main() -> dict:
     import ray
 
+    from deepsynth.scale.runtime import init_local
+
     root = DATA / "tapuscorpus_fr"
     if not root.is_dir():
         return {"skipped": f"no data at {DATA}"}
     rows = [json.loads(line) for line in (root / "manifest.jsonl").open()]
     images = [root / r["image"] for r in rows if not r.get("has_untranscribed")]
     work = Path(tempfile.mkdtemp(prefix="bench_ray_"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    init_local(num_cpus=2, include_dashboard=False)
     try:
         files = _linked_inputs(images[:FILES], FILES, work / "lines")
         rounds = []

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 ray = pytest.importorskip("ray", reason="needs the .[scale] extra (ray)")
 
 from deepsynth.cli.main import app  # noqa: E402
+from deepsynth.scale.runtime import init_local  # noqa: E402
 from deepsynth.scale.shards import MANIFEST, ShardStore, ShardStoreError  # noqa: E402
 
 runner = CliRunner()
@@ -29,8 +30,7 @@ def ray_runtime():
     """One local Ray runtime (head + worker processes on loopback) shared by every test here."""
     for attempt in range(3):  # Ray gives its raylet 30 s to start; a saturated machine can take longer
         try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     _node_ip_address="127.0.0.1")  # fmt: skip
+            init_local(num_cpus=2, include_dashboard=False)
             break
         except Exception as exc:
             ray.shutdown()
@@ -238,3 +238,24 @@ def test_data_prepare_ray_same_kept_skipped_and_report(ray_runtime, hostile_mani
                       for d in (local, dist))  # fmt: skip
     assert kept_a == kept_b
     assert not (tmp_path / "ray.ray-check").exists()
+
+
+def test_local_runtime_listens_on_loopback_only(ray_runtime):
+    """Every socket the local runtime's processes listen on (GCS, raylet, workers, agents) is on 127.0.0.1."""
+    psutil = pytest.importorskip("psutil")
+
+    @ray.remote
+    def worker_pid() -> int:
+        return os.getpid()
+
+    ray.get(worker_pid.remote())  # a worker process exists
+    ours = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+    listening = [
+        c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in ours
+    ]
+    assert listening, "no listening socket found for the Ray processes"
+    assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"
+    exposed = [
+        (c.laddr.ip, c.laddr.port) for c in listening if c.laddr.ip not in ("127.0.0.1", "::ffff:127.0.0.1")
+    ]
+    assert not exposed, f"Ray listens beyond loopback: {exposed}"

@@ -56,6 +56,21 @@ class RayOptions:
         return args
 
 
+def init_local(**kwargs: Any) -> Any:
+    """Start a Ray runtime on this machine that listens on loopback only.
+
+    Ray 2.60 turns ``_node_ip_address="127.0.0.1"`` into the machine's routable address and binds its gRPC
+    servers to every interface. With cluster mode off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read by the
+    driver and by every Ray process it starts) the node address is 127.0.0.1 and every server binds to it.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the raylet, GCS and workers inherit it
+    ray_constants.ENABLE_RAY_CLUSTER = False  # the driver read it when ray was imported
+    return ray.init(log_to_driver=False, configure_logging=False, **kwargs)
+
+
 def connect(address: str | None = LOCAL) -> str | None:
     """Join the Ray cluster at ``address`` (``ray://host:10001``, ``host:6379``, ``auto``) or start a local
     runtime (``local``: honours ``RAY_ADDRESS``). Reuses a runtime this process already joined.
@@ -67,7 +82,9 @@ def connect(address: str | None = LOCAL) -> str | None:
     target = None if address in (None, "", LOCAL) else address
     if target is None and os.environ.get("RAY_ADDRESS"):
         target = os.environ["RAY_ADDRESS"]
-    local = {} if target else {"_node_ip_address": "127.0.0.1"}  # a local runtime listens on loopback only
-    context = ray.init(address=target, log_to_driver=False, configure_logging=False, **local)
+    if target:
+        context = ray.init(address=target, log_to_driver=False, configure_logging=False)
+    else:
+        context = init_local()
     url = getattr(context, "dashboard_url", None)
     return f"http://{url}" if url and not str(url).startswith("http") else url or None
