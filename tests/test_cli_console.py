@@ -145,6 +145,40 @@ def test_eval_accepts_absolute_image_paths_and_fails_on_zero_samples(shared_data
     assert r.exit_code == 2 and "no samples were scored" in r.output
 
 
+def test_data_prepare_stats_and_train_data_accept_absolute_image_paths(shared_data, tmp_path):
+    from deepsynth.data import DataReport
+    from deepsynth.training.config import DataSettings
+    from deepsynth.training.data import load_split
+
+    runner = CliRunner()
+    absolute = _manifest(tmp_path, shared_data, lambda src, r: str((src / r["image"]).resolve()))
+    r = runner.invoke(
+        app, ["data", "stats", f"mine={absolute}", "--decode", "--json", str(tmp_path / "s.json")]
+    )
+    assert r.exit_code == 0, r.output
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["n_ok"] == 2 and stats["n_skipped"] == 0 and stats["image_width"]["min"] > 0
+    r = runner.invoke(
+        app, ["data", "prepare", f"mine={absolute}", "--to", "jsonl", "--out", str(tmp_path / "p")]
+    )
+    assert r.exit_code == 0 and "wrote 2 samples" in r.output, r.output
+    # `deepsynth train` reads data.train / data.eval with the same function
+    d = DataSettings(train=[f"mine={absolute}"], eval=[f"mine={absolute}"])
+    assert [len(load_split(d, which, DataReport())) for which in ("train", "eval")] == [2, 2]
+    # relative paths climbing out of the image root are still refused, by all three
+    (tmp_path / "esc").mkdir()
+    escaping = _manifest(tmp_path / "esc", shared_data, lambda src, r: "../../" + r["image"])
+    r = runner.invoke(app, ["data", "stats", f"esc={escaping}", "--json", str(tmp_path / "e.json")])
+    assert json.loads((tmp_path / "e.json").read_text())["skipped_by_kind"] == {"path_escape": 2}, r.output
+    r = runner.invoke(
+        app, ["data", "prepare", f"esc={escaping}", "--to", "jsonl", "--out", str(tmp_path / "q")]
+    )
+    assert "wrote 0 samples" in r.output and "skipped 2" in r.output, r.output
+    report = DataReport()
+    assert load_split(DataSettings(train=[f"esc={escaping}"], eval=None), "train", report) == []
+    assert report.n_skipped == 2
+
+
 def test_eval_sample_option(shared_data, tmp_path):
     runner = CliRunner()
     data = f"tapus={shared_data / 'tapuscorpus_fr'}"

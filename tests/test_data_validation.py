@@ -75,7 +75,7 @@ EXPECTED_KINDS = {
     "textpng": "corrupt_image",
     "missing": "missing_image",
     "escape": "path_escape",
-    "absolute": "path_escape",
+    "absolute": "corrupt_image",  # a user's manifest may name images by absolute path: read, not an image
     "huge": "too_many_pixels",
     "big": "too_many_pixels",
     "empty": "empty_text",
@@ -95,7 +95,7 @@ def test_prepare_skips_every_bad_sample_and_keeps_good_ones(bad_corpus, tmp_path
     back = list(open_sources([str(tmp_path / "out")], decode=True))
     assert [(s.id, s.text) for s in back] == [("good1", "hello"), ("good2", "world")]
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert saved["n_written"] == 2 and saved["skipped_by_kind"]["corrupt_image"] == 3
+    assert saved["n_written"] == 2 and saved["skipped_by_kind"]["corrupt_image"] == 4
     assert saved["by_language"] == {"en": 1, "fr": 1}
 
 
@@ -111,6 +111,8 @@ def test_without_decode_only_cheap_checks_run(bad_corpus):
     report = DataReport()
     ids = [s.id for s in open_sources([str(bad_corpus)], report=report)]
     assert "truncated" in ids and "missing" not in ids and "escape" not in ids
+    # what the server or the loop's inbox reads goes through open_sources: absolute paths stay refused
+    assert {s["id"]: s["kind"] for s in report.skipped}["absolute"] == "path_escape"
     with pytest.raises(Exception, match="truncated"):
         next(s for s in open_sources([str(bad_corpus)]) if s.id == "truncated").image  # noqa: B018
 

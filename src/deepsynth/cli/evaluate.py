@@ -152,7 +152,7 @@ def evaluate(
     progress = show_progress(progress)
     import itertools
 
-    from deepsynth.data import DataReport, SampleFilter, open_sources
+    from deepsynth.data import DataReport, SampleFilter, open_user_sources
     from deepsynth.data.sampling import stratified_sample
     from deepsynth.evaluation.harness import RunDirError, evaluate_engine
     from deepsynth.evaluation.normalize import get_normalizer
@@ -166,7 +166,7 @@ def evaluate(
             flt = SampleFilter(languages=lang or None, subsets=subset or None, doc_types=doc_type or None,
                                levels=None if level == "all" else [level], split=split, split_key=split_key,
                                seed=seed, limit=limit)  # fmt: skip
-            stream = open_sources([spec], filter=flt, report=report, absolute_images=True)
+            stream = open_user_sources([spec], filter=flt, report=report)
             streams.append(stratified_sample(stream, sample, seed) if sample else stream)
         opts = _parse_opts(engine_opt)
         eng = None if ray else _load_engine(engine, opts)

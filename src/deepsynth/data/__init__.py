@@ -4,7 +4,7 @@ from deepsynth.data.augment import Augment
 from deepsynth.data.dataset import SampleStream
 from deepsynth.data.filters import SampleFilter, group_key, split_of
 from deepsynth.data.images import DEFAULT_MAX_PIXELS, ImageRef
-from deepsynth.data.open import open_sources
+from deepsynth.data.open import open_sources, open_user_sources
 from deepsynth.data.report import DataReport
 from deepsynth.data.sample import Sample, SampleError
 from deepsynth.data.spec import SourceError, SourceSpec, parse_spec
@@ -51,6 +51,7 @@ __all__ = [
     "SourceSpec",
     "group_key",
     "open_sources",
+    "open_user_sources",
     "parse_spec",
     "split_of",
 ]

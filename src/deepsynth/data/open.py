@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from deepsynth.data.filters import SampleFilter
 from deepsynth.data.images import DEFAULT_MAX_PIXELS, ImageRef
@@ -46,6 +47,14 @@ def open_sources(
     ]
     check = image_check or (lambda s: image_problem(s, decode))
     return _stream(parsed, filter or SampleFilter(), report, check, max_pixels, require_text)
+
+
+def open_user_sources(specs: list[str] | str, **kwargs: Any) -> Iterator[Sample]:
+    """:func:`open_sources` for sources a user points a command at (``eval -d``, ``data prepare|stats``,
+    ``train``'s ``data.train`` / ``data.eval``): their JSONL manifests may also name images by absolute path;
+    relative paths must still stay inside the image root. What the server or the loop's inbox reads goes
+    through :func:`open_sources`, which refuses absolute paths."""
+    return open_sources(specs, absolute_images=True, **kwargs)
 
 
 def image_problem(s: Sample, decode: bool) -> SampleError | None:

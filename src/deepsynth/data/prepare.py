@@ -15,7 +15,7 @@ from typing import Any
 
 from deepsynth.data.filters import SampleFilter
 from deepsynth.data.images import DEFAULT_MAX_PIXELS
-from deepsynth.data.open import open_sources
+from deepsynth.data.open import open_user_sources
 from deepsynth.data.report import DataReport
 from deepsynth.data.sample import Sample, SampleError
 from deepsynth.data.writers import staged_writer
@@ -41,8 +41,8 @@ def prepare(
 
     out_dir = Path(out_dir)
     report = DataReport()
-    stream = open_sources(specs, filter=filter, report=report, decode=True, max_pixels=max_pixels,
-                          image_check=image_check)  # fmt: skip
+    stream = open_user_sources(specs, filter=filter, report=report, decode=True, max_pixels=max_pixels,
+                               image_check=image_check)  # fmt: skip
     t0 = time.perf_counter()
     with staged_writer(to, out_dir, shard_size=shard_size, overwrite=overwrite) as writer:
         for sample in tqdm(stream, desc=f"prepare -> {to}", unit="sample", disable=not progress):

@@ -6,7 +6,7 @@ from typing import Any
 
 from deepsynth.data.filters import SampleFilter
 from deepsynth.data.images import DEFAULT_MAX_PIXELS
-from deepsynth.data.open import open_sources
+from deepsynth.data.open import open_user_sources
 from deepsynth.data.report import DataReport
 
 
@@ -39,7 +39,7 @@ def compute_stats(
 
     report = DataReport()
     chars, width, height = _Running(), _Running(), _Running()
-    stream = open_sources(specs, filter=filter, report=report, decode=decode, max_pixels=max_pixels)
+    stream = open_user_sources(specs, filter=filter, report=report, decode=decode, max_pixels=max_pixels)
     for s in tqdm(stream, desc="stats", unit="sample", disable=not progress):
         chars.add(len(s.text))
         if decode:

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from deepsynth.data.filters import SampleFilter
 from deepsynth.data.images import DEFAULT_MAX_PIXELS, ImageRef
-from deepsynth.data.open import image_problem, open_sources
+from deepsynth.data.open import image_problem, open_user_sources
 from deepsynth.data.prepare import prepare
 from deepsynth.data.report import DataReport
 from deepsynth.data.sample import Sample, SampleError
@@ -123,8 +123,8 @@ def prepare_on_ray(
            "shard_size": opts.shard_size}  # fmt: skip
     store = ShardStore(check_dir, json.loads(json.dumps(job, default=str)))
     dashboard = connect(opts.address)
-    candidates = open_sources(specs, filter=dataclasses.replace(flt, limit=None), decode=False,
-                              max_pixels=max_pixels)  # fmt: skip
+    candidates = open_user_sources(specs, filter=dataclasses.replace(flt, limit=None), decode=False,
+                                   max_pixels=max_pixels)  # fmt: skip
     stats = run_sharded(shard_tables(distinct_images(candidates), opts.shard_size, IMAGE_SCHEMA), store, decode=check_images,
                         decode_kwargs={"cwd": os.getcwd()}, worker=None, worker_kwargs={}, assemble=_assemble,
                         opts=opts, progress=progress)  # fmt: skip

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from deepsynth.data import DataReport, Sample, SampleError, SampleFilter, open_sources
+from deepsynth.data import DataReport, Sample, SampleError, SampleFilter, open_user_sources
 from deepsynth.data.line_augment import LineAugment
 from deepsynth.training.config import DataSettings
 
@@ -57,7 +57,7 @@ def load_split(d: DataSettings, which: str, report: DataReport) -> list[Sample]:
         )
     if not specs:
         return []
-    return list(open_sources(list(specs), filter=sample_filter(d, split, limit), report=report))
+    return list(open_user_sources(list(specs), filter=sample_filter(d, split, limit), report=report))
 
 
 def describe_split(d: DataSettings, n_train: int, n_eval: int) -> str:
