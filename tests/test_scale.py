@@ -17,12 +17,14 @@ from typer.testing import CliRunner
 ray = pytest.importorskip("ray", reason="needs the .[scale] extra (ray)")
 
 from deepsynth.cli.main import app  # noqa: E402
+from deepsynth.evaluation.metrics import GROUP_KEYS  # noqa: E402
 from deepsynth.scale.runtime import init_local  # noqa: E402
 from deepsynth.scale.shards import MANIFEST, ShardStore, ShardStoreError  # noqa: E402
 
 runner = CliRunner()
 SET = "gt4histocr_dta19_lines"
-METRIC_KEYS = ("n", "cer", "wer", "ned", "exact_match", "cer_ci", "wer_ci", "per_subset", "per_language")
+# every per-group table (per_language, per_subset, per_doc_type) must match too
+METRIC_KEYS = ("n", "cer", "wer", "ned", "exact_match", "cer_ci", "wer_ci", *(f"per_{k}" for k in GROUP_KEYS))
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +90,8 @@ def test_eval_ray_same_predictions_and_metrics_then_resumes_per_shard(
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (local, dist))
     assert ma["engine"] == mb["engine"] and mb["ray"]["new"] == 11 and mb["n"] == 10
     assert_same_metrics(ma, mb)
+    types = mb["per_doc_type"]  # a manifest's doc_type, else the subset
+    assert types["fraktur_book"]["n"] == 1 and types["letter"]["n"] == 2 and len(types) >= 3, types
     assert ma["unreadable"] == mb["unreadable"] and (dist / "report.html").is_file()
 
     # a crash after shard 1 was written but before it was listed: only that shard runs again
@@ -205,7 +209,8 @@ def hostile_manifest(shared_data: Path, tmp_path: Path) -> Path:
     root = tmp_path / "set"
     (root / "images").mkdir(parents=True)
     rows = [json.loads(x) for x in (shared_data / SET / "manifest.jsonl").read_text().splitlines()[:10]]
-    rows[0]["doc_type"] = "fraktur_book"  # a meta key the records carry
+    rows[0]["doc_type"] = "fraktur_book"  # a meta key the records carry (the others: their subset)
+    rows[3]["doc_type"] = rows[6]["doc_type"] = "letter"
     for r in rows:
         shutil.copy(shared_data / SET / r["image"], root / "images" / Path(r["image"]).name)
         r["image"] = "images/" + Path(r["image"]).name
