@@ -243,3 +243,22 @@ def test_batch_plan_covers_every_sample_and_shards_disjointly():
         max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in BatchPlan(37, 4).epoch_batches(0)
     ]
     assert sum(spread) < sum(random_spread) / 2  # grouped batches hold similar lengths
+
+
+def test_bf16_on_cpu_autocasts_where_the_cpu_has_native_bf16(tmp_path, monkeypatch):
+    from deepsynth.training import runtime
+
+    monkeypatch.setattr(runtime, "cpu_bf16", lambda: False)
+    if not torch.cuda.is_available():
+        with pytest.warns(UserWarning, match="no native bf16"):
+            assert runtime.choose_precision("bf16") == "no"
+    monkeypatch.undo()
+    if torch.cuda.is_available() or not runtime.cpu_bf16():
+        pytest.skip("needs a CPU with native bf16 (AVX512-BF16 / AMX) and no GPU")
+    assert runtime.choose_precision("bf16") == "bf16"
+    assert runtime.choose_precision("auto") == "no"  # fp32 stays the default; recipes opt in
+    fp32, _ = run(tmp_path / "fp32", "max_steps=3", "precision=fp32")
+    bf16, _ = run(tmp_path / "bf16", "max_steps=3", "precision=bf16")
+    a, b = (torch.tensor([r.losses[s] for s in (1, 2, 3)]) for r in (fp32, bf16))
+    assert not torch.equal(a, b)  # autocast really ran the forward pass in bf16
+    assert torch.allclose(a, b, rtol=0.05)  # and trained the same model to within bf16 rounding

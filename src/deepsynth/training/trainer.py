@@ -614,6 +614,10 @@ class Trainer:
         threads, deterministic = self._saved_torch
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
+        if self.world == 1:  # the next run in this process (tune, loop, bench) may choose another precision
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state()
 
     def request_stop(self) -> None:
         """Stop after the current step, write a checkpoint and return (what SIGTERM/SIGINT do)."""
