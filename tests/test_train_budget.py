@@ -13,7 +13,7 @@ from deepsynth.config import ConfigError
 from deepsynth.data.line_augment import LineAugment
 from deepsynth.training.budget import StepPlan, every, warmup_steps
 from deepsynth.training.config import DataSettings
-from deepsynth.training.data import BatchPlan, describe_split, epoch_loader, load_split
+from deepsynth.training.data import BatchPlan, describe_split, epoch_loader, load_split, small_validation
 from tests._train_data import EXAMPLES, real_lines, tiny_adapter
 from tests.test_train import run
 
@@ -163,3 +163,8 @@ def test_held_out_splits_lines_by_group_and_never_leaves_a_share_empty(shared_da
     assert not (pages[0] & pages[1] or pages[0] & pages[2] or pages[1] & pages[2])
     again = held_out([str(shared_data / "fondue_en_print20")], key="page_id")
     assert [s.id for s in again.test] == [s.id for s in split.test]  # seeded: the same split every time
+
+
+def test_small_validation_sets_are_flagged():
+    assert small_validation(0) is None and small_validation(100) is None and small_validation(400) is None
+    assert "only 21 validation samples" in small_validation(21)

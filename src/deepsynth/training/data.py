@@ -78,6 +78,21 @@ def describe_split(d: DataSettings, n_train: int, n_eval: int) -> str:
     return text
 
 
+SMALL_VALIDATION = (
+    100  # lines; fewer choose the best checkpoint on noise (stanford: 21 lines picked a worse model)
+)
+
+
+def small_validation(n_eval: int) -> str | None:
+    """A warning when the validation set is too small to choose checkpoints by its CER (None when it is fine)."""
+    if not 0 < n_eval < SMALL_VALIDATION:
+        return None
+    return (
+        f"only {n_eval} validation samples: CER differences between checkpoints are mostly noise at this size, "
+        f"so the 'best' model may not be; give {SMALL_VALIDATION}+ (data.eval, or a larger data.split_ratios[1])"
+    )
+
+
 def aspect_ratios(samples: Sequence[Sample]) -> list[float]:
     """Width/height per sample from the image header (no full decode); 0 for unreadable ones."""
     out = []

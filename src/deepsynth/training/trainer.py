@@ -40,6 +40,7 @@ from deepsynth.training.data import (
     epoch_loader,
     fingerprint,
     load_split,
+    small_validation,
 )
 from deepsynth.training.runtime import (
     LossModule,
@@ -144,6 +145,8 @@ class Trainer:
             self.eval_samples = load_split(cfg.data, "eval", self.report)
         if self.is_main:
             log.info("%s", describe_split(cfg.data, len(self.train_samples), len(self.eval_samples)))
+            if warning := small_validation(len(self.eval_samples)):
+                log.warning("%s", warning)
         if not self.train_samples:
             raise ValueError(
                 f"no training samples (data.train={cfg.data.train}, split={cfg.data.train_split})"
