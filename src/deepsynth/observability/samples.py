@@ -23,14 +23,11 @@ waits for the disk; :meth:`SampleStore.flush` waits for pending writes.
 
 from __future__ import annotations
 
-import calendar
 import io
 import json
 import logging
 import os
-import queue
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -39,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from deepsynth import envs
+from deepsynth.atomic import write_file
+from deepsynth.observability.audit import AuditLog, BackgroundWriter, created_of, safe_tag, stamped_id, utc
 from deepsynth.observability.redaction import redact
 
 log = logging.getLogger("deepsynth.samples")
 
 IMAGE_MODES = ("thumbnail", "blur", "omit")
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
-_STAMP = "%Y%m%dT%H%M%S"
 
 
 class NoopSampleStore:
@@ -165,24 +162,20 @@ class SampleStore:
         self._on_delete = on_delete
         self._rng = random.Random(settings.seed)
         self._lock = threading.Lock()
-        self._audit_lock = threading.Lock()
         self.root = settings.directory
         self.records_dir = self.root / "records"
         self.images_dir = self.root / "images"
         self.audit_path = self.root / "audit.jsonl"
-        self.dropped = 0
-        self._queue: queue.Queue | None = None
-        self._thread: threading.Thread | None = None
+        self._audit = AuditLog(self.audit_path, clock).write
+        self._writer = BackgroundWriter(
+            self._write, "deepsynth-samples", background=settings.background and not admin
+        )
         if admin:  # someone else's store: no retention pass with our settings, no writer, no "open" entry
             if not self.records_dir.is_dir():
                 raise FileNotFoundError(f"no sample store at {self.root} (no records/ directory)")
             return
         self.records_dir.mkdir(parents=True, exist_ok=True)
         self.images_dir.mkdir(parents=True, exist_ok=True)
-        if settings.background:
-            self._queue = queue.Queue(maxsize=64)
-            self._thread = threading.Thread(target=self._worker, name="deepsynth-samples", daemon=True)
-            self._thread.start()
         self._audit("open", rate=settings.rate, max_count=settings.max_count,
                     max_age_seconds=settings.max_age_seconds, redact=settings.redact,
                     image_mode=settings.image_mode)  # fmt: skip
@@ -202,28 +195,14 @@ class SampleStore:
         with self._lock:
             if self._rng.random() >= self.settings.rate:
                 return False
-        item = (request_id, image, text, dict(timings), model_id, self.clock())
-        if self._queue is None:
-            self._write(*item)
-            return True
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            self.dropped += 1
-            log.warning("sample store queue full; sample dropped", extra={"dropped": self.dropped})
-            return False
-        return True
+        return self._writer.submit((request_id, image, text, dict(timings), model_id, self.clock()))
 
     def flush(self) -> None:
         """Wait until every accepted sample is written."""
-        if self._queue is not None:
-            self._queue.join()
+        self._writer.flush()
 
     def close(self) -> None:
-        if self._queue is not None and self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=30)
-            self._queue = None
+        self._writer.close()
 
     def list_samples(self) -> list[dict[str, Any]]:
         """Stored records, oldest first."""
@@ -250,34 +229,12 @@ class SampleStore:
         return len(expired) + len(excess)
 
     # ------------------------------------------------------------------ internals
-    def _worker(self) -> None:
-        assert self._queue is not None
-        q = self._queue
-        while True:
-            item = q.get()
-            try:
-                if item is None:
-                    return
-                self._write(*item)
-            except Exception:  # a failed write must never take the service down
-                log.exception("sample store write failed")
-            finally:
-                q.task_done()
-
     def _write(
         self, request_id: str, image: Any, text: str, timings: dict[str, float], model_id: str, created: float
     ) -> None:
         s = self.settings
-        rid = _SAFE.sub("_", str(request_id))[:64] or "request"
-        micros = int(round(created * 1e6))
-        while (
-            True
-        ):  # several pages of one request can arrive within one microsecond: keep ids unique + ordered
-            sec, us = divmod(micros, 1_000_000)
-            sample_id = f"{time.strftime(_STAMP, time.gmtime(sec))}{us:06d}Z_{rid}"
-            if not (self.records_dir / f"{sample_id}.json").exists():
-                break
-            micros += 1
+        rid = safe_tag(request_id)
+        sample_id = stamped_id(created, rid, lambda i: (self.records_dir / f"{i}.json").exists())
         counts: dict[str, int] = {}
         if s.redact:
             text, counts = redact(text)
@@ -286,13 +243,13 @@ class SampleStore:
         image_name = None
         if image_bytes is not None:
             image_name = f"images/{sample_id}.jpg"
-            _atomic_write(self.root / image_name, image_bytes)
+            write_file(self.root / image_name, image_bytes)
             files.append(image_name)
         record = {
             "sample_id": sample_id,
             "request_id": rid,
             "model_id": model_id,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
+            "created": utc(created),
             "created_ts": created,
             "text": text,
             "redacted": s.redact,
@@ -302,7 +259,7 @@ class SampleStore:
             "image_mode": s.image_mode,
         }
         body = json.dumps(record, ensure_ascii=False, indent=1).encode()
-        _atomic_write(self.records_dir / f"{sample_id}.json", body)
+        write_file(self.records_dir / f"{sample_id}.json", body)
         files.insert(0, f"records/{sample_id}.json")
         self._audit(
             "store",
@@ -331,32 +288,11 @@ class SampleStore:
         if records and self._on_delete is not None:
             self._on_delete(reason, len(records))
 
-    def _audit(self, action: str, **fields: Any) -> None:
-        entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())),
-            "action": action,
-            **fields,
-        }
-        line = json.dumps(entry, ensure_ascii=False) + "\n"
-        with self._audit_lock, open(self.audit_path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-
 
 def _created(record: Path) -> float:
     """Creation time (UTC epoch seconds) from a record's file name ``YYYYmmddTHHMMSSffffffZ_<id>.json``."""
-    stamp = record.name.split("_", 1)[0]
-    try:
-        return calendar.timegm(time.strptime(stamp[:15], _STAMP)) + int(stamp[15:21]) / 1e6
-    except ValueError:
-        return record.stat().st_mtime
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    created = created_of(record.name)
+    return record.stat().st_mtime if created is None else created
 
 
 def sample_store_from_env(
