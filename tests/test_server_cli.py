@@ -61,15 +61,22 @@ def test_serve_command_end_to_end(shared_data, tmp_path):
     buf = io.BytesIO()
     img.save(buf, "PNG")
     args = ["--model", "rapidocr", "--token", "t0ken", "--max-batch-size", "4", "--max-wait-ms", "5"]
-    proc, url = _start_serve(args, tmp_path / "serve.log")
+    proc, url = _start_serve([*args, "--feedback-dir", str(tmp_path / "feedback")], tmp_path / "serve.log")
     try:
         files = {"file": ("line.png", buf.getvalue(), "image/png")}
         assert httpx.post(f"{url}/v1/ocr", files=files).status_code == 401
-        r = httpx.post(f"{url}/v1/ocr", files=files, headers={"Authorization": "Bearer t0ken"}, timeout=60)
+        auth = {"Authorization": "Bearer t0ken"}
+        r = httpx.post(f"{url}/v1/ocr", files=files, headers=auth, timeout=60)
         assert r.status_code == 200, r.text
         from deepsynth.evaluation.metrics import cer
 
         assert cer([truth], [r.json()["text"]]) < 0.05
+        correction = {"request_id": r.json()["id"], "text": truth, "doc_type": "print"}
+        assert httpx.post(f"{url}/v1/feedback", json=correction).status_code == 401
+        stored = httpx.post(f"{url}/v1/feedback", json=correction, headers=auth, timeout=60)
+        assert stored.status_code == 201, stored.text
+        (line,) = (tmp_path / "feedback" / "manifest.jsonl").read_text().splitlines()
+        assert '"doc_type": "print"' in line
         assert 'model="rapidocr"' in httpx.get(f"{url}/metrics").text
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -68,6 +68,22 @@ ENVIRONMENT_VARIABLES: dict[str, EnvVar] = {
     "DEEPSYNTH_SAMPLES_IMAGE": EnvVar(str, "blur", "Stored image: `thumbnail`, `blur` or `omit`."),
     "DEEPSYNTH_SAMPLES_THUMBNAIL_PX": EnvVar(int, 256, "Longest side of a stored image, in pixels."),
     "DEEPSYNTH_SAMPLES_SEED": EnvVar(int, None, "Seed of the sampling decision (reproducible tests)."),
+    # ---- feedback posted to /v1/feedback (deepsynth.observability.feedback, docs/privacy.md)
+    "DEEPSYNTH_FEEDBACK_DIR": EnvVar(
+        str,
+        None,
+        "Store feedback here (`deepsynth serve --feedback-dir`); unset: `POST /v1/feedback` is refused.",
+    ),
+    "DEEPSYNTH_FEEDBACK_KEEP_INPUTS_HOURS": EnvVar(
+        float,
+        24.0,
+        "Keep each request's input files this long, so feedback can name its request id (0: never).",
+    ),
+    "DEEPSYNTH_FEEDBACK_MAX_INPUTS": EnvVar(int, 1000, "Keep the inputs of at most this many requests."),
+    "DEEPSYNTH_FEEDBACK_MAX_COUNT": EnvVar(
+        int, 10000, "Keep at most this many corrections (oldest deleted first)."
+    ),
+    "DEEPSYNTH_FEEDBACK_MAX_AGE_DAYS": EnvVar(float, 365.0, "Delete corrections older than this many days."),
     # ---- models and clients
     "DEEPSYNTH_API_TOKEN": EnvVar(
         str, None, "Bearer token: required by `deepsynth serve`, sent by the remote client (`server:URL`)."

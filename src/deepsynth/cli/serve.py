@@ -93,6 +93,13 @@ def serve(
     retry_truncated: int = typer.Option(
         0, "--retry-truncated", help="olmOCR-style retries for cut-off outputs."
     ),
+    feedback_dir: Path | None = typer.Option(
+        None,
+        "--feedback-dir",
+        help="Store corrections posted to POST /v1/feedback here, as labelled data the improvement loop's inbox "
+        "reads, and keep each request's input for DEEPSYNTH_FEEDBACK_KEEP_INPUTS_HOURS (personal data: "
+        "docs/privacy.md). Default: $DEEPSYNTH_FEEDBACK_DIR; unset: feedback is refused.",
+    ),
     warmup: bool = typer.Option(True, "--warmup/--no-warmup"),
     docs: bool = typer.Option(
         False,
@@ -125,8 +132,14 @@ def serve(
     from deepsynth.inference.pool import ModelPool, RoutingTable, ServedModel
     from deepsynth.inference.service import ModelLoadError, OCRService, load_model
     from deepsynth.models.generation import GenerationConfig
+    from deepsynth.observability.feedback import FeedbackSettings
 
     ensure_port_free(host, port)  # before the model loads: a busy port is a one-line error
+    try:  # a bad feedback variable is an error before the model loads
+        feedback = FeedbackSettings.from_env(os.environ, feedback_dir)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     if envs.DEEPSYNTH_LOG_FORMAT.lower() == "json":
         from deepsynth.observability.logging import hide_library_progress_bars
 
@@ -197,7 +210,10 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     token = token or envs.DEEPSYNTH_API_TOKEN
-    run(pool, ServerSettings(host=host, port=port, token=token, warmup=warmup, limits=limits, docs=docs))
+    settings = ServerSettings(
+        host=host, port=port, token=token, warmup=warmup, limits=limits, docs=docs, feedback=feedback
+    )
+    run(pool, settings)
 
 
 def lora_base(base: OCREngine, adapters: dict[str, str], max_loras: int) -> LoraSet:

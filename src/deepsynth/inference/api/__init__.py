@@ -2,7 +2,7 @@
 
 * :mod:`.app` — the app factory and runner; :mod:`.settings` — HTTP settings;
 * :mod:`.routers` — one router per surface: ``ocr`` (``POST /v1/ocr``), ``openai`` (``POST
-  /v1/chat/completions``, ``GET /v1/models``), ``admin`` (``/healthz``, ``/readyz``, ``/metrics``);
+  /v1/chat/completions``, ``GET /v1/models``), ``feedback`` (``POST /v1/feedback``), ``admin`` (``/healthz``, ``/readyz``, ``/metrics``);
 * :mod:`.protocol` — pydantic request/response models (``extra="forbid"``), declared in ``/openapi.json``;
 * :mod:`.errors` — one JSON error shape and the exception → status table; :mod:`.middleware` — token and
   body-size guard, JSON errors at shutdown; :mod:`.bodies` — parsing and decoding of request bodies.

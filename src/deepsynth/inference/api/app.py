@@ -19,11 +19,12 @@ from deepsynth import envs
 from deepsynth.inference.api.errors import install_exception_handlers
 from deepsynth.inference.api.middleware import GuardMiddleware, ShutdownErrorsMiddleware
 from deepsynth.inference.api.openapi import install_openapi
-from deepsynth.inference.api.routers import admin, ocr, openai
+from deepsynth.inference.api.routers import admin, feedback, ocr, openai
 from deepsynth.inference.api.settings import ServerSettings
 from deepsynth.inference.api.state import ServerState
 from deepsynth.inference.pool import ModelPool
 from deepsynth.inference.service import OCRService
+from deepsynth.observability.feedback import FeedbackStore
 from deepsynth.observability.logging import uvicorn_log_config
 
 log = logging.getLogger("deepsynth.server")
@@ -35,6 +36,8 @@ def create_app(models: OCRService | ModelPool, settings: ServerSettings | None =
     if isinstance(models, OCRService):
         models = ModelPool({models.model_id: models})
     state = ServerState(models, settings or ServerSettings())
+    if state.settings.feedback is not None:
+        state.feedback = FeedbackStore(state.settings.feedback)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -47,6 +50,8 @@ def create_app(models: OCRService | ModelPool, settings: ServerSettings | None =
                 if not task.done():
                     task.cancel()
             await state.models.aclose(drain=True, timeout_s=state.settings.limits.drain_timeout_s)
+            if state.feedback is not None:
+                state.feedback.close()
 
     from deepsynth import __version__
 
@@ -63,7 +68,7 @@ def create_app(models: OCRService | ModelPool, settings: ServerSettings | None =
     )
     app.add_middleware(ShutdownErrorsMiddleware)
     install_exception_handlers(app)
-    for surface in (ocr, openai, admin):
+    for surface in (ocr, openai, feedback, admin):
         app.include_router(surface.router)
     install_openapi(app)
     return app

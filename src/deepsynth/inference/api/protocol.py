@@ -9,7 +9,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Json, Tag, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Json,
+    Tag,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from deepsynth.models.generation import GenerationConfig
 
@@ -303,6 +313,55 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+# -- feedback -------------------------------------------------------------------------------------------------
+
+FEEDBACK_MAX_CHARS = 20_000
+
+
+class FeedbackRequest(StrictModel):
+    """``POST /v1/feedback``: the corrected text of one page, of an earlier request (``request_id``: the server
+    kept its input) or of an ``image`` sent along; stored as labelled data of type ``doc_type``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"request_id": "3f2c9a", "page": 1, "text": "Total 12,40 EUR", "doc_type": "receipt"},
+                {"image": EXAMPLE_IMAGE, "text": "Total 12,40 EUR", "doc_type": "receipt"},
+            ]
+        }
+    )
+
+    request_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=80,
+        description="the id of a /v1/ocr answer, a chat completion's id (chatcmpl-...) or its X-Request-ID",
+    )
+    page: int = Field(1, ge=1, le=10_000, description="1-based page of that request (its pages in order)")
+    image: str | ImageItem | None = Field(
+        None, union_mode="left_to_right", description="instead of request_id: the image or PDF, base64"
+    )
+    text: str = Field(min_length=1, max_length=FEEDBACK_MAX_CHARS, description="the correct text of the page")
+    doc_type: DocType
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("the corrected text is blank")
+        return text
+
+
+class FeedbackResponse(BaseModel):
+    id: str = Field(description="the stored correction (`deepsynth samples list --feedback` shows it)")
+    object: Literal["feedback"]
+    request_id: str | None
+    page: int
+    doc_type: str
+    chars: int
+    created: str
+
+
 # -- errors and probes ----------------------------------------------------------------------------------------
 
 
@@ -365,6 +424,7 @@ FIELD_NAMES = frozenset(
         ChatMetadata,
         ChatCompletionRequest,
         ModelAction,
+        FeedbackRequest,
     )
     for name in model.model_fields
 )

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from deepsynth.inference.limits import RequestBudget, ServingLimits
 from deepsynth.inference.service import OCRService
+from deepsynth.observability.feedback import FeedbackSettings
 
 
 @dataclass
@@ -18,6 +19,7 @@ class ServerSettings:
     engine_check_s: float = 1.0  # how often the server checks that the model process is alive
     limits: ServingLimits = field(default_factory=ServingLimits)  # every resource budget
     docs: bool = False  # /docs (Swagger UI, whose assets come from a CDN); /openapi.json is always served
+    feedback: FeedbackSettings | None = None  # POST /v1/feedback stores corrections (None: refused, 403)
 
     def budget(self, service: OCRService, dpi: float | None = None) -> RequestBudget:
         """A fresh budget for one request (at the request's own PDF resolution, if it asked for one)."""

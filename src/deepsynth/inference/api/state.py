@@ -17,6 +17,7 @@ from deepsynth.inference.api.settings import ServerSettings
 from deepsynth.inference.pool import ModelPool
 from deepsynth.inference.service import OCRService
 from deepsynth.observability.core import RequestContext
+from deepsynth.observability.feedback import FeedbackStore
 
 log = logging.getLogger("deepsynth.server")
 # the models held by the request being handled (released when its scope ends; see ServerState.select)
@@ -31,6 +32,7 @@ class ServerState:
     startup_error: str | None = None
     fatal: str | None = None  # set when the model process died: the server exits with status 1
     on_fatal: Callable[[], None] | None = None  # set by run(): stops uvicorn
+    feedback: FeedbackStore | None = None  # POST /v1/feedback and the inputs it may refer to (None: off)
 
     @property
     def service(self) -> OCRService:

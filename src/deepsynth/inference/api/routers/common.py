@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from deepsynth.inference.api.bodies import FileItem
 from deepsynth.inference.inputs import InputError, PageInput
 from deepsynth.inference.service import OCRService
 from deepsynth.models.base import Prediction
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.observability.core import Observability, RequestContext
+from deepsynth.observability.feedback import FeedbackStore
 
 
 def resolve_generation(service: OCRService, overrides: dict[str, Any]) -> GenerationConfig:
@@ -40,6 +42,26 @@ def record(
             doc_type=doc_type,
         )
         obs.maybe_store_sample(ctx.request_id, page.image, pred.text, dict(ctx.timings), model_id)
+
+
+def keep_for_feedback(
+    store: FeedbackStore | None,
+    ctx: RequestContext,
+    files: list[FileItem],
+    pages: list[PageInput],
+    model_id: str,
+    doc_type: str | None = None,
+    dpi: float | None = None,
+) -> None:
+    """With feedback on, keep the request's files so ``POST /v1/feedback`` can name its id (written on the
+    store's thread). A page is kept as (its file's index, its page in that file): pages come file by file."""
+    if store is None:
+        return
+    where, file_index = [], -1
+    for page in pages:
+        file_index += page.page == 1
+        where.append((file_index, page.page))
+    store.keep_input(ctx.request_id, files, where, model=model_id, doc_type=doc_type, dpi=dpi)
 
 
 def timings(ctx: RequestContext) -> dict[str, float]:

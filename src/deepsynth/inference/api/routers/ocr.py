@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from deepsynth.inference.api.bodies import FileItem, content_type, decode_pages, read_form, read_json
 from deepsynth.inference.api.openapi import ERRORS, request_body
 from deepsynth.inference.api.protocol import OCRForm, OCRRequest, OCRResponse, overrides
-from deepsynth.inference.api.routers.common import record, resolve_generation, timings
+from deepsynth.inference.api.routers.common import keep_for_feedback, record, resolve_generation, timings
 from deepsynth.inference.api.state import ServerState, scoped
 from deepsynth.inference.inputs import InputError, PageInput, decode_base64
 from deepsynth.models.base import Prediction
@@ -45,6 +45,7 @@ async def _ocr(request: Request, state: ServerState, ctx: RequestContext) -> Res
     with obs.stage("postprocess"):
         out_pages = [_page_json(p, pred) for p, pred in zip(pages, preds, strict=True)]
         record(obs, ctx, pages, preds, service.model_id, fields.doc_type)
+        keep_for_feedback(state.feedback, ctx, files, pages, service.model_id, fields.doc_type, fields.dpi)
     return JSONResponse(
         {
             "id": ctx.request_id,

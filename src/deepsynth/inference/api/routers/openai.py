@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from deepsynth.inference.api.bodies import FileItem, decode_pages, read_json
 from deepsynth.inference.api.openapi import ERRORS, request_body
 from deepsynth.inference.api.protocol import ChatCompletionRequest, ChatCompletionResponse, ModelList
-from deepsynth.inference.api.routers.common import record, resolve_generation, timings
+from deepsynth.inference.api.routers.common import keep_for_feedback, record, resolve_generation, timings
 from deepsynth.inference.api.state import ServerState, scoped, server_state
 from deepsynth.inference.inputs import InputError, decode_base64
 from deepsynth.models.base import Prediction
@@ -69,6 +69,7 @@ async def _chat(request: Request, state: ServerState, ctx: RequestContext) -> Re
         finish = "length" if any(p.finished is False for p in preds) else "stop"
         usage = usage_of(preds)
         record(obs, ctx, pages, preds, service.model_id, doc_type)
+        keep_for_feedback(state.feedback, ctx, files, pages, service.model_id, doc_type)
     cid = f"chatcmpl-{ctx.request_id}"
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
