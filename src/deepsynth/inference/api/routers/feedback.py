@@ -59,9 +59,8 @@ async def _feedback(request: Request, state: ServerState, ctx: RequestContext) -
             "request_id" if body.image is None else "image",
         )
     if body.image is not None:
-        name, data = ("image", body.image) if isinstance(body.image, str) else ("image", body.image.data)
-        raw, mime = decode_base64(data, name)
-        file: InputFile = (raw, name, mime)
+        raw, mime = decode_base64(body.image if isinstance(body.image, str) else body.image.data, "image")
+        file: InputFile = (raw, "image", mime)
         image, ext = await asyncio.to_thread(
             _page_of, file, body.page, RequestBudget(state.settings.limits), "image"
         )
