@@ -55,6 +55,7 @@ def test_tune_runs_trials_and_writes_the_best_recipe(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "trials.json").read_text())
     assert len(summary["trials"]) == 2
+    assert all(len(t["trial"]) < 16 for t in summary["trials"])  # an id; the values have their own columns
     scores = [t["val_cer"] for t in summary["trials"] if t["status"] == "done"]
     assert scores and all(0.0 <= s < 1.0 for s in scores)  # the shipped model reads Fraktur at ~6% CER
     best = summary["best"]

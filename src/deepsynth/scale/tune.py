@@ -170,13 +170,13 @@ def tune_recipe(
     rows = []
     for r in grid:
         if r.metrics is None or metric not in (r.metrics or {}):
-            rows.append({"trial": Path(r.path).name, "params": r.config, "status": "error", metric: None})
+            rows.append({"trial": _trial_id(r.path), "params": r.config, "status": "error", metric: None})
             continue
         best_seen = (
             r.metrics_dataframe[metric].min() if r.metrics_dataframe is not None else r.metrics[metric]
         )
         rows.append({
-            "trial": Path(r.path).name, "params": r.config, metric: float(best_seen),
+            "trial": _trial_id(r.path), "params": r.config, metric: float(best_seen),
             "validations": int(r.metrics.get("training_iteration", 0)), "last_step": int(r.metrics.get("step", 0)),
             "status": "error" if r.error else "done",
         })  # fmt: skip
@@ -195,6 +195,12 @@ def tune_recipe(
     (out / "trials.md").write_text(trials_table(rows, metric) + "\n")
     write_best(job, best["params"], out / "best.yaml")
     return summary
+
+
+def _trial_id(path: str) -> str:
+    """``run_trial_7e78c09e_1_augment_p=0.5,...`` -> ``7e78c09e_1`` (the values have their own columns)."""
+    parts = Path(path).name.split("_")
+    return "_".join(parts[2:4]) if len(parts) > 3 and parts[:2] == ["run", "trial"] else Path(path).name
 
 
 def trials_table(rows: list[dict[str, Any]], metric: str) -> str:
