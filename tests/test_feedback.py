@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from deepsynth.data import open_sources
+from deepsynth.data import group_key, open_sources
 from deepsynth.inference.api import ServerSettings, create_app
 from deepsynth.inference.limits import ServingLimits
 from deepsynth.inference.service import OCRService
@@ -91,16 +91,22 @@ def test_feedback_by_request_id_and_by_image_reaches_the_loop_inbox_with_its_doc
     inbox_state = LoopState()
     found = scan(tmp_path / "inbox", inbox_state, "page_id", 0.15, 0)
     assert found.bad == {} and found.read == {"feedback": {"receipt": 2, "invoice": 1, "letter": 1}}
-    samples = {x.id: x for x in open_sources([str(directory)], decode=True)}
+    again = _post(f"{s.url}/v1/ocr", json={"images": [data_uri(colour_image((7, 7, 7)))]}).json()["id"]
+    assert post(request_id=again, text="late receipt", doc_type="receipt").status_code == 201
+    rescan = scan(tmp_path / "inbox", inbox_state, "page_id", 0.15, 0)
+    assert rescan.read == {"feedback": {"receipt": 1, "invoice": 0, "letter": 0}}  # counted once by id
+    assert inbox_state.type("receipt").labelled == 3
+    samples = {x.id: x for x in open_sources([str(directory)], decode=True) if x.id != f"fb-{again}-p1"}
     assert {i: (x.doc_type, x.text) for i, x in samples.items()} == {
         i: (r["doc_type"], r["text"]) for i, r in rows.items()
     }
+    assert group_key(samples[f"fb-{rid}-p3"]) == rid  # a request's pages share one holdout decision
     letter = next(x for x in samples.values() if x.doc_type == "letter")
     assert letter.image.size == (80, 20) and letter.image.getpixel((5, 5)) == (0, 99, 0)
 
     audit = [json.loads(line) for line in (directory / "audit.jsonl").read_text().splitlines()]
     actions = [e["action"] for e in audit]
-    assert actions.count("store") == 5 and actions.count("keep_input") == 2
+    assert actions.count("store") == 6 and actions.count("keep_input") == 3
     assert [e["reason"] for e in audit if e["action"] == "delete"] == ["superseded"]
     assert "Total" not in (directory / "audit.jsonl").read_text()  # never the text
 

@@ -16,10 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import CHECKS, load_all_checks
 
-from deepsynth.inference.api import create_app
+from deepsynth.inference.api import ServerSettings, create_app
 from deepsynth.inference.api.protocol import EXAMPLE_IMAGE
 from deepsynth.inference.service import OCRService
 from deepsynth.observability import Observability
+from deepsynth.observability.feedback import FeedbackSettings
 from tests.serving_engines import ColourEngine, running_server
 
 BOUNDED = settings(
@@ -28,14 +29,15 @@ BOUNDED = settings(
 ERROR_KEYS = {"message", "type", "code", "param"}
 
 
-def make_app(engine: ColourEngine | None = None, **service_kw):
+def make_app(engine: ColourEngine | None = None, settings: ServerSettings | None = None, **service_kw):
     engine = engine or ColourEngine()
-    return create_app(OCRService(engine, obs=Observability("colour"), **service_kw))
+    return create_app(OCRService(engine, obs=Observability("colour"), **service_kw), settings)
 
 
 @pytest.fixture(scope="module")
-def server():
-    with running_server(make_app()) as s:
+def server(tmp_path_factory):
+    feedback = FeedbackSettings(tmp_path_factory.mktemp("feedback"))  # on: its validators are attacked too
+    with running_server(make_app(settings=ServerSettings(feedback=feedback))) as s:
         s.client = httpx.Client(base_url=s.url, timeout=30)  # type: ignore[attr-defined]
         s.statuses = Counter()  # type: ignore[attr-defined]
         yield s
@@ -80,8 +82,8 @@ def test_schemathesis_reached_the_model_and_the_validators(server):
     seen = server.statuses
     if not seen:
         pytest.skip("run together with test_schemathesis_finds_no_5xx_and_only_documented_answers")
-    for route in ("POST /v1/ocr", "POST /v1/chat/completions"):
-        assert seen[(route, 200)] >= 1 and seen[(route, 400)] >= 10, seen
+    for route, ok in (("POST /v1/ocr", 200), ("POST /v1/chat/completions", 200), ("POST /v1/feedback", 201)):
+        assert seen[(route, ok)] >= 1 and seen[(route, 400)] >= 10, seen
         assert seen[(route, 405)] >= 1, seen  # unsupported methods were tried (with an Allow header)
 
 
@@ -89,7 +91,8 @@ def test_schemathesis_reached_the_model_and_the_validators(server):
 
 KEYS = st.sampled_from(
     ["images", "dpi", "generation", "messages", "role", "content", "type", "image_url", "url", "text", "model",
-     "max_tokens", "top_p", "temperature", "stream", "n", "data", "name", "max_new_tokens", "prompt"]
+     "max_tokens", "top_p", "temperature", "stream", "n", "data", "name", "max_new_tokens", "prompt",
+     "request_id", "page", "image", "doc_type", "metadata"]
 )  # fmt: skip
 SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
 JSON = st.recursive(
@@ -102,7 +105,7 @@ JSON = st.recursive(
 
 
 @BOUNDED
-@given(route=st.sampled_from(["/v1/ocr", "/v1/chat/completions"]), body=JSON)
+@given(route=st.sampled_from(["/v1/ocr", "/v1/chat/completions", "/v1/feedback"]), body=JSON)
 def test_any_json_body_is_answered_without_a_5xx(server, route, body):
     r = server.client.post(route, content=json.dumps(body), headers={"content-type": "application/json"})
     assert_sane(r.status_code, r.headers.get("content-type", ""), r.content)
