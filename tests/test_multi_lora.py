@@ -111,3 +111,86 @@ def _run_serve(args: list[str]):
 
     cmd = [sys.executable, "-m", "deepsynth.cli.main", "serve", *args, "--port", "1"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def distinct(tmp_path_factory):
+    """Adapters with random (non-zero) LoRA B weights, so each one reads differently: two in the language
+    model (they may share a batch), one also in the vision tower (it runs alone)."""
+    import torch
+
+    root = tmp_path_factory.mktemp("distinct")
+    out = {}
+    for seed, (name, targets) in enumerate(
+        (("a", "language-model"), ("b", "language-model"), ("v", "all-linear"))
+    ):
+        ad = build_tiny("deepseek_ocr2")
+        ad.apply_lora({"r": 4, "targets": targets})
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for n, p in ad.model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+        ad.save(root / name)
+        out[name] = root / name
+    return out
+
+
+def test_mixed_batch_rows_read_like_each_adapter_alone(distinct):
+    """One batch mixing two adapters and the base runs in one generate(); every row equals its adapter (or
+    the bare base) run alone on that image. While the vision-tower adapter is loaded, or with fewer slots
+    than adapters, the rows run in several calls, with the same results."""
+    import torch
+
+    cls = adapter_class("deepseek_ocr2")
+    refs = {name: cls.load(path) for name, path in distinct.items()} | {None: build_tiny("deepseek_ocr2")}
+    texts = ["hello world", "brown dog 7", "the lazy fox 42", "OCR test line", "a b c", "quick 9"]
+    images = [line_image(t) for t in texts]
+    names = ["a", None, "b", "a", None, "v"]
+    alone = [refs[n].recognize([img], GEN)[0] for n, img in zip(names, images, strict=True)]
+    assert len({p.text for p in alone}) >= 3  # the adapters really read differently
+
+    def check(lora, n_rows, calls):
+        seen = []
+        run = lora.base.generate_ids
+        lora.base.generate_ids = lambda imgs, *a, **k: seen.append(len(imgs)) or run(imgs, *a, **k)
+        got = lora.recognize(images[:n_rows], GEN, names[:n_rows])
+        lora.base.generate_ids = run
+        for i, (g, ref) in enumerate(zip(got, alone, strict=False)):
+            assert (g.text, g.num_tokens, g.finished) == (ref.text, ref.num_tokens, ref.finished), (
+                i,
+                names[i],
+            )
+            assert g.confidence == pytest.approx(ref.confidence, rel=1e-5) and g.meta["adapter"] == names[i]
+        assert sorted(seen) == calls
+
+    lora = LoraSet(build_tiny("deepseek_ocr2"), distinct, max_loras=3)
+    check(lora, 5, [5])  # a, base, b, a, base: one generate()
+    batch = refs["a"].collate(line_samples(4))
+    with torch.no_grad():
+        mixed = lora.base.model(
+            **{k: v for k, v in batch.items() if k != "labels"},
+            adapter_names=["ds_a", "__base__", "ds_b", "ds_a"],
+        ).logits
+    for i, n in enumerate(["a", None, "b", "a"]):
+        ref = refs[n].logits({k: v[i : i + 1] for k, v in batch.items()})[0]
+        assert (mixed[i] - ref).abs().max().item() < 1e-5, (i, n)
+    check(lora, 6, [1, 1, 2, 2])  # v loaded: a, b, v and the base each run alone
+    assert lora.mixable == {"a": True, "b": True, "v": False}
+    check(LoraSet(build_tiny("deepseek_ocr2"), distinct, max_loras=1), 6, [1, 1, 4])  # [a+base], [b], [v]
+
+
+def test_adapters_are_removed_and_replaced(distinct):
+    lora = LoraSet(build_tiny("deepseek_ocr2"), {"a": distinct["a"]}, max_loras=2)
+    image = [line_image("hello world")]
+    base_text = build_tiny("deepseek_ocr2").recognize(image, GEN)[0].text
+    assert lora.engine("a").recognize(image, GEN)[0].text != base_text
+    lora.add("a", distinct["b"])  # replaced: the old weights are dropped at once
+    assert "a" not in lora.loaded
+    b_text = adapter_class("deepseek_ocr2").load(distinct["b"]).recognize(image, GEN)[0].text
+    assert lora.engine("a").recognize(image, GEN)[0].text == b_text
+    lora.remove("a")
+    assert not lora.base.has_lora and lora.paths == {}
+    assert lora.recognize(image, GEN)[0].text == base_text
+    with pytest.raises(KeyError, match="no adapter 'a'; known: none"):
+        lora.recognize(image, GEN, ["a"])

@@ -67,6 +67,9 @@ class VLMAdapter(ModelAdapter):
     per_token_keys: ClassVar[tuple[str, ...]] = ("mm_token_type_ids", "token_type_ids")
     # added to loading errors (e.g. which checkpoint format the family needs)
     checkpoint_hint: ClassVar[str] = ""
+    # modules whose inputs keep one row per image during generate(): a LoRA adapter placed only there can share
+    # a batch with other adapters (peft's per-row ``adapter_names``); vision towers regroup rows into tiles
+    mixed_batch_modules: ClassVar[str] = r"(^|\.)language_model\."
 
     def __init__(
         self,
@@ -306,9 +309,14 @@ class VLMAdapter(ModelAdapter):
 
     # ------------------------------------------------------------------ inference
     def generate_ids(
-        self, images: Sequence[Image.Image], gen: GenerationConfig, prompt: str
+        self,
+        images: Sequence[Image.Image],
+        gen: GenerationConfig,
+        prompt: str,
+        adapter_names: Sequence[str] | None = None,
     ) -> tuple[Any, int, list[int]]:
-        """(generate's output, the padded prompt length, each row's prompt tokens incl. image tokens)."""
+        """(generate's output, the padded prompt length, each row's prompt tokens incl. image tokens);
+        ``adapter_names``: peft's LoRA adapter of each row (``"__base__"``: none), see ``multi_lora``."""
         import torch
 
         enc = self._to_device(dict(self.encode_prompts(images, prompt, gen, padding_side="left")))
@@ -318,6 +326,8 @@ class VLMAdapter(ModelAdapter):
         ends = self.end_token_ids()
         kw["eos_token_id"] = ends if len(ends) > 1 else (ends[0] if ends else None)
         kw["pad_token_id"] = self.tokenizer.pad_token_id
+        if adapter_names is not None:
+            kw["adapter_names"] = list(adapter_names)
         with torch.inference_mode():
             out = self.model.generate(**enc, **kw, return_dict_in_generate=True, output_scores=True)
         return out, enc["input_ids"].shape[1], [int(n) for n in read]
@@ -334,9 +344,14 @@ class VLMAdapter(ModelAdapter):
             ).float()
 
     def recognize(
-        self, images: Sequence[Image.Image], generation: GenerationConfig | None = None
+        self,
+        images: Sequence[Image.Image],
+        generation: GenerationConfig | None = None,
+        *,
+        adapter_names: Sequence[str] | None = None,
     ) -> list[Prediction]:
-        """Read a batch of images (left-padded batched generation; greedy by default)."""
+        """Read a batch of images (left-padded batched generation; greedy by default); ``adapter_names``
+        as for :meth:`generate_ids`."""
         gen = generation or GenerationConfig()
         if not images:
             return []
@@ -344,7 +359,7 @@ class VLMAdapter(ModelAdapter):
         was_training = self.model.training
         self.model.eval()
         try:  # retries (gen.retry_truncated) are OCRService's job: one policy for every engine
-            preds = self._decode(*self.generate_ids(images, gen, prompt), gen)
+            preds = self._decode(*self.generate_ids(images, gen, prompt, adapter_names), gen)
         finally:
             self.model.train(was_training)
         return preds

@@ -1,22 +1,33 @@
-"""Several LoRA adapters on one base VLM in one process (peft multi-adapter), loaded lazily, evicted LRU.
+"""Several LoRA adapters on one base VLM in one process (peft multi-adapter), loaded lazily, evicted LRU,
+mixed in one batch.
 
     adapters = LoraSet(base, {"invoices": "runs/inv/best", "letters": "runs/let/best"}, max_loras=2)
+    adapters.recognize(images, gen, ["invoices", None, "letters"])  # one generate(); None: the base alone
     adapters.engine("invoices").recognize(images)   # an OCREngine per adapter; the base weights exist once
 
 An adapter is loaded on its first use (``add_adapter`` + its saved tensors copied in by name: peft's own
 loading path drops DeepSeek-OCR-2's language-model LoRA weights, see :mod:`.peft_io`); past ``max_loras``
-the least recently used one is deleted. One batch runs at a time on the shared base, with its adapter set
-active (a server gives each adapter its own queue, so every batch holds one adapter's requests).
+the least recently used one is deleted.
+
+A batch may mix adapters (and the base): every row runs in one ``generate`` with peft's per-row
+``adapter_names`` (as vLLM's multi-LoRA batches do), so a load spread over several adapters keeps the
+batch size of one adapter. That works for adapters placed only in modules that see one row per image
+(``VLMAdapter.mixed_batch_modules``: the language model). peft hands the row names to every LoRA layer, so
+while an adapter that also sits in a vision tower (which regroups rows into tiles and windows) is loaded,
+each adapter's rows run in a call of their own with that adapter active. A batch with more distinct
+adapters than ``max_loras`` runs in several calls of at most ``max_loras`` adapters.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -26,6 +37,10 @@ from deepsynth.models.registry import MODEL_CARD
 from deepsynth.models.vlm.base import ADAPTER_DIR, VLMAdapter
 from deepsynth.models.vlm.peft_io import ADAPTER_WEIGHTS, copy_adapter_tensors
 
+log = logging.getLogger(__name__)
+
+BASE = "__base__"  # peft's adapter name for "no adapter" in a mixed batch
+
 
 def adapter_dir(path: str | Path) -> Path:
     """The peft folder of a saved LoRA model directory (or ``path`` itself when it is one)."""
@@ -34,7 +49,8 @@ def adapter_dir(path: str | Path) -> Path:
 
 
 class LoraSet:
-    """Named LoRA adapters over one base :class:`VLMAdapter` (see module docstring)."""
+    """Named LoRA adapters over one base :class:`VLMAdapter` (see module docstring); an OCREngine whose
+    ``recognize`` takes each image's adapter."""
 
     def __init__(self, base: VLMAdapter, adapters: dict[str, str | Path], *, max_loras: int = 4):
         if max_loras < 1:
@@ -42,17 +58,20 @@ class LoraSet:
         if base.has_lora:
             raise ValueError(f"{base.name}: the base model already carries a LoRA adapter (merge it first)")
         self.base = base
+        self.name = base.name
         self.max_loras = max_loras
         self.paths: dict[str, Path] = {}
-        for name, path in adapters.items():
-            self.add(name, path)
         self.loaded: OrderedDict[str, str] = OrderedDict()  # adapter name -> peft adapter name, LRU first
+        self.mixable: dict[str, bool] = {}  # loaded adapter -> may share a generate() with other adapters
         self.loads = 0
         self.evictions = 0
         self._lock = threading.Lock()
+        for name, path in adapters.items():
+            self.add(name, path)
 
     def add(self, name: str, path: str | Path) -> None:
-        """Register an adapter (checked now, loaded on first use)."""
+        """Register an adapter (checked now, loaded on first use); registering a name again replaces it
+        (its old weights are dropped at once)."""
         folder = adapter_dir(path)
         if not (folder / ADAPTER_WEIGHTS).is_file():
             raise FileNotFoundError(f"adapter {name!r}: no {ADAPTER_WEIGHTS} in {folder}")
@@ -63,25 +82,82 @@ class LoraSet:
                 raise ValueError(
                     f"adapter {name!r} ({path}) is for {family!r}, the base is {self.base.family!r}"
                 )
+        if name in self.paths:
+            self.remove(name)
         self.paths[name] = folder
+
+    def remove(self, name: str) -> None:
+        """Forget adapter ``name`` and free its weights (KeyError naming the known ones if unknown)."""
+        self._check(name)
+        with self._lock:
+            del self.paths[name]
+            if name in self.loaded:
+                self._evict(name)
 
     def engine(self, name: str | None) -> LoraEngine:
         """An OCREngine reading with adapter ``name`` (None: the base model alone)."""
-        if name is not None and name not in self.paths:
-            raise KeyError(f"no adapter {name!r}; known: {', '.join(self.paths)}")
+        if name is not None:
+            self._check(name)
         return LoraEngine(self, name)
 
+    def _check(self, name: str) -> None:
+        if name not in self.paths:
+            raise KeyError(f"no adapter {name!r}; known: {', '.join(self.paths) or 'none'}")
+
     def recognize(
-        self, name: str | None, images: Sequence[Image.Image], generation: GenerationConfig | None = None
+        self,
+        images: Sequence[Image.Image],
+        generation: GenerationConfig | None = None,
+        adapters: Sequence[str | None] | None = None,
     ) -> list[Prediction]:
+        """Read ``images``, each with its adapter (``adapters[i]``; None or no list: the base alone), in as
+        few ``generate`` calls as the adapters allow (one when they all may mix)."""
+        names = list(adapters) if adapters is not None else [None] * len(images)
+        if len(names) != len(images):
+            raise ValueError(f"{len(names)} adapter names for {len(images)} images")
+        for name in {n for n in names if n is not None}:
+            self._check(name)
+        out: list[Prediction | None] = [None] * len(images)
         with self._lock:
-            if name is None:
-                if not self.loaded:
-                    return self.base.recognize(images, generation)
-                with self.base.model.disable_adapter():
-                    return self.base.recognize(images, generation)
-            self.activate(name)
-            return self.base.recognize(images, generation)
+            for rows, adapter_names in self._calls(names):
+                preds = self._run([images[i] for i in rows], generation, adapter_names)
+                for i, p in zip(rows, preds, strict=True):
+                    p.meta["adapter"] = names[i]
+                    out[i] = p
+        return out  # type: ignore[return-value]
+
+    def _calls(self, names: list[str | None]) -> Iterator[tuple[list[int], list[str] | str | None]]:
+        """(rows, what to run them with) per ``generate`` call: per-row peft names for a mixed call, one
+        adapter's name for a call with it active, None for the base alone. Loads adapters as it goes."""
+        distinct = list(dict.fromkeys(n for n in names if n is not None))
+        base_rows = [i for i, n in enumerate(names) if n is None]
+        for start in range(0, len(distinct), self.max_loras):
+            chunk = distinct[start : start + self.max_loras]
+            peft = {n: self._ensure(n) for n in chunk}  # at most max_loras: none of them is evicted
+            # peft hands the row names to every LoRA layer, so one loaded adapter outside the per-row
+            # modules (a vision tower) stops every mixed call while it is loaded
+            if all(self.mixable.values()):
+                rows = sorted([i for i, n in enumerate(names) if n in peft] + base_rows)
+                base_rows = []  # the base rows ride along with the first mixed call
+                yield rows, [peft[names[i]] if names[i] is not None else BASE for i in rows]
+                continue
+            for n in chunk:
+                yield [i for i, m in enumerate(names) if m == n], peft[n]
+        if base_rows:
+            yield base_rows, None
+
+    def _run(
+        self, images: list[Image.Image], gen: GenerationConfig | None, how: list[str] | str | None
+    ) -> list[Prediction]:
+        if how is None:  # the base alone
+            if not self.loaded:
+                return self.base.recognize(images, gen)
+            with self.base.model.disable_adapter():
+                return self.base.recognize(images, gen)
+        if isinstance(how, str):  # one adapter active (it cannot share a batch)
+            self.base.model.set_adapter(how)
+            return self.base.recognize(images, gen)
+        return self.base.recognize(images, gen, adapter_names=how)
 
     def activate(self, name: str) -> None:
         """Make ``name`` the active adapter (loading it if needed); callers hold the set's lock."""
@@ -107,12 +183,33 @@ class LoraSet:
         copy_adapter_tensors(self.base.model, load_file(str(folder / ADAPTER_WEIGHTS)), peft_name, folder)
         self.base.model.eval()
         self.loaded[name] = peft_name
+        self.mixable[name] = _mixable(self.base.model, peft_name, config, self.base.mixed_batch_modules)
+        if not self.mixable[name]:
+            log.info("LoRA adapter %s sits outside %s: its rows run in calls of their own", name,
+                     self.base.mixed_batch_modules)  # fmt: skip
         self.loads += 1
         while len(self.loaded) > self.max_loras:  # the new one is loaded first: peft always keeps one
-            _, old = self.loaded.popitem(last=False)
-            self.base.model.delete_adapter(old)
-            self.evictions += 1
+            self._evict(next(iter(self.loaded)))
         return peft_name
+
+    def _evict(self, name: str) -> None:
+        old = self.loaded.pop(name)
+        self.mixable.pop(name, None)
+        if self.loaded:
+            self.base.model.delete_adapter(old)
+        else:  # peft keeps at least one adapter: unwrap instead (the base's own modules come back)
+            self.base.model = self.base.model.unload()
+        self.evictions += 1
+
+
+def _mixable(model: Any, peft_name: str, config: Any, per_row: str) -> bool:
+    """True when adapter ``peft_name`` lives only in modules matching ``per_row`` (one row per image) and
+    uses nothing peft cannot mix (DoRA, parameter targets such as MoE experts)."""
+    if getattr(config, "use_dora", False) or getattr(config, "target_parameters", None):
+        return False
+    pattern = re.compile(per_row)
+    placed = [n for n, m in model.named_modules() if peft_name in getattr(m, "lora_A", {})]
+    return bool(placed) and all(pattern.search(n) for n in placed)
 
 
 class LoraEngine:
@@ -126,4 +223,4 @@ class LoraEngine:
     def recognize(
         self, images: Sequence[Image.Image], generation: GenerationConfig | None = None
     ) -> list[Prediction]:
-        return self.adapters.recognize(self.adapter, images, generation)
+        return self.adapters.recognize(images, generation, [self.adapter] * len(images))

@@ -28,6 +28,7 @@ class TrOCRAdapter(VLMAdapter):
     family: ClassVar[str] = "trocr"
     default_prompt: ClassVar[str] = ""
     lora_presets: ClassVar[dict[str, LoraPreset]] = PRESETS
+    mixed_batch_modules: ClassVar[str] = r"(^|\.)decoder\."
     int8_skip_modules: ClassVar[list[str]] = ["encoder", "output_projection"]
 
     def pixel_values(self, images: Sequence[Image.Image]) -> Any:
@@ -51,7 +52,11 @@ class TrOCRAdapter(VLMAdapter):
         return {"pixel_values": self.pixel_values([s.image for s in samples]), "labels": labels}
 
     def generate_ids(
-        self, images: Sequence[Image.Image], gen: GenerationConfig, prompt: str
+        self,
+        images: Sequence[Image.Image],
+        gen: GenerationConfig,
+        prompt: str,
+        adapter_names: Sequence[str] | None = None,
     ) -> tuple[Any, int, list[int]]:
         """Prompt tokens: the encoder's output length (image patches) + the decoder start token."""
         import torch
@@ -61,6 +66,8 @@ class TrOCRAdapter(VLMAdapter):
         kw["eos_token_id"] = self.tokenizer.eos_token_id
         kw["pad_token_id"] = self.tokenizer.pad_token_id
         kw["decoder_start_token_id"] = self.model.config.decoder_start_token_id
+        if adapter_names is not None:  # the decoder's LoRA layers only: the encoder runs before generate()
+            kw["adapter_names"] = list(adapter_names)
         with torch.inference_mode():
             encoded = self.model.get_encoder()(pixel_values=px)
             out = self.model.generate(
