@@ -1,6 +1,6 @@
 """Several LoRA adapters on one tiny real DeepSeek-OCR-2 (peft multi-adapter): each reads exactly like the
 adapter loaded alone (logits compared: peft's own loader drops these weights), LRU eviction, one base copy,
-and behind the server as models of their own."""
+mixed in one batch, and behind the server as models of their own, in the model process."""
 
 from __future__ import annotations
 
@@ -61,48 +61,98 @@ def test_adapters_on_one_base_read_like_each_adapter_alone(saved):
         lora.engine("c")
 
 
-def test_adapters_served_as_models_of_their_own(saved):
+def test_adapters_share_the_base_queue_and_mix_in_one_batch(distinct):
+    """Adapter views of one in-process LoRA base: concurrent requests for two adapters and the base run as
+    one batch, each answered like its adapter alone; POST /admin/models loads, reloads and unloads
+    adapters."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deepsynth.inference.pool import ServedModel
+
     cls = adapter_class("deepseek_ocr2")
-    lora = LoraSet(build_tiny("deepseek_ocr2"), saved, max_loras=2)
-    pool = ModelPool(
-        {
-            name: OCRService(
-                lora.engine(name),
-                model_id=name,
-                generation=GEN,
-                trim_repetition=False,
-                obs=Observability(name),
-            )
-            for name in ("a", "b")
-        }
-    )
-    image = line_image("the lazy fox 42")
-    with running_server(create_app(pool, ServerSettings(warmup=False))) as s:
-        for name in ("b", "a", "b"):
-            r = httpx.post(f"{s.url}/v1/ocr", json={"images": [data_uri(image)], "model": name}, timeout=120)
-            assert r.status_code == 200 and r.json()["model"] == name
-            (ref,) = cls.load(saved[name]).recognize([image], GEN)
-            assert r.json()["text"] == ref.text
-    assert lora.loads == 2 and lora.evictions == 0
+    lora = LoraSet(build_tiny("deepseek_ocr2"), {"a": distinct["a"], "b": distinct["b"]}, max_loras=4)
+    base = OCRService(
+        lora, model_id="base", generation=GEN, trim_repetition=False, obs=Observability("base"),
+        max_batch_size=3, max_wait_ms=5000,
+    )  # fmt: skip
+    entries = [ServedModel("base", base, "deepseek_ocr2:tiny")] + [
+        ServedModel(n, base.adapter_view(n, obs=Observability(n)), str(distinct[n]), "base") for n in "ab"
+    ]
+    pool = ModelPool({e.name: e for e in entries}, default="a")
+    images = {"a": line_image("hello world"), "b": line_image("brown dog 7"), "base": line_image("quick 9")}
+    refs = {n: cls.load(distinct[n]).recognize([images[n]], GEN)[0].text for n in "ab"}
+    refs["base"] = build_tiny("deepseek_ocr2").recognize([images["base"]], GEN)[0].text
+    auth = {"Authorization": "Bearer t"}
+
+    def ocr(url, name, image):
+        return httpx.post(
+            f"{url}/v1/ocr", json={"images": [data_uri(image)], "model": name}, headers=auth, timeout=300
+        )
+
+    with running_server(create_app(pool, ServerSettings(warmup=False, token="t"))) as s:
+        with ThreadPoolExecutor(3) as ex:
+            answers = dict(zip(images, ex.map(lambda n: ocr(s.url, n, images[n]), images), strict=True))
+        for name, r in answers.items():
+            assert r.status_code == 200 and r.json()["model"] == name and r.json()["text"] == refs[name], name
+        assert base.batcher.stats.batch_sizes == [3]  # one batch, one generate() for the three models
+
+        def admin(**body):
+            return httpx.post(f"{s.url}/admin/models", json=body, headers=auth, timeout=300)
+
+        r = admin(action="load", name="c", lora=str(distinct["b"]))
+        assert r.status_code == 200 and r.json()["status"] == "loaded" and "c" in r.json()["models"], r.text
+        assert ocr(s.url, "c", images["b"]).json()["text"] == refs["b"]
+        assert admin(action="reload", name="c", lora=str(distinct["a"])).json()["status"] == "reloaded"
+        assert ocr(s.url, "c", images["a"]).json()["text"] == refs["a"]
+        r = admin(action="unload", name="base")
+        assert r.status_code == 409 and "base of LoRA adapter(s) a, b, c" in r.json()["error"]["message"]
+        r = admin(action="load", name="d", lora=str(distinct["a"] / "nothing"))
+        assert r.status_code == 400 and r.json()["error"]["param"] == "lora", r.text
+        assert admin(action="unload", name="c").json()["status"] == "unloaded"
+        assert "c" not in lora.paths and "c" not in lora.loaded
+        assert ocr(s.url, "c", images["a"]).status_code == 404
 
 
-def test_serve_command_with_lora_adapters(saved, tmp_path):
+def test_serve_command_with_lora_adapters(distinct, tmp_path):
+    """`deepsynth serve --lora`: the adapters live in the model process with the base; an adapter loaded
+    through POST /admin/models reads like the adapter alone."""
     from tests.test_server_cli import _start_serve
 
-    args = ["--model", "base=deepseek_ocr2:tiny", "--lora", f"a={saved['a']}", "--lora", f"b={saved['b']}"]
-    args += ["--max-loras", "1", "--max-new-tokens", "6", "--no-warmup"]
+    args = [
+        "--model",
+        "base=deepseek_ocr2:tiny",
+        "--lora",
+        f"a={distinct['a']}",
+        "--lora",
+        f"b={distinct['b']}",
+    ]
+    args += ["--max-loras", "1", "--max-new-tokens", "6", "--no-warmup", "--token", "t"]
     proc, url = _start_serve(args, tmp_path / "serve.log")
+    auth = {"Authorization": "Bearer t"}
+    image = line_image("OCR test line")
     try:
-        assert [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]] == ["base", "a", "b"]
-        image = line_image("OCR test line")
-        for name in ("a", "b"):
-            r = httpx.post(f"{url}/v1/ocr", json={"images": [data_uri(image)], "model": name}, timeout=120)
+        models = httpx.get(f"{url}/v1/models", headers=auth).json()["data"]
+        assert [m["id"] for m in models] == ["base", "a", "b"]
+        r = httpx.post(
+            f"{url}/admin/models", json={"action": "load", "name": "c", "lora": str(distinct["b"])},
+            headers=auth, timeout=300,
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        texts = {}
+        for name in ("a", "b", "c", "base"):
+            r = httpx.post(
+                f"{url}/v1/ocr", json={"images": [data_uri(image)], "model": name}, headers=auth, timeout=300
+            )
             assert r.status_code == 200 and r.json()["model"] == name, r.text
+            texts[name] = r.json()["text"]
     finally:
         proc.terminate()
         proc.wait(60)
-    bad = _run_serve(["--model", "rapidocr", "--lora", f"a={saved['a']}"])
-    assert bad.returncode == 2 and "--lora needs a VLM as the first --model" in bad.stderr
+    cls = adapter_class("deepseek_ocr2")
+    assert texts["c"] == texts["b"] == cls.load(distinct["b"]).recognize([image], GEN)[0].text
+    assert texts["a"] == cls.load(distinct["a"]).recognize([image], GEN)[0].text != texts["b"]
+    bad = _run_serve(["--model", "rapidocr", "--lora", f"a={distinct['a']}"])
+    assert bad.returncode == 2 and "LoRA adapters need a VLM as their base" in bad.stderr, bad.stderr
 
 
 def _run_serve(args: list[str]):

@@ -14,7 +14,6 @@ from deepsynth.inference.limits import ServingLimits
 
 if TYPE_CHECKING:
     from deepsynth.models.base import OCREngine
-    from deepsynth.models.vlm.multi_lora import LoraSet
 
 _LIMITS = ServingLimits()
 
@@ -52,7 +51,12 @@ def serve(
         [],
         "--lora",
         help="NAME=DIR: a saved LoRA model directory served as model NAME on the first --model's weights (a VLM; "
-        "repeatable). The adapters share one copy of the base in the server's process (--in-process is implied).",
+        "repeatable). The adapters share one copy of the base, in its process, and one batch mixes them.",
+    ),
+    enable_lora: bool = typer.Option(
+        False,
+        "--enable-lora",
+        help="Serve LoRA adapters on the first --model even with no --lora (POST /admin/models adds them).",
     ),
     max_loras: int = typer.Option(
         4,
@@ -164,16 +168,25 @@ def serve(
     )
     gen = GenerationConfig(max_new_tokens=max_new_tokens, retry_truncated=retry_truncated)
 
-    def make_service(name: str, spec: str, engine: OCREngine | None = None) -> OCRService:
-        """One model's service: its own engine (own process unless --in-process), queue and batcher."""
-        if engine is None:
-            engine = (
-                ProcessEngine(
-                    spec, threads=threads, timeout_s=limits.model_budget_s, max_rss_mb=limits.model_max_rss_mb
-                )
-                if model_process
-                else load_model(spec)
+    def make_service(name: str, spec: str, lora: dict[str, str] | None = None) -> OCRService:
+        """One model's service: its own engine (own process unless --in-process), queue and batcher;
+        ``lora``: the model is a LoRA base serving these adapters."""
+        engine: OCREngine | ProcessEngine
+        if model_process:
+            engine = ProcessEngine(
+                spec,
+                threads=threads,
+                timeout_s=limits.model_budget_s,
+                max_rss_mb=limits.model_max_rss_mb,
+                lora=lora,
+                max_loras=max_loras,
             )
+        else:
+            engine = load_model(spec)
+            if lora is not None:
+                from deepsynth.models.vlm.multi_lora import LoraSet
+
+                engine = LoraSet.over(engine, lora, max_loras)
         return OCRService(
             engine,
             model_id=name,
@@ -196,15 +209,11 @@ def serve(
         ModelPool.check_names(set(specs) | set(adapters), default=default_model, routing=table)
         services = {}
         for i, (name, spec) in enumerate(specs.items()):
-            if i == 0 and adapters:  # the adapters' base: loaded here, its weights shared by every adapter
-                lora_set = lora_base(load_model(spec), adapters, max_loras)
-                services[name] = ServedModel(name, make_service(name, spec, lora_set.engine(None)), spec)
-                for adapter in adapters:
-                    services[adapter] = ServedModel(
-                        adapter, make_service(adapter, spec, lora_set.engine(adapter))
-                    )
-            else:
-                services[name] = ServedModel(name, make_service(name, spec), spec)
+            lora_base = i == 0 and (bool(adapters) or enable_lora)  # its weights are shared by the adapters
+            service = make_service(name, spec, adapters if lora_base else None)
+            services[name] = ServedModel(name, service, spec)
+            for adapter, path in adapters.items() if lora_base else ():
+                services[adapter] = ServedModel(adapter, service.adapter_view(adapter), path, name)
         pool = ModelPool(services, default=default_model, routing=table, factory=make_service)
     except (ModelLoadError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -214,19 +223,6 @@ def serve(
         host=host, port=port, token=token, warmup=warmup, limits=limits, docs=docs, feedback=feedback
     )
     run(pool, settings)
-
-
-def lora_base(base: OCREngine, adapters: dict[str, str], max_loras: int) -> LoraSet:
-    """The LoRA adapters of ``--lora`` over ``base`` (which must be a VLM without an adapter of its own)."""
-    from deepsynth.models.vlm.base import VLMAdapter
-    from deepsynth.models.vlm.multi_lora import LoraSet
-
-    if not isinstance(base, VLMAdapter):
-        raise ValueError(f"--lora needs a VLM as the first --model; {base.name} is not one")
-    try:
-        return LoraSet(base, adapters, max_loras=max_loras)
-    except (OSError, KeyError) as exc:
-        raise ValueError(str(exc)) from exc
 
 
 def model_specs(options: list[str], served_model_name: str | None = None) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """The serving-engine protocol: what the service and the server need from the engine they run.
 
 Any :class:`~deepsynth.models.base.OCREngine` reads images; serving also needs to know whether the engine is
-still usable, whether it queues work itself, which process runs it, its GPU memory and how to stop it. A
+still usable, whether it queues work itself, which process runs it, its GPU memory, its LoRA adapters (a
+VLM base serving several, each image naming its own) and how to stop it. A
 :class:`~deepsynth.inference.model_process.ProcessEngine` implements this itself; every other engine runs in
 the server's process and is wrapped in :class:`InProcessEngine`. Callers type against :class:`ServingEngine`
 instead of probing engines with ``getattr``.
@@ -10,14 +11,25 @@ instead of probing engines with ``getattr``.
 from __future__ import annotations
 
 import abc
+import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from deepsynth.models.base import OCREngine, Prediction
 from deepsynth.models.generation import GenerationConfig
 
+if TYPE_CHECKING:
+    from deepsynth.models.vlm.multi_lora import LoraSet
+
 GpuReading = tuple[str, str, float]  # (device, kind, bytes)
+Adapters = Sequence[str | None] | None  # the LoRA adapter of each image (None: the base alone)
+
+
+class NoAdapters(ValueError):
+    """The engine serves no LoRA adapters (its model is not a LoRA base)."""
 
 
 class ServingEngine(abc.ABC):
@@ -29,9 +41,27 @@ class ServingEngine(abc.ABC):
 
     @abc.abstractmethod
     def recognize(
-        self, images: Sequence[Image.Image], generation: GenerationConfig | None = None
+        self,
+        images: Sequence[Image.Image],
+        generation: GenerationConfig | None = None,
+        adapters: Adapters = None,
     ) -> list[Prediction]:
-        """Read a batch of RGB images; one Prediction per image, in order."""
+        """Read a batch of RGB images; one Prediction per image, in order; ``adapters``: each image's LoRA
+        adapter (only for an engine that :attr:`serves_adapters`)."""
+
+    @property
+    def serves_adapters(self) -> bool:
+        """True when the model is a LoRA base: adapters are added, removed and named per image."""
+        return False
+
+    def add_adapter(self, name: str, path: str | Path) -> None:
+        """Register LoRA adapter ``name`` saved in ``path`` (checked now, loaded on first use); a name
+        registered again is replaced."""
+        raise NoAdapters(f"model {self.name!r} serves no LoRA adapters")
+
+    def remove_adapter(self, name: str) -> None:
+        """Forget adapter ``name`` and free its weights."""
+        raise NoAdapters(f"model {self.name!r} serves no LoRA adapters")
 
     @property
     @abc.abstractmethod
@@ -58,12 +88,34 @@ class InProcessEngine(ServingEngine):
     def __init__(self, engine: OCREngine):
         self.engine = engine
         self.name = engine.name
+        self.lora = lora_set(engine)
         self._closed = False
 
     def recognize(
-        self, images: Sequence[Image.Image], generation: GenerationConfig | None = None
+        self,
+        images: Sequence[Image.Image],
+        generation: GenerationConfig | None = None,
+        adapters: Adapters = None,
     ) -> list[Prediction]:
+        if self.lora is not None:
+            return self.lora.recognize(images, generation, adapters)
+        if adapters is not None and any(a is not None for a in adapters):
+            raise NoAdapters(f"model {self.name!r} serves no LoRA adapters")
         return self.engine.recognize(images, generation)
+
+    @property
+    def serves_adapters(self) -> bool:
+        return self.lora is not None
+
+    def add_adapter(self, name: str, path: str | Path) -> None:
+        if self.lora is None:
+            return super().add_adapter(name, path)
+        self.lora.add(name, path)
+
+    def remove_adapter(self, name: str) -> None:
+        if self.lora is None:
+            return super().remove_adapter(name)
+        self.lora.remove(name)
 
     @property
     def alive(self) -> bool:
@@ -83,6 +135,13 @@ class InProcessEngine(ServingEngine):
         close = getattr(self.engine, "close", None)  # OCREngine declares no close; some engines have one
         if callable(close):
             close()
+
+
+def lora_set(engine: object) -> LoraSet | None:
+    """``engine`` when it is a :class:`~deepsynth.models.vlm.multi_lora.LoraSet`, else None (the module is
+    not imported for engines that cannot be one)."""
+    module = sys.modules.get("deepsynth.models.vlm.multi_lora")
+    return engine if module is not None and isinstance(engine, module.LoraSet) else None
 
 
 def as_serving_engine(engine: OCREngine | ServingEngine) -> ServingEngine:

@@ -14,6 +14,10 @@ batch to a child process (``multiprocessing`` spawn, one pipe) that owns the rea
 * Loading happens in the child; a load error is raised in the parent by the constructor, with the child's
   message (``ModelLoadError`` stays ``ModelLoadError``).
 * An engine error on a batch comes back as the same exception type (or a RuntimeError naming it).
+* LoRA adapters (``lora={name: dir}``, ``max_loras``): the child holds the base and its adapters
+  (:class:`~deepsynth.models.vlm.multi_lora.LoraSet`); each image of a batch names its adapter, and
+  :meth:`ProcessEngine.add_adapter` / :meth:`ProcessEngine.remove_adapter` change the set while serving
+  (queued in order with the batches; a recycled child starts with the current set).
 * Budgets: a batch that runs longer than ``timeout_s`` or makes the child's resident memory exceed
   ``max_rss_mb`` is abandoned — the child is killed and a fresh one loaded (*recycled*), the batch raises
   :class:`ModelBudgetExceeded`, and the batches queued behind it are sent again to the new child. A child
@@ -40,11 +44,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from deepsynth.inference.engine import ServingEngine
+from deepsynth.inference.engine import Adapters, NoAdapters, ServingEngine
 from deepsynth.inference.limits import LimitExceeded
 from deepsynth.models.base import Prediction
 from deepsynth.models.generation import GenerationConfig
@@ -62,7 +67,24 @@ class ModelBudgetExceeded(LimitExceeded):
     """A batch ran over the model time budget or the memory ceiling; the model process was recycled."""
 
 
-def _child_main(conn: Connection, spec: str, engine_kwargs: dict[str, Any], threads: int | None) -> None:
+@dataclass(frozen=True)
+class AdapterCall:
+    """A message to the model process: register LoRA adapter ``name`` from ``path`` (None: remove it)."""
+
+    name: str
+    path: str | None
+
+
+LoraState = tuple[dict[str, str], int]  # (adapter name -> directory, max_loras)
+
+
+def _child_main(
+    conn: Connection,
+    spec: str,
+    engine_kwargs: dict[str, Any],
+    threads: int | None,
+    lora: LoraState | None = None,
+) -> None:
     """Entry point of the model process: load, report, then answer batches until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop (after draining)
     _exit_with_parent()
@@ -70,11 +92,17 @@ def _child_main(conn: Connection, spec: str, engine_kwargs: dict[str, Any], thre
         import torch
 
         torch.set_num_threads(threads)
+    from deepsynth.inference.engine import as_serving_engine
     from deepsynth.inference.service import load_model
     from deepsynth.observability.metrics import local_gpu_memory
 
     try:
-        engine = load_model(spec, **engine_kwargs)
+        model = load_model(spec, **engine_kwargs)
+        if lora is not None:
+            from deepsynth.models.vlm.multi_lora import LoraSet
+
+            model = LoraSet.over(model, *lora)
+        engine = as_serving_engine(model)
     except BaseException as exc:  # noqa: BLE001 - every load failure goes back to the parent
         conn.send(("error", _portable(exc)))
         return
@@ -88,9 +116,16 @@ def _child_main(conn: Connection, spec: str, engine_kwargs: dict[str, Any], thre
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)
-        images, generation = msg
         try:
-            reply = ("ok", list(engine.recognize(images, generation)), local_gpu_memory())
+            if isinstance(msg, AdapterCall):
+                if msg.path is None:
+                    engine.remove_adapter(msg.name)
+                else:
+                    engine.add_adapter(msg.name, msg.path)
+                result = None
+            else:
+                result = list(engine.recognize(*msg))
+            reply = ("ok", result, local_gpu_memory())
         except Exception as exc:  # noqa: BLE001 - the parent re-raises it for the batch's callers
             reply = ("error", _portable(exc), local_gpu_memory())
         conn.send(reply)
@@ -120,9 +155,9 @@ def _portable(exc: BaseException) -> BaseException:
 
 @dataclass
 class _Job:
-    """One batch sent to the child; ``done`` once its reply (or its error) is in."""
+    """One batch (or adapter call) sent to the child; ``done`` once its reply (or its error) is in."""
 
-    message: tuple[list[Image.Image], GenerationConfig | None]
+    message: tuple[list[Image.Image], GenerationConfig | None, Adapters] | AdapterCall
     sent_at: float = 0.0
     done: bool = False
     reply: tuple[Any, ...] = field(default=())
@@ -133,7 +168,8 @@ class ProcessEngine(ServingEngine):
     """An OCREngine proxy for ``load_model(spec, **engine_kwargs)`` running in a child process.
 
     ``timeout_s`` (0: none) bounds the model time of one batch; ``max_rss_mb`` the child's resident memory
-    (0: three times its size after loading, at least 2048 MB more; None: no ceiling)."""
+    (0: three times its size after loading, at least 2048 MB more; None: no ceiling). ``lora`` (a dict,
+    possibly empty) makes the model a LoRA base serving those adapters, at most ``max_loras`` loaded."""
 
     pipelined = True  # recognize() may be called from several threads; the child queues the batches
 
@@ -146,9 +182,13 @@ class ProcessEngine(ServingEngine):
         start_timeout_s: float = 600.0,
         timeout_s: float = 0.0,
         max_rss_mb: float | None = 0.0,
+        lora: dict[str, str] | None = None,
+        max_loras: int = 4,
     ):
         self.spec = spec
         self._args = (spec, engine_kwargs or {}, threads)
+        self.lora = None if lora is None else {name: str(path) for name, path in lora.items()}
+        self.max_loras = max_loras
         self.start_timeout_s = start_timeout_s
         self.timeout_s = timeout_s
         self._lock = threading.Condition()  # guards the fields below
@@ -173,7 +213,7 @@ class ProcessEngine(ServingEngine):
         self._conn, child_conn = ctx.Pipe()
         self._proc = ctx.Process(
             target=_child_main,
-            args=(child_conn, *self._args),
+            args=(child_conn, *self._args, None if self.lora is None else (dict(self.lora), self.max_loras)),
             name=f"deepsynth-model:{self.spec}",
             daemon=True,
         )
@@ -225,11 +265,46 @@ class ProcessEngine(ServingEngine):
 
     # -- batches -----------------------------------------------------------------------------------------
     def recognize(
-        self, images: Sequence[Image.Image], generation: GenerationConfig | None = None
+        self,
+        images: Sequence[Image.Image],
+        generation: GenerationConfig | None = None,
+        adapters: Adapters = None,
     ) -> list[Prediction]:
         """Send one batch to the model process and wait for its predictions (thread-safe; batches sent by
         other threads meanwhile queue up in the child and run right after)."""
-        job = _Job((list(images), generation))
+        return self._call(_Job((list(images), generation, None if adapters is None else list(adapters))))
+
+    @property
+    def serves_adapters(self) -> bool:
+        return self.lora is not None
+
+    def add_adapter(self, name: str, path: str | Path) -> None:
+        if self.lora is None:
+            raise NoAdapters(f"model {self.spec!r} serves no LoRA adapters")
+        self._change_adapters(name, str(path))
+
+    def remove_adapter(self, name: str) -> None:
+        if self.lora is None:
+            raise NoAdapters(f"model {self.spec!r} serves no LoRA adapters")
+        self._change_adapters(name, None)
+
+    def _change_adapters(self, name: str, path: str | None) -> None:
+        """Apply one adapter call in the child (which checks it); the set is updated first, so a child
+        recycled meanwhile starts with it, and restored if the child refuses it."""
+        assert self.lora is not None
+        before = dict(self.lora)
+        if path is None:
+            self.lora.pop(name, None)
+        else:
+            self.lora[name] = path
+        try:
+            self._call(_Job(AdapterCall(name, path)))
+        except BaseException:
+            self.lora = before
+            raise
+
+    def _call(self, job: _Job) -> Any:
+        """Send ``job`` and wait for its reply (raising the child's error)."""
         self._send(job)
         with self._lock:
             while not job.done:

@@ -6,6 +6,10 @@ requests of another. A request picks its model by name (the OpenAI ``model`` fie
 for unknown types). Models are loaded, reloaded and unloaded while serving: the table is switched at once
 and the replaced model is closed only after every request that had already picked it has finished.
 
+A LoRA adapter is a model too: its entry is an adapter view of its base's service (same queue and engine,
+so one batch mixes adapters; see :meth:`OCRService.adapter_view`), added with :meth:`ModelPool.load_adapter`
+and removed with :meth:`ModelPool.unload`, which also frees its weights in the base's process.
+
     pool = ModelPool({"print": OCRService("ppocr"), "fraktur": OCRService("ppocr:runs/fraktur/best")},
                      default="print", routing=RoutingTable({"book": "fraktur"}))
     with pool.lease(model=None, doc_type="book") as service:   # -> the "fraktur" service
@@ -24,6 +28,7 @@ from pathlib import Path
 
 from deepsynth.inference.inputs import InputError
 from deepsynth.inference.service import OCRService
+from deepsynth.models.registry import ModelLoadError
 
 log = logging.getLogger("deepsynth.inference")
 
@@ -92,7 +97,8 @@ class ServedModel:
 
     name: str
     service: OCRService
-    spec: str | None = None
+    spec: str | None = None  # for a LoRA adapter: its directory
+    base: str | None = None  # for a LoRA adapter: the model whose weights it runs on
     active: int = 0
     idle: asyncio.Event | None = None  # set by release() when ``active`` drops to 0 during a drain
 
@@ -196,6 +202,11 @@ class ModelPool:
         the requests that had already picked it, then is closed."""
         check_name(name)
         async with self._admin:
+            self._check_no_adapters(name, "reloaded")
+            if name in self.models and self.models[name].base is not None:
+                raise ModelConflict(
+                    f"model {name!r} is a LoRA adapter: reload it with its directory ('lora')"
+                )
             service = await asyncio.to_thread(self.factory, name, spec)
             try:
                 await service.start(warmup=warmup)
@@ -210,8 +221,11 @@ class ModelPool:
             return "reloaded" if old else "loaded"
 
     async def reload(self, name: str, spec: str | None = None, **kwargs) -> str:
-        """Load ``name`` again from ``spec`` (default: the spec it was loaded from)."""
+        """Load ``name`` again from ``spec`` (default: the spec it was loaded from; for a LoRA adapter, its
+        directory)."""
         entry = self.resolve(name)
+        if entry.base is not None:
+            return await self.load_adapter(name, spec or entry.spec, base=entry.base)  # type: ignore[arg-type]
         spec = spec or entry.spec
         if spec is None:
             raise InputError(
@@ -232,10 +246,65 @@ class ModelPool:
                     f"model {name!r} is named by the routing table ({', '.join(routed) or 'default'}); "
                     "it cannot be unloaded"
                 )
+            self._check_no_adapters(name, "unloaded")
             del self.models[name]
             await self._retire(entry, drain_timeout_s)
+            if entry.base is not None:  # its requests are done: free its weights in the base's process
+                await asyncio.to_thread(self.models[entry.base].service.engine.remove_adapter, name)
             log.info("model unloaded", extra={"model": name})
             return "unloaded"
+
+    async def load_adapter(self, name: str, path: str, *, base: str | None = None) -> str:
+        """Serve the LoRA adapter saved in ``path`` as model ``name`` on ``base`` (default: the one model
+        that serves adapters). Returns "loaded", or "reloaded" for an adapter of that name (requests batched
+        from now on read with the new weights). A directory that does not fit the base is a 400."""
+        check_name(name)
+        async with self._admin:
+            host = self._lora_base(base)
+            old = self.models.get(name)
+            if old is not None and old.base is None:
+                raise ModelConflict(f"model {name!r} is served, and is not a LoRA adapter")
+            if old is not None and old.base != host.name:
+                raise ModelConflict(f"adapter {name!r} runs on {old.base!r}; unload it first", "base")
+            try:
+                await asyncio.to_thread(host.service.engine.add_adapter, name, path)
+            except (OSError, ValueError, KeyError) as exc:
+                raise ModelLoadError(f"adapter {name!r} ({path}): {exc}") from exc
+            if old is None:
+                self.models[name] = ServedModel(name, host.service.adapter_view(name), path, host.name)
+            else:
+                old.spec = path
+            log.info("adapter loaded", extra={"model": name, "spec": path, "base": host.name})
+            return "reloaded" if old else "loaded"
+
+    def _lora_base(self, base: str | None) -> ServedModel:
+        """The entry whose engine serves LoRA adapters: ``base``, else the only such model."""
+        if base is not None:
+            entry = self.resolve(base)
+            if entry.base is None and entry.service.engine.serves_adapters:
+                return entry
+            raise ModelConflict(f"model {base!r} serves no LoRA adapters", "base")
+        hosts = [m for m in self.models.values() if m.base is None and m.service.engine.serves_adapters]
+        if len(hosts) == 1:
+            return hosts[0]
+        if not hosts:
+            raise ModelConflict(
+                "no model here serves LoRA adapters (start the server with --lora or --enable-lora)", "base"
+            )
+        raise InputError(
+            400,
+            "invalid_request",
+            f"several LoRA bases ({', '.join(m.name for m in hosts)}): give 'base'",
+            "base",
+        )
+
+    def _check_no_adapters(self, name: str, action: str) -> None:
+        adapters = sorted(m.name for m in self.models.values() if m.base == name)
+        if adapters:
+            raise ModelConflict(
+                f"model {name!r} is the base of LoRA adapter(s) {', '.join(adapters)}; it cannot be {action} "
+                "before they are unloaded"
+            )
 
     @staticmethod
     async def _retire(entry: ServedModel, drain_timeout_s: float) -> None:

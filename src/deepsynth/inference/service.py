@@ -9,11 +9,14 @@ The service is the library; the HTTP server, the batch CLI and the web demo are 
 Preprocessing is the engine's own (the same function the trainer used); the service never resizes or
 normalises images itself. Generative outputs pass through a repetition guard and, when
 ``GenerationConfig.retry_truncated`` > 0, an olmOCR-style retry (see :mod:`deepsynth.inference.guard`).
+For a LoRA base, :meth:`OCRService.adapter_view` gives each adapter a service with its own name and metrics
+that shares the base's queue and engine, so one batch mixes adapters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import logging
 import time
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image, ImageDraw
 
 from deepsynth.inference.batcher import AsyncBatcher, QueueFull, Ticket
-from deepsynth.inference.engine import ServingEngine, as_serving_engine
+from deepsynth.inference.engine import Adapters, ServingEngine, as_serving_engine
 from deepsynth.inference.guard import retry_generation
 from deepsynth.inference.limits import InputGeometry, engine_geometry
 from deepsynth.models.base import OCREngine, Prediction
@@ -48,6 +51,15 @@ def load_model(spec: str, **kwargs: Any) -> OCREngine:
         raise ModelLoadError(str(exc)) from exc
     except Exception as exc:
         raise ModelLoadError(f"could not load model {spec!r}: {type(exc).__name__}: {exc}") from exc
+
+
+BatchItem = tuple[Image.Image, GenerationConfig, str | None]  # one image, its settings, its LoRA adapter
+
+
+def _default_obs(model_id: str) -> Observability:
+    from deepsynth.observability import Observability
+
+    return Observability.from_env(model_id=model_id)
 
 
 def _generation_key(gen: GenerationConfig) -> tuple:
@@ -97,14 +109,11 @@ class OCRService:
         self.generation = generation or GenerationConfig()
         self.trim_repetition = trim_repetition
         self.timeout_s = timeout_s
-        if obs is None:
-            from deepsynth.observability import Observability
-
-            obs = Observability.from_env(model_id=self.model_id)
+        obs = obs if obs is not None else _default_obs(self.model_id)
         self.obs = obs
         if self.engine.pid is not None:  # the model has its own process: export its CPU, memory and GPU
             obs.watch_model_process(lambda: self.engine.pid, self.engine.gpu_memory)
-        self.batcher: AsyncBatcher[tuple[Image.Image, GenerationConfig], Prediction] = AsyncBatcher(
+        self.batcher: AsyncBatcher[BatchItem, Prediction] = AsyncBatcher(
             self._run_batch,
             max_batch_size=max_batch_size,
             max_wait_ms=max_wait_ms,
@@ -118,6 +127,18 @@ class OCRService:
         self.warmed_up = False
         self.warmup_seconds: float | None = None
         self._closing: asyncio.Future[None] | None = None
+        self.adapter: str | None = None  # set on an adapter view: the LoRA adapter its requests name
+        self.base: OCRService | None = None  # set on an adapter view: the service whose queue it shares
+
+    def adapter_view(self, adapter: str, *, obs: Observability | None = None) -> OCRService:
+        """A service for LoRA adapter ``adapter`` of this (base) service's engine: its own ``model_id`` and
+        metrics, this service's queue, batcher and engine (a batch mixes adapters). Closing it closes
+        only its metrics; the engine must already know the adapter (``engine.add_adapter``)."""
+        view = copy.copy(self)
+        view.model_id, view.adapter, view.base, view.owns_engine = adapter, adapter, self, False
+        view.obs = obs if obs is not None else _default_obs(adapter)
+        view._closing = None
+        return view
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def warmup(self) -> float:
@@ -130,7 +151,10 @@ class OCRService:
         return self.warmup_seconds
 
     async def start(self, *, warmup: bool = True) -> None:
-        """Start batching on the running loop; warm the model up in a thread first (when asked)."""
+        """Start batching on the running loop; warm the model up in a thread first (when asked). An
+        adapter view waits for nothing: its base starts the shared batcher."""
+        if self.base is not None:
+            return
         if warmup and not self.warmed_up:
             await asyncio.to_thread(self.warmup)
         await self.batcher.start()
@@ -144,6 +168,9 @@ class OCRService:
         await asyncio.shield(self._closing)
 
     async def _aclose(self, drain: bool, timeout_s: float | None) -> None:
+        if self.base is not None:  # the queue and the engine are the base's
+            self.obs.close()
+            return
         try:
             await self.batcher.close(drain=drain, timeout_s=timeout_s)
         finally:
@@ -184,19 +211,36 @@ class OCRService:
 
     # -- direct (blocking) path ------------------------------------------------------------------------
     def recognize(
-        self, images: Sequence[Image.Image], generation: GenerationConfig | None = None
+        self,
+        images: Sequence[Image.Image],
+        generation: GenerationConfig | None = None,
+        adapters: Adapters = None,
     ) -> list[Prediction]:
-        """Read a batch directly (no queue): engine + repetition guard + retries. Blocking."""
+        """Read a batch directly (no queue): engine + repetition guard + retries. Blocking. ``adapters``:
+        each image's LoRA adapter (default: this service's own, none for a base)."""
         gen = generation or self.generation
+        if adapters is None and self.adapter is not None:
+            adapters = [self.adapter] * len(images)
         # the service owns retries (one policy for every engine): the engine itself must not retry again
         engine_gen = dataclasses.replace(gen, retry_truncated=0) if gen.retry_truncated else gen
-        preds = list(self.engine.recognize(list(images), engine_gen))
+        preds = list(self._engine_call(list(images), engine_gen, adapters))
         if len(preds) != len(images):
             raise RuntimeError(f"{self.model_id} returned {len(preds)} predictions for {len(images)} images")
-        return self._guard(list(images), preds, gen)
+        return self._guard(list(images), preds, gen, adapters)
+
+    def _engine_call(
+        self, images: list[Image.Image], gen: GenerationConfig, adapters: Adapters
+    ) -> list[Prediction]:
+        if adapters is None or all(a is None for a in adapters):  # engines without adapters never see them
+            return self.engine.recognize(images, gen)
+        return self.engine.recognize(images, gen, adapters)
 
     def _guard(
-        self, images: list[Image.Image], preds: list[Prediction], gen: GenerationConfig
+        self,
+        images: list[Image.Image],
+        preds: list[Prediction],
+        gen: GenerationConfig,
+        adapters: Adapters = None,
     ) -> list[Prediction]:
         flags = [self._flags(p, gen) for p in preds]
         for attempt in range(1, max(0, gen.retry_truncated) + 1):
@@ -211,7 +255,11 @@ class OCRService:
                 retry_gen = dataclasses.replace(
                     retry_generation(gen, attempt, repetition=rep_flag), retry_truncated=0
                 )
-                retried = self.engine.recognize([images[i] for i in idx], retry_gen)
+                retried = self._engine_call(
+                    [images[i] for i in idx],
+                    retry_gen,
+                    None if adapters is None else [adapters[i] for i in idx],
+                )
                 for i, new in zip(idx, retried, strict=True):
                     new.meta["retries"] = attempt
                     new_flags = self._flags(new, gen)
@@ -237,15 +285,16 @@ class OCRService:
         repetition = find_repetition(pred.text, gen.repetition_ngram, gen.repetition_threshold)
         return truncated, repetition
 
-    def _run_batch(self, items: list[tuple[Image.Image, GenerationConfig]]) -> list[Prediction]:
-        """Batch function for the batcher: one engine call per distinct generation config."""
+    def _run_batch(self, items: list[BatchItem]) -> list[Prediction]:
+        """Batch function for the batcher: one engine call per distinct generation config (the LoRA
+        adapters of a base's views mix in one call)."""
         out: list[Prediction | None] = [None] * len(items)
         groups: dict[tuple, list[int]] = {}
-        for i, (_, gen) in enumerate(items):
+        for i, (_, gen, _) in enumerate(items):
             groups.setdefault(_generation_key(gen), []).append(i)
         for idx in groups.values():
             gen = items[idx[0]][1]
-            preds = self.recognize([items[i][0] for i in idx], gen)
+            preds = self.recognize([items[i][0] for i in idx], gen, [items[i][2] for i in idx])
             for i, p in zip(idx, preds, strict=True):
                 out[i] = p
         return out  # type: ignore[return-value]
@@ -273,7 +322,7 @@ class OCRService:
                     f"queue has room for {self.batcher.max_queue - self.batcher.queue_depth} images, "
                     f"request has {len(images)}; retry later"
                 )
-            tickets = [self.batcher.enqueue((img, gen)) for img in images]
+            tickets = [self.batcher.enqueue((img, gen, self.adapter)) for img in images]
             with self.obs.stage("queue", images=len(images)):
                 for t in tickets:
                     await self.batcher.wait_started(t, timeout_s=_left(deadline))

@@ -391,15 +391,26 @@ class Readiness(BaseModel):
 
 class ModelAction(StrictModel):
     """``POST /admin/models``: load a new model, reload one (from ``spec`` or the spec it was loaded from),
-    or unload one."""
+    or unload one. With ``lora``, ``name`` is a LoRA adapter served on the weights of ``base``."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"action": "load", "name": "fraktur", "spec": "ppocr"}]}
+        json_schema_extra={
+            "examples": [
+                {"action": "load", "name": "fraktur", "spec": "ppocr"},
+                {"action": "load", "name": "invoices", "lora": "runs/invoices/best"},
+            ]
+        }
     )
 
     action: Literal["load", "reload", "unload"]
     name: ModelName
     spec: str | None = Field(None, min_length=1, max_length=1000, description="engine spec or model dir")
+    lora: str | None = Field(
+        None, min_length=1, max_length=1000, description="a saved LoRA adapter directory (instead of 'spec')"
+    )
+    base: ModelName | None = Field(
+        None, description="the served model the adapter runs on (default: the one serving adapters)"
+    )
 
 
 class ModelActionResult(BaseModel):

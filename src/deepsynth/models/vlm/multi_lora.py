@@ -31,7 +31,7 @@ from typing import Any
 
 from PIL import Image
 
-from deepsynth.models.base import Prediction
+from deepsynth.models.base import OCREngine, Prediction
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.models.registry import MODEL_CARD
 from deepsynth.models.vlm.base import ADAPTER_DIR, VLMAdapter
@@ -68,6 +68,16 @@ class LoraSet:
         self._lock = threading.Lock()
         for name, path in adapters.items():
             self.add(name, path)
+
+    @classmethod
+    def over(cls, base: OCREngine, adapters: dict[str, str | Path], max_loras: int = 4) -> LoraSet:
+        """The adapters over ``base``, which must be a VLM without an adapter of its own (ValueError)."""
+        if not isinstance(base, VLMAdapter):
+            raise ValueError(f"LoRA adapters need a VLM as their base; {base.name} is not one")
+        try:
+            return cls(base, adapters, max_loras=max_loras)
+        except (OSError, KeyError) as exc:
+            raise ValueError(str(exc)) from exc
 
     def add(self, name: str, path: str | Path) -> None:
         """Register an adapter (checked now, loaded on first use); registering a name again replaces it

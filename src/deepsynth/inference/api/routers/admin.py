@@ -1,6 +1,6 @@
 """Probes, metrics and model management: ``/healthz`` (the process answers), ``/readyz`` (every model is
 ready), ``/metrics`` (every model's, one exposition), ``POST /admin/models`` (load / reload / unload a model
-while serving; the server's bearer token is required, and without one the route is off)."""
+or a LoRA adapter while serving; the server's bearer token is required, and without one the route is off)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from deepsynth.inference.api.openapi import ERRORS, request_body
 from deepsynth.inference.api.protocol import ErrorResponse, Health, ModelAction, ModelActionResult, Readiness
 from deepsynth.inference.api.state import ServerState, server_state
 from deepsynth.inference.inputs import InputError
+from deepsynth.inference.pool import ModelPool
 from deepsynth.models.registry import ModelLoadError
 from deepsynth.observability.metrics import merged_exposition
 
@@ -65,7 +66,9 @@ async def manage_models(request: Request) -> Response:
         body = await read_json(request, ModelAction)
         pool, drain = state.models, state.settings.limits.drain_timeout_s
         warmup = state.settings.warmup
-        if body.action == "load":
+        if body.lora is not None or body.base is not None:
+            done = await _manage_adapter(pool, body)
+        elif body.action == "load":
             if body.spec is None:
                 raise InputError(400, "invalid_request", "'load' needs a 'spec'", "spec")
             if body.name in pool.models:
@@ -79,9 +82,26 @@ async def manage_models(request: Request) -> Response:
             done = await pool.unload(body.name, drain_timeout_s=drain)
     except Exception as exc:  # noqa: BLE001 - answered in the API's one error shape
         if isinstance(exc, ModelLoadError):  # the spec did not load: the request is at fault
-            exc = InputError(400, "model_load_error", str(exc), "spec")
+            exc = InputError(400, "model_load_error", str(exc), "lora" if body.lora else "spec")
         return failure(exc).response()
     return JSONResponse({"name": body.name, "status": done, "models": state.models.names})
+
+
+async def _manage_adapter(pool: ModelPool, body: ModelAction) -> str:
+    """Load or reload a LoRA adapter (``lora``: its directory) on ``base``."""
+    if body.action == "unload" or body.spec is not None or (body.action == "load" and body.lora is None):
+        raise InputError(
+            400,
+            "invalid_request",
+            "'lora' and 'base' go with 'load' / 'reload' of an adapter, without 'spec'",
+        )
+    if body.action == "load" and body.name in pool.models:
+        raise InputError(
+            409, "model_conflict", f"model {body.name!r} is already served; use 'reload'", "name"
+        )
+    if body.action == "reload" and body.lora is None:
+        return await pool.reload(body.name)
+    return await pool.load_adapter(body.name, body.lora, base=body.base)  # type: ignore[arg-type]
 
 
 def _authorize(request: Request, state: ServerState) -> None:
