@@ -80,7 +80,8 @@ def test_requests_pick_their_model_by_name_doc_type_and_routing_default():
     }
     assert requests[("fraktur", "/v1/ocr", "ok")] == 1 and requests[("forms", "/v1/ocr", "ok")] == 2
     assert requests[("fraktur", "/v1/chat/completions", "ok")] == 1
-    assert requests[("print", "/v1/ocr", "404")] == 1  # a request that reaches no model: the default's
+    assert requests[("", "/v1/ocr", "404")] == 1  # a request that reaches no model: no model's label
+    assert requests[("", "/v1/chat/completions", "404")] == 1 and ("print", "/v1/ocr", "404") not in requests
     batches = {
         x.labels["model"]: x.value
         for x in families["deepsynth_batch_size"].samples
@@ -88,7 +89,7 @@ def test_requests_pick_their_model_by_name_doc_type_and_routing_default():
     }
     assert batches == {"print": 1, "fraktur": 2, "forms": 2}
     errors = {(x.labels["model"], x.labels["type"]) for x in families["deepsynth_errors"].samples}
-    assert ("print", "model_not_found") in errors
+    assert ("", "model_not_found") in errors and ("print", "model_not_found") not in errors
     in_flight = [x.value for x in families["deepsynth_requests_in_flight"].samples]
     assert in_flight and all(v == 0 for v in in_flight)  # moved to the chosen model and back to 0
 

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 
 from deepsynth.inference.api.errors import Unavailable, failure
 from deepsynth.inference.api.settings import ServerSettings
+from deepsynth.inference.inputs import InputError
 from deepsynth.inference.pool import ModelPool
 from deepsynth.inference.service import OCRService
 from deepsynth.observability.core import RequestContext
@@ -54,11 +55,17 @@ class ServerState:
         self, ctx: RequestContext, model: str | None = None, doc_type: str | None = None
     ) -> OCRService:
         """The service of the model the request asked for (by name, else by doc type, else the default),
-        held until the request ends; its metrics and logs are labelled with that model from now on."""
+        held until the request ends; its metrics and logs are labelled with that model from now on (an
+        unknown model's with ``model=""``)."""
         leases = _leases.get()
         if leases is None:
             raise RuntimeError("select() is only valid inside scoped()")
-        service = leases.enter_context(self.models.lease(model, doc_type))
+        try:
+            service = leases.enter_context(self.models.lease(model, doc_type))
+        except InputError as exc:
+            if exc.kind == "model_not_found":  # counted under no model's label, not the default's
+                self.service.obs.assign_model(ctx, "")
+            raise
         if not service.ready:
             raise Unavailable(self.startup_error or f"model {service.model_id!r}: {service.not_ready_reason}")
         self.service.obs.assign_model(ctx, service.model_id)
