@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -55,14 +56,15 @@ def test_trigger_threshold_interval_and_mix():
     cfg = TriggerSettings(min_new=50, min_interval_minutes=60)
     d = {x.doc_type: x for x in trigger.decide(state, cfg, now=10_000)}
     assert d["receipts"].fire and not d["invoices"].fire
-    assert d["invoices"].reason == "10 new labelled < min_new 50"
+    assert d["invoices"].reason == "10 new labelled documents < min_new 50"
     state.types["receipts"].last_run_at = 10_000 - 600
     d = {x.doc_type: x for x in trigger.decide(state, cfg, now=10_000)}
     assert not d["receipts"].fire and "10 min ago" in d["receipts"].reason
     mix = TriggerSettings(min_new=50, min_interval_minutes=0, target_mix={"receipts": 0.5, "invoices": 0.5})
     d = {x.doc_type: x for x in trigger.decide(state, mix, now=10_000)}
     assert (
-        not d["receipts"].fire and "invoices is 14% of the labelled data, target 50%" in d["receipts"].reason
+        not d["receipts"].fire
+        and "invoices is 14% of the labelled documents, target 50%" in d["receipts"].reason
     )
     ok = TriggerSettings(min_new=50, min_interval_minutes=0, target_mix={"receipts": 0.8, "invoices": 0.2})
     assert {x.doc_type for x in trigger.decide(state, ok, now=10_000) if x.fire} == {"receipts"}
@@ -70,6 +72,35 @@ def test_trigger_threshold_interval_and_mix():
         TriggerSettings(target_mix={"a": 0.5})
     with pytest.raises(ConfigError, match="mode"):
         TriggerSettings(mode="both")
+
+
+def test_trigger_counts_documents_and_falls_back_to_samples(tmp_path):
+    """Lines of one page are one document; a line without a page_id is a document of its own."""
+    state = LoopState()
+    for page in range(20):  # 20 pages x 5 lines
+        for i in range(5):
+            state.add_sample(_line(i, page), "page_id", 0.15, 0)
+    for i in range(30):  # 30 lines without a page id
+        state.add_sample(Sample(f"loose-{i}", "t", meta={"doc_type": "receipts"}), "page_id", 0.15, 0)
+    state.add_sample(_line(0, 3), "page_id", 0.15, 0)  # seen again: counted once
+    t = state.types["receipts"]
+    assert (t.labelled, t.n_documents, t.new_documents) == (130, 50, 50)
+    d = trigger.decide(state, TriggerSettings(min_new=51, min_interval_minutes=0), now=0)[0]
+    assert not d.fire and d.reason == "50 new labelled documents < min_new 51"
+    assert trigger.decide(state, TriggerSettings(min_new=50, min_interval_minutes=0), now=0)[0].fire
+    t.documents_at_last_run, t.labelled_at_last_run = 50, 130  # as a finished run leaves it
+    for i in range(5):  # five more lines of a known page: new samples, no new document
+        state.add_sample(_line(10 + i, 7), "page_id", 0.15, 0)
+    assert (t.new_since_last_run, t.new_documents) == (5, 0)
+    save_state(tmp_path, state)
+    assert load_state(tmp_path).types["receipts"].documents == t.documents
+    # a state.json written before documents were counted: every sample is a document, nothing new
+    raw = json.loads((tmp_path / "state.json").read_text())
+    for ts in raw["types"].values():
+        del ts["documents"], ts["documents_at_last_run"]
+    (tmp_path / "state.json").write_text(json.dumps(raw))
+    legacy = load_state(tmp_path).types["receipts"]
+    assert (legacy.n_documents, legacy.documents_at_last_run, legacy.new_documents) == (135, 130, 5)
 
 
 def test_gate_rule():

@@ -81,7 +81,8 @@ def watch(
 
 @loop_app.command()
 def status(config: ConfigArg, overrides: OverridesArg = None, as_json: JsonOpt = False) -> None:
-    """Per type: labelled, new since its last run, holdout size, champion and its holdout CER, trigger."""
+    """Per type: labelled documents and samples, new since its last run, holdout size, champion and its holdout
+    CER, and whether the trigger (which counts documents) would fire."""
     from deepsynth.loop.runner import status as get_status
 
     rows = get_status(_config(config, overrides))
@@ -94,8 +95,9 @@ def status(config: ConfigArg, overrides: OverridesArg = None, as_json: JsonOpt =
         champ = (
             f"v{r['champion']} ({_pct(r['champion_holdout_cer'])} holdout CER)" if r["champion"] else "base"
         )
-        typer.echo(f"{r['doc_type']}: {r['labelled']} labelled, {r['new_since_last_run']} new since last run, "
-                   f"{r['holdout']} holdout; {r['model']} champion {champ}; "
+        typer.echo(f"{r['doc_type']}: {r['documents']} documents ({r['labelled']} samples) labelled, "
+                   f"{r['new_documents']} new documents ({r['new_since_last_run']} samples) since last run, "
+                   f"{r['holdout']} holdout samples; {r['model']} champion {champ}; "
                    f"{'would fire' if r['would_fire'] else 'waits'}: {r['reason']}")  # fmt: skip
     if rows and rows[0]["pending_run"]:
         typer.echo(f"unfinished run: {rows[0]['pending_run']} (the next `loop run` resumes it)")

@@ -17,11 +17,12 @@ MODES = ("specialise", "shared")
 
 @dataclass
 class TriggerSettings:
-    """When a type gets a fine-tune: ``min_new`` new labelled samples since its last run, at least
-    ``min_interval_minutes`` after that run, and (with ``target_mix``) only while the labelled data's mix of types
-    is within ``mix_tolerance`` of the target shares."""
+    """When a type gets a fine-tune: ``min_new`` new labelled documents since its last run, at least
+    ``min_interval_minutes`` after that run, and (with ``target_mix``) only while the labelled documents' mix of
+    types is within ``mix_tolerance`` of the target shares. A document is a ``page_id`` (a sample without one
+    counts as its own document)."""
 
-    min_new: int = 50
+    min_new: int = 50  # new labelled documents of a type since its last run
     target_mix: dict[str, float] = field(default_factory=dict)  # type -> share, e.g. receipts: 0.4
     mix_tolerance: float = 0.10  # absolute share points, 0.10 = ±10
     min_interval_minutes: float = 60.0

@@ -93,7 +93,8 @@ def _start(cfg: LoopConfig, state: LoopState, types: list[str], now: float) -> d
     record = {
         "run_id": run_id, "created": now, "mode": cfg.trigger.mode, "types": types, "trained_on": trained_on,
         "model_name": cfg.model_name(None if cfg.trigger.mode == "shared" else types[0]),
-        "labelled_at_start": {t: state.types[t].labelled for t in trained_on}, "stage": "started",
+        "labelled_at_start": {t: state.types[t].labelled for t in trained_on},
+        "documents_at_start": {t: state.types[t].n_documents for t in trained_on}, "stage": "started",
     }  # fmt: skip
     _save(cfg, record)
     state.pending = run_id
@@ -139,6 +140,8 @@ def _execute(cfg: LoopConfig, state: LoopState, registry: ModelRegistry, record:
     for t in record["trained_on"]:
         ts = state.type(t)
         ts.labelled_at_last_run = max(ts.labelled_at_last_run, record["labelled_at_start"][t])
+        docs = record.get("documents_at_start", record["labelled_at_start"])[t]  # older records: samples
+        ts.documents_at_last_run = max(ts.documents_at_last_run, docs)
         ts.last_run_id, ts.last_run_at = record["run_id"], record["created"]
     if record["run_id"] not in state.runs:
         state.runs.append(record["run_id"])
@@ -253,8 +256,9 @@ def _gate(
 
 
 def status(cfg: LoopConfig, *, now: float | None = None) -> list[dict[str, Any]]:
-    """Per type: labelled, new since the last run, holdout size, champion version and its holdout CER, and
-    whether the trigger would fire (and why not). Reads the state; the inbox is not scanned."""
+    """Per type: labelled samples and documents, new since the last run (both), holdout size (samples), champion
+    version and its holdout CER, and whether the trigger would fire (and why not). Reads the state; the inbox is
+    not scanned."""
     state = load_state(cfg.workdir)
     if not state.types:
         return []
@@ -268,7 +272,7 @@ def status(cfg: LoopConfig, *, now: float | None = None) -> list[dict[str, Any]]
         version = registry.version_by_alias(name, CHAMPION)
         cer = registry.version_info(name, version)["metrics"].get(holdout_metric(t)) if version else None
         rows.append({"doc_type": t, "labelled": ts.labelled, "new_since_last_run": ts.new_since_last_run,
-                     "holdout": ts.holdout_size, "model": name, "champion": version, "champion_holdout_cer": cer,
+                     "documents": ts.n_documents, "new_documents": ts.new_documents, "holdout": ts.holdout_size, "model": name, "champion": version, "champion_holdout_cer": cer,
                      "would_fire": decisions[t].fire, "reason": decisions[t].reason,
                      "pending_run": state.pending})  # fmt: skip
     return rows

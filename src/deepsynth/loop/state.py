@@ -1,5 +1,8 @@
 """The loop's memory (``WORKDIR/state.json``): inbox entries seen, per-type accounting, holdout decisions, runs.
 
+The trigger counts **documents**: a sample's document is its ``page_id`` (a page row is its own document), and a
+sample without one counts as a document of its own.
+
 Written atomically (temporary file, fsync, rename), so a kill at any point leaves the previous state or the new
 one. A page's holdout membership is decided the first time the page is seen and never recomputed.
 """
@@ -20,11 +23,14 @@ UNTYPED = "untyped"  # the type of samples with neither doc_type nor subset
 
 @dataclass
 class TypeState:
-    """One document type: its samples (id -> in holdout), page holdout decisions and its last run."""
+    """One document type: its samples (id -> in holdout), documents (id -> samples), page holdout decisions and
+    its last run."""
 
     samples: dict[str, bool] = field(default_factory=dict)
+    documents: dict[str, int] = field(default_factory=dict)
     holdout_groups: dict[str, bool] = field(default_factory=dict)
-    labelled_at_last_run: int = 0
+    labelled_at_last_run: int = 0  # samples
+    documents_at_last_run: int = 0
     last_run_id: str | None = None
     last_run_at: float | None = None  # unix time the last run started
 
@@ -35,6 +41,15 @@ class TypeState:
     @property
     def new_since_last_run(self) -> int:
         return self.labelled - self.labelled_at_last_run
+
+    @property
+    def n_documents(self) -> int:
+        return len(self.documents)
+
+    @property
+    def new_documents(self) -> int:
+        """Documents labelled since the type's last run (what the trigger counts)."""
+        return self.n_documents - self.documents_at_last_run
 
     @property
     def holdout_size(self) -> int:
@@ -62,11 +77,18 @@ class LoopState:
         if group not in t.holdout_groups:  # decided once, recorded, never recomputed
             t.holdout_groups[group] = is_holdout(doc_type(sample), group, fraction, seed)
         t.samples[sample.id] = t.holdout_groups[group]
+        doc = document_id(sample)
+        t.documents[doc] = t.documents.get(doc, 0) + 1
         return t.samples[sample.id]
 
 
 def doc_type(sample: Sample) -> str:
     return sample.doc_type or UNTYPED
+
+
+def document_id(sample: Sample) -> str:
+    """The document a sample belongs to: its ``page_id``, else the sample itself (a page row is its own page)."""
+    return str(sample.meta.get("page_id") or sample.id)
 
 
 def is_holdout(type_name: str, group: str, fraction: float, seed: int) -> bool:
@@ -79,8 +101,15 @@ def load_state(workdir: str | Path) -> LoopState:
     if not path.is_file():
         return LoopState()
     raw = json.loads(path.read_text(encoding="utf-8"))
-    types = {k: TypeState(**v) for k, v in raw.pop("types", {}).items()}
+    types = {k: _type_state(v) for k, v in raw.pop("types", {}).items()}
     return LoopState(types=types, **raw)
+
+
+def _type_state(raw: dict[str, Any]) -> TypeState:
+    if "documents" not in raw:  # a state written before documents were counted: one document per sample
+        raw = {**raw, "documents": dict.fromkeys(raw.get("samples", {}), 1),
+               "documents_at_last_run": raw.get("labelled_at_last_run", 0)}  # fmt: skip
+    return TypeState(**raw)
 
 
 def save_state(workdir: str | Path, state: LoopState) -> None:
