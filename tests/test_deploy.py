@@ -89,6 +89,34 @@ def _full_exposition() -> str:
     return body
 
 
+def _loop_exposition(tmp: Path) -> str:
+    """The improvement loop's metrics for a work directory with one type, a rejected run and a champion."""
+    from deepsynth.data import Sample
+    from deepsynth.loop.config import LoopConfig
+    from deepsynth.loop.metrics import LoopMetrics
+    from deepsynth.loop.runner import registry_for
+    from deepsynth.loop.state import LoopState, save_state, write_json_atomic
+
+    cfg = LoopConfig(name="shop", workdir=str(tmp / "work"), inbox=str(tmp / "inbox"))
+    state = LoopState(runs=["r1"], last_pass_at=time.time())
+    for i in range(3):
+        state.add_sample(
+            Sample(f"s{i}", "t", meta={"doc_type": "receipts", "page_id": "p1"}), "page_id", 0.15, 0
+        )
+    save_state(cfg.workdir, state)
+    write_json_atomic(tmp / "work" / "runs" / "r1" / "record.json", {"run_id": "r1", "types": ["receipts"],
+                      "stage": "done", "decision": "rejected"})  # fmt: skip
+    (tmp / "model").mkdir()
+    registry = registry_for(cfg)
+    version = registry.register("shop-receipts", tmp / "model", run_id="r0", metrics={"holdout_cer.receipts": 0.05},
+                                params={}, files={})  # fmt: skip
+    registry.promote("shop-receipts", version)
+    metrics = LoopMetrics(cfg, env={})
+    metrics.update(2.0)
+    metrics.close()
+    return (tmp / "work" / "metrics.prom").read_text()
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_passes_hadolint(dockerfile):
     res = _run(_tool("hadolint"), "--config", DEPLOY / ".hadolint.yaml", dockerfile)
@@ -215,6 +243,13 @@ def test_compose_wiring():
         targets["deepsynth-train"]
         == f"{train['hostname']}:{train['environment']['DEEPSYNTH_TRAIN_METRICS_PORT']}"
     )
+    loop = services["deepsynth-loop"]
+    port = loop["command"][loop["command"].index("--metrics-port") + 1]
+    assert targets["deepsynth-loop"] == f"{loop['hostname']}:{port}" and loop["command"][:2] == [
+        "loop",
+        "watch",
+    ]
+    assert (ROOT / loop["command"][2]).is_file()
     ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())[
         "datasources"
     ][0]
@@ -224,7 +259,7 @@ def test_compose_wiring():
     assert mount.split(":")[1] == dash_provider["providers"][0]["options"]["path"]
 
 
-def test_dashboard_is_valid_and_queries_only_real_metrics():
+def test_dashboard_is_valid_and_queries_only_real_metrics(tmp_path):
     dash = json.loads(DASHBOARD.read_text())
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
@@ -241,13 +276,18 @@ def test_dashboard_is_valid_and_queries_only_real_metrics():
     exposed |= {s.name for fam in text_string_to_metric_families((tracker_dir / "metrics.prom").read_text())
                 for s in fam.samples}  # fmt: skip
     shutil.rmtree(tracker_dir, ignore_errors=True)
+    exposed |= {
+        s.name for fam in text_string_to_metric_families(_loop_exposition(tmp_path)) for s in fam.samples
+    }
     queried = set().union(*(_metric_names(e) for e in _dashboard_exprs()))
     assert len(queried) >= 20
     missing = sorted(queried - exposed)
     assert not missing, f"dashboard queries metrics nobody exposes: {missing}"
     # and the headline metrics of the issue are all on the dashboard
     for name in ("deepsynth_request_duration_seconds_bucket", "deepsynth_batch_size_sum", "deepsynth_queue_depth",
-                 "deepsynth_errors_total", "deepsynth_gpu_memory_bytes", "deepsynth_training_loss"):  # fmt: skip
+                 "deepsynth_errors_total", "deepsynth_gpu_memory_bytes", "deepsynth_training_loss",
+                 "deepsynth_loop_champion_holdout_cer", "deepsynth_loop_new_documents",
+                 "deepsynth_loop_runs_rejected_total", "deepsynth_loop_last_pass_timestamp_seconds"):  # fmt: skip
         assert name in queried
 
 

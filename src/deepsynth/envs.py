@@ -51,7 +51,7 @@ ENVIRONMENT_VARIABLES: dict[str, EnvVar] = {
         str, "127.0.0.1", "Address of the training metrics endpoint (`0.0.0.0` in a container)."
     ),
     "DEEPSYNTH_PUSHGATEWAY_URL": EnvVar(
-        str, None, "Prometheus Pushgateway the training metrics are pushed to (unset: no push)."
+        str, None, "Prometheus Pushgateway the training and loop metrics are pushed to (unset: no push)."
     ),
     # ---- sampled requests (deepsynth.observability.samples, docs/privacy.md)
     "DEEPSYNTH_SAMPLES_DIR": EnvVar(

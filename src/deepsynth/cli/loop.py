@@ -42,17 +42,51 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}%"
 
 
+TextfileOpt = Annotated[
+    Path | None,
+    typer.Option(help="Write the loop's Prometheus metrics here after each pass (default WORKDIR/metrics.prom; "
+                 "point it into node_exporter's textfile directory).", show_default=False),
+]  # fmt: skip
+
+
+def _passes(cfg: Any, metrics: Any, max_passes: int | None, interval: float | None) -> None:
+    """Run passes (one span tree each) and publish the metrics after every pass, also after a failed one."""
+    import time
+
+    from deepsynth.loop.runner import run_once
+    from deepsynth.observability.tracing import Tracing
+
+    tracing = Tracing.from_env()
+    n = 0
+    try:
+        while max_passes is None or n < max_passes:
+            t0 = time.monotonic()
+            try:
+                report = run_once(cfg, log=typer.echo, tracing=tracing)
+            finally:
+                metrics.update(time.monotonic() - t0)
+            n += 1
+            if max_passes == 1:
+                for d in report.decisions:
+                    typer.echo(f"{d.doc_type}: {'fire' if d.fire else 'wait'} ({d.reason})")
+            if max_passes is None or n < max_passes:
+                time.sleep(interval if interval is not None else cfg.watch_interval_seconds)
+    finally:
+        metrics.close()
+        tracing.shutdown()
+
+
 @loop_app.command()
-def run(config: ConfigArg, overrides: OverridesArg = None) -> None:
+def run(config: ConfigArg, overrides: OverridesArg = None, metrics_textfile: TextfileOpt = None) -> None:
     """One pass: scan the inbox, count per type, train the types whose trigger fires, gate, register, promote.
 
     Safe to run from cron: a pass that was killed is resumed by the next one, and the champion only moves
-    after the gate's decision is recorded."""
-    from deepsynth.loop.runner import run_once
+    after the gate's decision is recorded. Metrics: a Prometheus textfile (and DEEPSYNTH_PUSHGATEWAY_URL);
+    spans: the OTEL_* environment (docs/observability.md)."""
+    from deepsynth.loop.metrics import LoopMetrics
 
-    report = run_once(_config(config, overrides), log=typer.echo)
-    for d in report.decisions:
-        typer.echo(f"{d.doc_type}: {'fire' if d.fire else 'wait'} ({d.reason})")
+    cfg = _config(config, overrides)
+    _passes(cfg, LoopMetrics(cfg, textfile=metrics_textfile), 1, None)
 
 
 @loop_app.command()
@@ -61,20 +95,27 @@ def watch(
     overrides: OverridesArg = None,
     interval: Annotated[float | None, typer.Option(help="Seconds between passes (config default).")] = None,
     max_passes: Annotated[int | None, typer.Option(help="Stop after this many passes.")] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve the loop's metrics on /metrics at this port.", show_default=False),
+    ] = None,
+    metrics_addr: Annotated[
+        str, typer.Option(help="Address of the /metrics endpoint (0.0.0.0 in a container).")
+    ] = "127.0.0.1",
+    metrics_textfile: TextfileOpt = None,
 ) -> None:
-    """`loop run` again and again (Ctrl-C stops between passes)."""
-    import time
-
-    from deepsynth.loop.runner import run_once
+    """`loop run` again and again (Ctrl-C stops between passes), with the metrics on /metrics if asked."""
+    from deepsynth.loop.metrics import LoopMetrics
 
     cfg = _config(config, overrides)
-    n = 0
     try:
-        while max_passes is None or n < max_passes:
-            run_once(cfg, log=typer.echo)
-            n += 1
-            if max_passes is None or n < max_passes:
-                time.sleep(interval if interval is not None else cfg.watch_interval_seconds)
+        metrics = LoopMetrics(cfg, textfile=metrics_textfile, port=metrics_port, addr=metrics_addr)
+    except OSError as exc:
+        _fail(f"--metrics-port {metrics_port} on {metrics_addr}: {exc}")
+    if metrics.port is not None:
+        typer.echo(f"loop metrics on http://{metrics_addr}:{metrics.port}/metrics")
+    try:
+        _passes(cfg, metrics, max_passes, interval)
     except KeyboardInterrupt:
         typer.echo("stopped")
 

@@ -19,6 +19,7 @@ from deepsynth.loop.config import LoopConfig, safe_name
 from deepsynth.loop.inbox import InboxScan, good_sources, scan
 from deepsynth.loop.registry import CHAMPION, ModelRegistry
 from deepsynth.loop.state import LoopState, doc_type, load_state, save_state, write_json_atomic
+from deepsynth.observability.tracing import Tracing
 
 RECORD = "record.json"
 STAGES = ("started", "trained", "gated", "registered", "done")
@@ -56,31 +57,65 @@ def _save(cfg: LoopConfig, record: dict[str, Any]) -> None:
     write_json_atomic(run_dir(cfg, record["run_id"]) / RECORD, record)
 
 
-def run_once(cfg: LoopConfig, *, now: float | None = None, log: Callable[[str], None] = print) -> PassReport:
-    """One pass; safe to repeat (cron): a run left unfinished by a killed pass is finished first."""
+def run_once(
+    cfg: LoopConfig,
+    *,
+    now: float | None = None,
+    log: Callable[[str], None] = print,
+    tracing: Tracing | None = None,
+) -> PassReport:
+    """One pass; safe to repeat (cron): a run left unfinished by a killed pass is finished first.
+
+    Spans (``tracing``, else the one the ``OTEL_*`` environment asks for): ``loop.pass`` with children
+    ``loop.scan``, ``loop.decide`` and per run ``loop.run`` > ``loop.train``, ``loop.gate``, ``loop.register``,
+    ``loop.promote`` (the stages this pass executes)."""
+    tr = Tracing.from_env() if tracing is None else tracing
+    try:
+        with tr.span("loop.pass", {"deepsynth.loop": cfg.name, "deepsynth.loop.mode": cfg.trigger.mode}):
+            return _pass(cfg, now, log, tr)
+    finally:
+        if tracing is None:
+            tr.shutdown()
+
+
+def _pass(cfg: LoopConfig, now: float | None, log: Callable[[str], None], tr: Tracing) -> PassReport:
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     state = load_state(workdir)
     finished = []
     if state.pending is not None:
         log(f"resuming run {state.pending}")
-        finished.append(_execute(cfg, state, registry_for(cfg), load_record(cfg, state.pending), log))
+        record = load_record(cfg, state.pending)
+        finished.append(_execute(cfg, state, registry_for(cfg), record, log, tr, resumed=True))
     h = cfg.holdout
-    found = scan(cfg.inbox, state, h.key, h.fraction, h.seed)
-    save_state(workdir, state)
+    with tr.span("loop.scan", {"deepsynth.loop.inbox": str(cfg.inbox)}) as span:
+        found = scan(cfg.inbox, state, h.key, h.fraction, h.seed)
+        save_state(workdir, state)
+        _attrs(span, entries_read=len(found.read), entries_bad=len(found.bad),
+               new_samples=sum(n for c in found.read.values() for n in c.values()))  # fmt: skip
     for name, counts in found.read.items():
         log(f"inbox: {name}: " + ", ".join(f"{t} +{n}" for t, n in sorted(counts.items())))
     for name, reason in found.bad.items():
         log(f"inbox: {name}: skipped ({reason})")
     now = time.time() if now is None else now
-    decisions = triggers.decide(state, cfg.trigger, now)
-    firing = [d.doc_type for d in decisions if d.fire]
+    with tr.span("loop.decide") as span:
+        decisions = triggers.decide(state, cfg.trigger, now)
+        firing = [d.doc_type for d in decisions if d.fire]
+        _attrs(span, doc_types=[d.doc_type for d in decisions], firing=firing)
     groups = [firing] if cfg.trigger.mode == "shared" and firing else [[t] for t in firing]
     for types in groups:
         record = _start(cfg, state, types, now)
         log(f"run {record['run_id']}: {', '.join(types)} ({cfg.trigger.mode})")
-        finished.append(_execute(cfg, state, registry_for(cfg), record, log))
+        finished.append(_execute(cfg, state, registry_for(cfg), record, log, tr))
+    state.last_pass_at = time.time()
+    save_state(workdir, state)
     return PassReport(found, decisions, finished)
+
+
+def _attrs(span: Any, **attrs: Any) -> None:
+    """Set ``deepsynth.loop.KEY`` attributes on ``span`` (None when tracing is off)."""
+    if span is not None:
+        span.set_attributes({f"deepsynth.loop.{k}": v for k, v in attrs.items()})
 
 
 def _start(cfg: LoopConfig, state: LoopState, types: list[str], now: float) -> dict[str, Any]:
@@ -103,40 +138,43 @@ def _start(cfg: LoopConfig, state: LoopState, types: list[str], now: float) -> d
 
 
 def _execute(cfg: LoopConfig, state: LoopState, registry: ModelRegistry, record: dict[str, Any],
-             log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
-    """Advance ``record`` through the remaining stages, saving it after each one."""
+             log: Callable[[str], None], tr: Tracing, *, resumed: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Advance ``record`` through the remaining stages, saving it after each one (a span per stage)."""
     name = record["model_name"]
-    if record["stage"] == "started":
-        record["train"] = _train(cfg, state, registry, record)
-        record["stage"] = "trained"
-        _save(cfg, record)
-        log(f"trained: {record['train']['n_train']} samples, {record['train']['steps']} steps")
-    if record["stage"] == "trained":
-        record["gate"] = _gate(cfg, state, registry, record)
-        record["stage"] = "gated"
-        _save(cfg, record)
-        for reason in record["gate"]["reasons"]:
-            log(f"gate: {reason}")
-    if record["stage"] == "gated":
-        metrics = {holdout_metric(r["doc_type"]): r["cer_candidate"] for r in record["gate"]["results"]}
-        version = registry.register(
-            name, record["train"]["model_dir"], run_id=record["run_id"],
-            metrics={**metrics, "train_steps": record["train"]["steps"], "train_samples": record["train"]["n_train"]},
-            params={"types": ",".join(record["types"]), "mode": record["mode"], "start": record["train"]["start"]},
-            files={"config.json": record["train"]["config"], "data.json": record["train"]["data"],
-                   "gate.json": record["gate"]},
-        )  # fmt: skip
-        registry.set_challenger(name, version)
-        record.update(version=version, stage="registered")
-        _save(cfg, record)
-    if record["stage"] == "registered":
-        if record["gate"]["promote"]:
-            registry.promote(name, record["version"])
-        record["decision"] = "promoted" if record["gate"]["promote"] else "rejected"
-        record["champion_after"] = registry.version_by_alias(name, CHAMPION)
-        record["stage"] = "done"
-        _save(cfg, record)
-        log(f"{name} v{record['version']}: {record['decision']} (champion: v{record['champion_after']})")
+    run_attrs = {"deepsynth.loop.run_id": record["run_id"], "deepsynth.loop.model": name,
+                 "deepsynth.loop.doc_types": record["types"], "deepsynth.loop.resumed": resumed}  # fmt: skip
+    with tr.span("loop.run", run_attrs):
+        if record["stage"] == "started":
+            with tr.span("loop.train") as span:
+                record["train"] = _train(cfg, state, registry, record)
+                record["stage"] = "trained"
+                _save(cfg, record)
+                _attrs(span, steps=record["train"]["steps"], n_train=record["train"]["n_train"],
+                       start=record["train"]["start"])  # fmt: skip
+            log(f"trained: {record['train']['n_train']} samples, {record['train']['steps']} steps")
+        if record["stage"] == "trained":
+            with tr.span("loop.gate") as span:
+                record["gate"] = _gate(cfg, state, registry, record)
+                record["stage"] = "gated"
+                _save(cfg, record)
+                _attrs(span, promote=record["gate"]["promote"], champion=record["gate"]["champion"],
+                       holdout_types=[r["doc_type"] for r in record["gate"]["results"]])  # fmt: skip
+            for reason in record["gate"]["reasons"]:
+                log(f"gate: {reason}")
+        if record["stage"] == "gated":
+            with tr.span("loop.register") as span:
+                _register(cfg, registry, record)
+                _attrs(span, version=record["version"])
+        if record["stage"] == "registered":
+            with tr.span("loop.promote") as span:
+                if record["gate"]["promote"]:
+                    registry.promote(name, record["version"])
+                record["decision"] = "promoted" if record["gate"]["promote"] else "rejected"
+                record["champion_after"] = registry.version_by_alias(name, CHAMPION)
+                record["stage"] = "done"
+                _save(cfg, record)
+                _attrs(span, decision=record["decision"], champion=str(record["champion_after"]))
+            log(f"{name} v{record['version']}: {record['decision']} (champion: v{record['champion_after']})")
     for t in record["trained_on"]:
         ts = state.type(t)
         ts.labelled_at_last_run = max(ts.labelled_at_last_run, record["labelled_at_start"][t])
@@ -148,6 +186,22 @@ def _execute(cfg: LoopConfig, state: LoopState, registry: ModelRegistry, record:
     state.pending = None
     save_state(cfg.workdir, state)
     return record
+
+
+def _register(cfg: LoopConfig, registry: ModelRegistry, record: dict[str, Any]) -> None:
+    """The candidate as a registry version with its holdout CERs, data fingerprints, config and gate; challenger."""
+    name = record["model_name"]
+    metrics = {holdout_metric(r["doc_type"]): r["cer_candidate"] for r in record["gate"]["results"]}
+    version = registry.register(
+        name, record["train"]["model_dir"], run_id=record["run_id"],
+        metrics={**metrics, "train_steps": record["train"]["steps"], "train_samples": record["train"]["n_train"]},
+        params={"types": ",".join(record["types"]), "mode": record["mode"], "start": record["train"]["start"]},
+        files={"config.json": record["train"]["config"], "data.json": record["train"]["data"],
+               "gate.json": record["gate"]},
+    )  # fmt: skip
+    registry.set_challenger(name, version)
+    record.update(version=version, stage="registered")
+    _save(cfg, record)
 
 
 def labelled(

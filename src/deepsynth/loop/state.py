@@ -64,6 +64,7 @@ class LoopState:
     types: dict[str, TypeState] = field(default_factory=dict)
     runs: list[str] = field(default_factory=list)  # run ids, oldest first
     pending: str | None = None  # the run a pass started and has not finished
+    last_pass_at: float | None = None  # unix time the last pass completed (a failed pass leaves it)
 
     def type(self, name: str) -> TypeState:
         return self.types.setdefault(name, TypeState())

@@ -22,9 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
+from prometheus_client import CollectorRegistry, Gauge
 
 from deepsynth import envs
+from deepsynth.observability.publish import MetricsPublisher
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 # trainer key (after the split prefix) -> dedicated gauge attribute
@@ -91,15 +92,13 @@ class PrometheusTracker:
         self.info = Gauge(
             "deepsynth_training_info", "Run description (value 1).", ["run", "family"], registry=r
         )
-        self.pushgateway = pushgateway or envs.read("DEEPSYNTH_PUSHGATEWAY_URL", env)
-        self._server = None
         port_num = port if port is not None else envs.read("DEEPSYNTH_TRAIN_METRICS_PORT", env)
-        if port_num is not None:
-            from prometheus_client import start_http_server
-
-            bind = addr or envs.read("DEEPSYNTH_TRAIN_METRICS_ADDR", env)
-            self._server, self._thread = start_http_server(port_num, addr=bind, registry=r)
-            self.port = self._server.server_port
+        self.publisher = MetricsPublisher(
+            r, self.textfile, port=port_num, addr=addr or envs.read("DEEPSYNTH_TRAIN_METRICS_ADDR", env),
+            pushgateway=pushgateway or envs.read("DEEPSYNTH_PUSHGATEWAY_URL", env), job="deepsynth-train",
+            grouping_key={"run": self.run},
+        )  # fmt: skip
+        self.port = self.publisher.port
 
     def log_model(self, path: Path, name: str) -> None:
         pass  # a model directory is no metric
@@ -133,14 +132,7 @@ class PrometheusTracker:
         """Prometheus holds numbers only: texts are not exported (the jsonl tracker keeps them)."""
 
     def close(self) -> None:
-        self._publish()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self.publisher.close()
 
     def _publish(self) -> None:
-        write_to_textfile(str(self.textfile), self.registry)
-        if self.pushgateway:
-            push_to_gateway(self.pushgateway, job="deepsynth-train", registry=self.registry,
-                            grouping_key={"run": self.run}, timeout=5)  # fmt: skip
+        self.publisher.publish()
