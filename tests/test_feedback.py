@@ -104,6 +104,10 @@ def test_feedback_by_request_id_and_by_image_reaches_the_loop_inbox_with_its_doc
     letter = next(x for x in samples.values() if x.doc_type == "letter")
     assert letter.image.size == (80, 20) and letter.image.getpixel((5, 5)) == (0, 99, 0)
 
+    metrics = httpx.get(f"{s.url}/metrics", timeout=60).text
+    assert 'deepsynth_feedback_stored_total{doc_type="receipt",model="colour"} 4.0' in metrics
+    assert 'deepsynth_feedback_stored_total{doc_type="letter",model="unknown"} 1.0' in metrics
+
     audit = [json.loads(line) for line in (directory / "audit.jsonl").read_text().splitlines()]
     actions = [e["action"] for e in audit]
     assert actions.count("store") == 6 and actions.count("keep_input") == 3

@@ -282,7 +282,7 @@ class Observability:
             m.lines.inc(lines)
         if tokens:
             m.tokens.inc(tokens)
-        labels = (m.model_id, m.doc_type(_SAFE_LABEL.sub("_", doc_type)[:32] if doc_type else None))
+        labels = (m.model_id, self._doc_label(doc_type))
         m.outputs.labels(*labels).inc()
         if repetition:
             m.repetitions.labels(*labels).inc()
@@ -308,6 +308,15 @@ class Observability:
             else:
                 self.metrics.error(kind).inc()
         log.warning("error recorded", extra={"error_type": kind})
+
+    def record_feedback(self, model_id: str | None, doc_type: str) -> None:
+        """Count a stored correction of ``model_id``'s output (None: sent with its image) of ``doc_type``."""
+        if self.metrics is not None:
+            self.metrics.feedback_stored.labels(model_id or "unknown", self._doc_label(doc_type)).inc()
+
+    def _doc_label(self, doc_type: str | None) -> str:
+        assert self.metrics is not None
+        return self.metrics.doc_type(_SAFE_LABEL.sub("_", doc_type)[:32] if doc_type else None)
 
     # ---------------------------------------------------------------- samples and exposition
     def maybe_store_sample(

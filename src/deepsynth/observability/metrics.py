@@ -41,6 +41,7 @@ METRIC_NAMES = (
     "deepsynth_output_confidence",
     "deepsynth_samples_stored_total",
     "deepsynth_samples_deleted_total",
+    "deepsynth_feedback_stored_total",
 )
 
 
@@ -163,6 +164,10 @@ class ServiceMetrics:
         self.samples_deleted = Counter(
             "deepsynth_samples_deleted", "Stored samples deleted by retention.", ["reason"], registry=r
         )
+        self.feedback_stored = Counter(
+            "deepsynth_feedback_stored", "Corrections stored by POST /v1/feedback (model: the corrected one).",
+            ["model", "doc_type"], registry=r,
+        )  # fmt: skip
         self._route_children: dict[str, tuple] = {}
         self._stage_children: dict[str, Histogram] = {}
         self._error_children: dict[str, Counter] = {}

@@ -72,6 +72,7 @@ async def _feedback(request: Request, state: ServerState, ctx: RequestContext) -
     row = await asyncio.to_thread(
         store.add, body.text, body.doc_type, image, ext, request_id=request_id, page=body.page, model=model
     )
+    state.service.obs.record_feedback(model, body.doc_type)
     answer = {
         "id": row["id"],
         "object": "feedback",
