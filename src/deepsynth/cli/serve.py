@@ -249,11 +249,15 @@ def demo_ui(
     model: list[str] = typer.Option(
         [DEFAULT_ENGINE], "--model", "-m", help="Engine spec(s) to offer (repeatable)."
     ),
+    compare: str | None = typer.Option(
+        None, "--compare", help="A second engine spec, shown side by side with the first (e.g. a fine-tune)."
+    ),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(7860, "--port"),
     pdf_dpi: float = typer.Option(150.0, "--pdf-dpi"),
 ) -> None:
-    """Gradio web demo: upload an image or PDF, pick a model, see the text and timings."""
+    """Gradio web demo: upload an image or PDF, see the text, the line boxes (click one to read it) and the
+    timings; with --compare, two models side by side with their differences marked."""
 
     from deepsynth.cli.console import ensure_port_free
 
@@ -261,7 +265,7 @@ def demo_ui(
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from deepsynth.inference.web_demo import build_demo
 
-    demo = build_demo(model, pdf_dpi=pdf_dpi)
+    demo = build_demo(model, compare=compare, pdf_dpi=pdf_dpi)
     demo.launch(server_name=host, server_port=port)
 
 
