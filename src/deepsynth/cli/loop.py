@@ -166,11 +166,10 @@ def history(config: ConfigArg, overrides: OverridesArg = None, as_json: JsonOpt 
 
 
 def _registry(config: Path | None, tracking_uri: str | None) -> Any:
-    import os
-
     from deepsynth.loop.registry import ModelRegistry
+    from deepsynth.models.registered import tracking_uri as env_uri
 
-    uri = tracking_uri or (_config(config).registry_uri if config else os.environ.get("MLFLOW_TRACKING_URI"))
+    uri = tracking_uri or (_config(config).registry_uri if config else env_uri())
     if not uri:
         _fail("give --config or --tracking-uri (or set MLFLOW_TRACKING_URI)")
     return ModelRegistry(uri)

@@ -9,41 +9,26 @@ from that run's ``model`` folder. Aliases ``champion`` and ``challenger`` point 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from deepsynth.models.registered import RegistryError, RegistryReader
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "champion_history"
 RUN_TAG = "deepsynth.loop_run"
 EXPERIMENT = "deepsynth-loop"
+__all__ = ["CHAMPION", "CHALLENGER", "ModelRegistry", "RegistryError"]
 
 
-class RegistryError(RuntimeError):
-    """A registry operation that cannot be done (unknown model or version, nothing to roll back to)."""
-
-
-class ModelRegistry:
-    """A thin, typed layer over :class:`mlflow.MlflowClient` for the loop's versions and aliases."""
+class ModelRegistry(RegistryReader):
+    """The loop's versions and aliases: :class:`RegistryReader` (aliases, locating a version) plus changes."""
 
     def __init__(self, tracking_uri: str, artifact_root: str | Path | None = None):
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        from mlflow import MlflowClient
-
-        self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        super().__init__(tracking_uri, create=True)
         self.artifact_root = Path(artifact_root).resolve().as_uri() if artifact_root else None
 
     # ------------------------------------------------------------------ queries
-    def version_by_alias(self, name: str, alias: str) -> str | None:
-        """The version ``alias`` points at, or None (no such model or alias)."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return str(self.client.get_model_version_by_alias(name, alias).version)
-        except MlflowException:
-            return None
-
     def version_info(self, name: str, version: str) -> dict[str, Any]:
         """Tags, source and run metrics of a version (RegistryError when it does not exist)."""
         from mlflow.exceptions import MlflowException
@@ -73,15 +58,7 @@ class ModelRegistry:
 
     def download(self, name: str, version: str, dst: str | Path) -> Path:
         """The version's model directory, copied to ``dst`` (reused when already there)."""
-        import mlflow
-
-        dst = Path(dst)
-        if not dst.is_dir() or not any(dst.iterdir()):
-            dst.mkdir(parents=True, exist_ok=True)
-            source = self.client.get_model_version_download_uri(name, str(version))
-            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=self.uri)
-        inner = dst / "model"
-        return inner if inner.is_dir() else dst
+        return self.locate(name, version, dst)
 
     # ------------------------------------------------------------------ changes
     def register(self, name: str, model_dir: str | Path, *, run_id: str, metrics: dict[str, float],
