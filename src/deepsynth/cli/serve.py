@@ -30,8 +30,9 @@ def serve(
         [DEFAULT_ENGINE],
         "--model",
         "-m",
-        help="Engine spec or saved model dir (rapidocr, ppocr:runs/x/best), or NAME=SPEC; repeat to serve "
-        "several models, each with its own queue.",
+        help="Engine spec or saved model dir (rapidocr, ppocr:runs/x/best), a registered model "
+        "(models:/NAME@ALIAS, followed when the alias moves; models:/NAME/VERSION), or NAME=SPEC; repeat to "
+        "serve several models, each with its own queue.",
     ),
     default_model: str | None = typer.Option(
         None, "--default-model", help="Model for requests that name none (default: the first --model)."
@@ -57,6 +58,21 @@ def serve(
         False,
         "--enable-lora",
         help="Serve LoRA adapters on the first --model even with no --lora (POST /admin/models adds them).",
+    ),
+    tracking_uri: str | None = typer.Option(
+        None,
+        "--tracking-uri",
+        help="MLflow tracking/registry URI that models:/ specs are read from (default: $MLFLOW_TRACKING_URI; "
+        "`deepsynth loop` writes to sqlite:///WORKDIR/mlflow.db).",
+        rich_help_panel="Model registry",
+    ),
+    registry_poll: float = typer.Option(
+        30.0,
+        "--registry-poll",
+        min=0,
+        help="Seconds between checks of each models:/NAME@ALIAS alias; when it has moved the model is reloaded "
+        "without dropping a request (0: only on POST /admin/reload).",
+        rich_help_panel="Model registry",
     ),
     max_loras: int = typer.Option(
         4,
@@ -133,9 +149,11 @@ def serve(
     from deepsynth.inference.api import ServerSettings, run
     from deepsynth.inference.limits import engine_geometry
     from deepsynth.inference.model_process import ProcessEngine
-    from deepsynth.inference.pool import ModelPool, RoutingTable, ServedModel
+    from deepsynth.inference.pool import ModelPool, RoutingTable, ServedModel, build_model
     from deepsynth.inference.service import ModelLoadError, OCRService, load_model
     from deepsynth.models.generation import GenerationConfig
+    from deepsynth.models.registered import RegistryError, RegistryReader, is_model_uri
+    from deepsynth.models.registered import tracking_uri as registry_uri
     from deepsynth.observability.feedback import FeedbackSettings
 
     ensure_port_free(host, port)  # before the model loads: a busy port is a one-line error
@@ -207,20 +225,37 @@ def serve(
         if set(adapters) & set(specs):
             raise ValueError(f"--lora names {sorted(set(adapters) & set(specs))} are also --model names")
         ModelPool.check_names(set(specs) | set(adapters), default=default_model, routing=table)
-        services = {}
+        uri = registry_uri(tracking_uri)
+        registered = [spec for spec in specs.values() if is_model_uri(spec)]
+        registry = RegistryReader(uri) if uri and (registered or tracking_uri) else None
+        if registered and registry is None:
+            raise RegistryError(f"{registered[0]}: give --tracking-uri (or set MLFLOW_TRACKING_URI)")
+        for spec in registered:  # every alias resolves before any model loads
+            registry.resolve(spec)
+        services: dict[str, ServedModel] = {}
         for i, (name, spec) in enumerate(specs.items()):
             lora_base = i == 0 and (bool(adapters) or enable_lora)  # its weights are shared by the adapters
-            service = make_service(name, spec, adapters if lora_base else None)
-            services[name] = ServedModel(name, service, spec)
+            lora = adapters if lora_base else None
+            entry = build_model(name, spec, lambda n, s, lora=lora: make_service(n, s, lora), registry)
+            services[name] = entry
             for adapter, path in adapters.items() if lora_base else ():
-                services[adapter] = ServedModel(adapter, service.adapter_view(adapter), path, name)
-        pool = ModelPool(services, default=default_model, routing=table, factory=make_service)
+                services[adapter] = ServedModel(adapter, entry.service.adapter_view(adapter), path, name)
+        pool = ModelPool(
+            services, default=default_model, routing=table, factory=make_service, registry=registry
+        )
     except (ModelLoadError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     token = token or envs.DEEPSYNTH_API_TOKEN
     settings = ServerSettings(
-        host=host, port=port, token=token, warmup=warmup, limits=limits, docs=docs, feedback=feedback
+        host=host,
+        port=port,
+        token=token,
+        warmup=warmup,
+        limits=limits,
+        docs=docs,
+        feedback=feedback,
+        registry_poll_s=registry_poll,
     )
     run(pool, settings)
 

@@ -5,6 +5,8 @@ requests of another. A request picks its model by name (the OpenAI ``model`` fie
 ``/v1/ocr``) or by document type through a :class:`RoutingTable` (doc type → model name, with a default
 for unknown types). Models are loaded, reloaded and unloaded while serving: the table is switched at once
 and the replaced model is closed only after every request that had already picked it has finished.
+A spec ``models:/NAME@ALIAS`` is served from MLflow's Model Registry: :meth:`ModelPool.follow` reloads it
+(by that same switch) when the alias has moved to another version.
 
 A LoRA adapter is a model too: its entry is an adapter view of its base's service (same queue and engine,
 so one batch mixes adapters; see :meth:`OCRService.adapter_view`), added with :meth:`ModelPool.load_adapter`
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from deepsynth.inference.inputs import InputError
 from deepsynth.inference.service import OCRService
+from deepsynth.models.registered import RegisteredVersion, RegistryError, RegistryReader, is_model_uri
 from deepsynth.models.registry import ModelLoadError
 
 log = logging.getLogger("deepsynth.inference")
@@ -99,6 +102,7 @@ class ServedModel:
     service: OCRService
     spec: str | None = None  # for a LoRA adapter: its directory
     base: str | None = None  # for a LoRA adapter: the model whose weights it runs on
+    source: RegisteredVersion | None = None  # the registry version a ``models:/`` spec resolved to
     active: int = 0
     idle: asyncio.Event | None = None  # set by release() when ``active`` drops to 0 during a drain
 
@@ -126,6 +130,7 @@ class ModelPool:
         default: str | None = None,
         routing: RoutingTable | None = None,
         factory: ServiceFactory | None = None,
+        registry: RegistryReader | None = None,
     ):
         if not models:
             raise ValueError("a server needs at least one model")
@@ -143,7 +148,10 @@ class ModelPool:
         self.default = default or self.routing.default or next(iter(self.models))
         self.check_names(set(self.models), default=self.default, routing=self.routing)
         self.factory = factory or (lambda name, spec: OCRService(spec, model_id=name))  # geometry: spec's
+        self.registry = registry
         self._admin = asyncio.Lock()
+        self._follow = asyncio.Lock()
+        self._failed: dict[str, tuple[str, str]] = {}  # model -> (version that failed to load, why)
 
     @staticmethod
     def check_names(names: set[str], *, default: str | None, routing: RoutingTable | None) -> None:
@@ -207,15 +215,19 @@ class ModelPool:
                 raise ModelConflict(
                     f"model {name!r} is a LoRA adapter: reload it with its directory ('lora')"
                 )
-            service = await asyncio.to_thread(self.factory, name, spec)
+            entry = await asyncio.to_thread(build_model, name, spec, self.factory, self.registry)
             try:
-                await service.start(warmup=warmup)
+                await entry.service.start(warmup=warmup)
             except BaseException:
-                await service.aclose(drain=False)
+                await entry.service.aclose(drain=False)
                 raise
             old = self.models.get(name)
-            self.models[name] = ServedModel(name, service, spec)
-            log.info("model loaded", extra={"model": name, "spec": spec, "reload": old is not None})
+            self.models[name] = entry
+            version = entry.source.version if entry.source else None
+            log.info(
+                "model loaded",
+                extra={"model": name, "spec": spec, "version": version, "reload": old is not None},
+            )
             if old is not None:
                 await self._retire(old, drain_timeout_s)
             return "reloaded" if old else "loaded"
@@ -306,10 +318,62 @@ class ModelPool:
                 "before they are unloaded"
             )
 
+    async def follow(self, *, retry: bool = False, **kwargs) -> list[dict[str, str | None]]:
+        """Reload every model served from a registry alias (``models:/NAME@ALIAS``) whose alias now points at
+        another version, by :meth:`load`'s switch (in-flight requests finish on the old version). Returns one
+        row per such model: name, registered model, alias, ``previous_version`` and ``version``, ``status``
+        (unchanged / reloaded / failed) and ``error``. A model whose new version fails to load keeps serving
+        its current one; that version is tried again only with ``retry`` (POST /admin/reload), not by the poll."""
+        async with self._follow:  # the poll and POST /admin/reload never reload the same move twice
+            followed = [(n, e) for n, e in self.models.items() if e.source and e.source.alias and e.spec]
+            return [await self._follow_one(name, entry, retry, **kwargs) for name, entry in followed]
+
+    async def _follow_one(
+        self, name: str, entry: ServedModel, retry: bool, **kwargs
+    ) -> dict[str, str | None]:
+        src, now = entry.source, None
+        assert src is not None and src.alias is not None and entry.spec is not None
+        row: dict[str, str | None] = {"name": name, "registered_model": src.name, "alias": src.alias,
+                                      "previous_version": src.version, "version": src.version,
+                                      "status": "unchanged", "error": None}  # fmt: skip
+        try:
+            if self.registry is None:
+                raise RegistryError(f"{entry.spec}: no registry to read (--tracking-uri)")
+            now = await asyncio.to_thread(self.registry.version_by_alias, src.name, src.alias)
+            if now is None:
+                raise RegistryError(f"{entry.spec}: the alias no longer exists; still serving v{src.version}")
+            if now == src.version:
+                return row
+            if not retry and self._failed.get(name, ("", ""))[0] == now:  # the poll does not reload it again
+                return {**row, "status": "failed", "error": self._failed[name][1]}
+            await self.load(name, entry.spec, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - keep serving the current version, say why
+            error = f"v{now}: {type(exc).__name__}: {exc}" if now else str(exc)
+            if now:
+                self._failed[name] = (now, error)
+            log.warning("registry follow failed", extra={"model": name, "error": error})
+            return {**row, "status": "failed", "error": error}
+        self._failed.pop(name, None)
+        new = self.models[name].source
+        return {**row, "version": new.version if new else None, "status": "reloaded"}
+
     @staticmethod
     async def _retire(entry: ServedModel, drain_timeout_s: float) -> None:
         await entry.wait_idle(drain_timeout_s)
         await entry.service.aclose(drain=True)
+
+
+def build_model(
+    name: str, spec: str, factory: ServiceFactory, registry: RegistryReader | None = None
+) -> ServedModel:
+    """``spec`` as model ``name`` (not yet started): a ``models:/`` spec is resolved through ``registry`` to
+    its version's directory, which ``factory`` loads like any saved model. Blocking (loads the model)."""
+    source = None
+    if is_model_uri(spec):
+        if registry is None:
+            raise RegistryError(f"{spec}: serving a registered model needs a registry (--tracking-uri)")
+        source = registry.fetch(spec)
+    return ServedModel(name, factory(name, str(source.path) if source else spec), spec, source=source)
 
 
 def check_name(name: str) -> None:

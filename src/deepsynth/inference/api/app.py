@@ -43,10 +43,11 @@ def create_app(models: OCRService | ModelPool, settings: ServerSettings | None =
     async def lifespan(app: FastAPI):
         starter = asyncio.create_task(_start(state))
         watcher = asyncio.create_task(_watch_engine(state))
+        follower = asyncio.create_task(_follow_registry(state))
         try:
             yield
         finally:
-            for task in (starter, watcher):
+            for task in (starter, watcher, follower):
                 if not task.done():
                     task.cancel()
             await state.models.aclose(drain=True, timeout_s=state.settings.limits.drain_timeout_s)
@@ -94,6 +95,23 @@ async def _watch_engine(state: ServerState) -> None:
     state.fatal = f"{dead.model_id}: {dead.not_ready_reason}"
     if state.on_fatal is not None:
         state.on_fatal()
+
+
+async def _follow_registry(state: ServerState) -> None:
+    """Every ``registry_poll_s``: reload the models served from a registry alias that has moved."""
+    poll = state.settings.registry_poll_s
+    if poll <= 0 or state.models.registry is None:
+        return
+    while True:
+        await asyncio.sleep(poll)
+        if not state.ready:  # not while the first load is still running
+            continue
+        try:
+            await state.models.follow(
+                warmup=state.settings.warmup, drain_timeout_s=state.settings.limits.drain_timeout_s
+            )
+        except Exception:  # noqa: BLE001 - the poll must outlive a registry outage
+            log.exception("registry poll failed")
 
 
 class _DrainingServer(uvicorn.Server):

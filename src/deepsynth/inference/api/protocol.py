@@ -298,6 +298,14 @@ class ChatCompletionResponse(BaseModel):
     timings: dict[str, float]
 
 
+class RegistrySource(BaseModel):
+    """The MLflow Model Registry version a ``models:/NAME@ALIAS`` model serves."""
+
+    name: str = Field(description="the registered model")
+    alias: str | None = Field(description="the alias followed (None: a pinned models:/NAME/VERSION)")
+    version: str = Field(description="the version served now")
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"]
@@ -306,6 +314,7 @@ class ModelCard(BaseModel):
     default: bool = Field(False, description="serves requests that name no model and no routed doc type")
     doc_types: list[str] = Field([], description="document types the routing table sends to this model")
     limits: dict[str, Any] = Field(description="the server's resource budgets (ServingLimits)")
+    registry: RegistrySource | None = Field(None, description="for a model served from the model registry")
 
 
 class ModelList(BaseModel):
@@ -411,6 +420,22 @@ class ModelAction(StrictModel):
     base: ModelName | None = Field(
         None, description="the served model the adapter runs on (default: the one serving adapters)"
     )
+
+
+class RegistryFollow(BaseModel):
+    """One model served from a registry alias, checked by ``POST /admin/reload``."""
+
+    name: str = Field(description="the served model")
+    registered_model: str
+    alias: str
+    previous_version: str = Field(description="the version served before the check")
+    version: str | None = Field(description="the version served now")
+    status: Literal["unchanged", "reloaded", "failed"]
+    error: str | None = Field(None, description="why the new version is not served (the old one still is)")
+
+
+class RegistryReloadResult(BaseModel):
+    models: list[RegistryFollow] = Field(description="every model served from a registry alias")
 
 
 class ModelActionResult(BaseModel):

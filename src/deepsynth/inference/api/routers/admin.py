@@ -1,6 +1,7 @@
 """Probes, metrics and model management: ``/healthz`` (the process answers), ``/readyz`` (every model is
 ready), ``/metrics`` (every model's, one exposition), ``POST /admin/models`` (load / reload / unload a model
-or a LoRA adapter while serving; the server's bearer token is required, and without one the route is off)."""
+or a LoRA adapter while serving) and ``POST /admin/reload`` (follow the model registry's aliases now). The admin
+routes need the server's bearer token; without one they are off."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from fastapi.responses import JSONResponse, Response
 from deepsynth.inference.api.bodies import read_json
 from deepsynth.inference.api.errors import failure
 from deepsynth.inference.api.openapi import ERRORS, request_body
-from deepsynth.inference.api.protocol import ErrorResponse, Health, ModelAction, ModelActionResult, Readiness
+from deepsynth.inference.api.protocol import (
+    ErrorResponse,
+    Health,
+    ModelAction,
+    ModelActionResult,
+    Readiness,
+    RegistryReloadResult,
+)
 from deepsynth.inference.api.state import ServerState, server_state
 from deepsynth.inference.inputs import InputError
 from deepsynth.inference.pool import ModelPool
@@ -102,6 +110,28 @@ async def _manage_adapter(pool: ModelPool, body: ModelAction) -> str:
     if body.action == "reload" and body.lora is None:
         return await pool.reload(body.name)
     return await pool.load_adapter(body.name, body.lora, base=body.base)  # type: ignore[arg-type]
+
+
+@router.post(
+    "/admin/reload",
+    response_model=RegistryReloadResult,
+    responses={
+        **ERRORS,
+        403: {"model": ErrorResponse, "description": "model management is off (no --token)"},
+    },
+)
+async def reload_from_registry(request: Request) -> Response:
+    """Check now whether the alias of every ``models:/NAME@ALIAS`` model has moved, and reload those that
+    moved (the poll of ``--registry-poll`` does the same). Requests in flight finish on the old version."""
+    state = server_state(request)
+    try:
+        _authorize(request, state)
+        rows = await state.models.follow(
+            retry=True, warmup=state.settings.warmup, drain_timeout_s=state.settings.limits.drain_timeout_s
+        )
+    except Exception as exc:  # noqa: BLE001 - answered in the API's one error shape
+        return failure(exc).response()
+    return JSONResponse({"models": rows})
 
 
 def _authorize(request: Request, state: ServerState) -> None:

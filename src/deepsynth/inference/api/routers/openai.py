@@ -187,6 +187,7 @@ async def models(state: ServerState = Depends(server_state)) -> dict[str, Any]:
             "default": name == pool.default,
             "doc_types": sorted(t for t, m in pool.routing.routes.items() if m == name),
             "limits": state.settings.limits.as_dict(),
+            "registry": (src := pool.models[name].source) and src.as_dict(),
         }
         for name in names
     ]
