@@ -20,9 +20,7 @@ class ServerSettings:
     limits: ServingLimits = field(default_factory=ServingLimits)  # every resource budget
     docs: bool = False  # /docs (Swagger UI, whose assets come from a CDN); /openapi.json is always served
     feedback: FeedbackSettings | None = None  # POST /v1/feedback stores corrections (None: refused, 403)
-    registry_poll_s: float = (
-        30.0  # models:/NAME@ALIAS models check their alias this often (0: on POST /admin/reload)
-    )
+    registry_poll_s: float = 30.0  # seconds between checks of models:/NAME@ALIAS aliases (0: off)
 
     def budget(self, service: OCRService, dpi: float | None = None) -> RequestBudget:
         """A fresh budget for one request (at the request's own PDF resolution, if it asked for one)."""
