@@ -8,6 +8,8 @@
    process, as `deepsynth serve --lora` runs them; a batch mixes adapters) spread over 4 adapters vs all on 1
    adapter; declared statistic: median of per-round ratios spread/one over interleaved rounds (goal >= 0.8,
    bench/stats.py).
+   Engine alone (no server): one batch of 8 rows spread over 4 adapters vs 8 rows of one adapter vs the base
+   alone, timed on the LoraSet directly, same statistic (what the mixed generate() itself costs).
 3. Swap latency: with ``max_loras=1``, a request for the other adapter (load + evict + read) vs a request for
    the loaded one; median over rounds of the extra milliseconds.
 
@@ -126,6 +128,7 @@ async def throughput(paths: dict[str, Path], rounds: int, requests: int) -> dict
     finally:
         await pool.aclose()
     swaps = await _swap_latency(paths, rounds, image)
+    engine_only = engine_ratios(paths, rounds, image)
     from bench.stats import paired_ratio
 
     return {
@@ -137,7 +140,40 @@ async def throughput(paths: dict[str, Path], rounds: int, requests: int) -> dict
         "cpu_seconds_model_process": round(model_cpu.user + model_cpu.system, 1),
         "mean_batch_size": {k: round(statistics.mean(v), 2) for k, v in sizes.items() if v},
         "spread_over_one": paired_ratio(ratios, goal=0.8, higher_is_better=True),
+        "engine_only": engine_only,
         "swap": swaps,
+    }
+
+
+def engine_ratios(paths: dict[str, Path], rounds: int, image) -> dict:
+    """Throughput ratios of one generate() of 8 rows: spread over the adapters / one adapter / the base."""
+    from bench.stats import paired_ratio
+    from deepsynth.models.generation import GenerationConfig
+    from deepsynth.models.vlm.multi_lora import LoraSet
+    from deepsynth.testing.tiny_models import build_tiny
+
+    gen = GenerationConfig(max_new_tokens=NEW_TOKENS)
+    lora = LoraSet(build_tiny("deepseek_ocr2"), paths, max_loras=len(paths))
+    names = list(paths)
+    runs = {"spread": [names[i % len(names)] for i in range(8)], "one": [names[0]] * 8, "base": None}
+    images = [image] * 8
+    for how in runs.values():
+        lora.recognize(images, gen, how)
+    seconds: dict[str, list[float]] = {k: [] for k in runs}
+    for r in range(rounds):
+        order = list(runs) if r % 2 == 0 else list(reversed(runs))
+        for label in order:
+            t0 = time.perf_counter()
+            lora.recognize(images, gen, runs[label])
+            seconds[label].append(time.perf_counter() - t0)
+    return {
+        "seconds_per_batch_of_8": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
+        "spread_over_one": paired_ratio(
+            [o / s for s, o in zip(seconds["spread"], seconds["one"], strict=True)]
+        ),
+        "one_adapter_over_base": paired_ratio(
+            [b / o for o, b in zip(seconds["one"], seconds["base"], strict=True)]
+        ),
     }
 
 

@@ -132,7 +132,7 @@ def test_serve_command_with_lora_adapters(distinct, tmp_path):
     image = line_image("OCR test line")
     try:
         models = httpx.get(f"{url}/v1/models", headers=auth).json()["data"]
-        assert [m["id"] for m in models] == ["base", "a", "b"]
+        assert [(m["id"], m["parent"]) for m in models] == [("base", None), ("a", "base"), ("b", "base")]
         r = httpx.post(
             f"{url}/admin/models", json={"action": "load", "name": "c", "lora": str(distinct["b"])},
             headers=auth, timeout=300,
@@ -145,6 +145,18 @@ def test_serve_command_with_lora_adapters(distinct, tmp_path):
             )
             assert r.status_code == 200 and r.json()["model"] == name, r.text
             texts[name] = r.json()["text"]
+        for body, status in (
+            ({"action": "unload", "name": "c"}, 200),  # its weights are freed in the model process
+            (
+                {"action": "load", "name": "d", "lora": str(tmp_path)},
+                400,
+            ),  # no adapter there: the child says so
+        ):
+            r = httpx.post(f"{url}/admin/models", json=body, headers=auth, timeout=300)
+            assert r.status_code == status, r.text
+        assert "adapter_model.safetensors" in r.json()["error"]["message"]
+        r = httpx.post(f"{url}/v1/ocr", json={"images": [data_uri(image)], "model": "c"}, headers=auth)
+        assert r.status_code == 404
     finally:
         proc.terminate()
         proc.wait(60)

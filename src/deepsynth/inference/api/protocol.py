@@ -313,6 +313,7 @@ class ModelCard(BaseModel):
     owned_by: str
     default: bool = Field(False, description="serves requests that name no model and no routed doc type")
     doc_types: list[str] = Field([], description="document types the routing table sends to this model")
+    parent: str | None = Field(None, description="a LoRA adapter's base model (vLLM's field); None otherwise")
     limits: dict[str, Any] = Field(description="the server's resource budgets (ServingLimits)")
     registry: RegistrySource | None = Field(None, description="for a model served from the model registry")
 

@@ -186,6 +186,7 @@ async def models(state: ServerState = Depends(server_state)) -> dict[str, Any]:
             "owned_by": "deepsynth",
             "default": name == pool.default,
             "doc_types": sorted(t for t, m in pool.routing.routes.items() if m == name),
+            "parent": pool.models[name].base,
             "limits": state.settings.limits.as_dict(),
             "registry": (src := pool.models[name].source) and src.as_dict(),
         }
