@@ -52,6 +52,21 @@ def test_backend_reads_images_and_pdfs_and_reports_bad_files(tmp_path: Path):
     assert r.info == {"error": "invalid_image"}
     assert backend.run(None, "colour").text == "Upload an image or a PDF first."
     assert backend.run(str(tmp_path / "a.png"), "nosuch").text == "Unknown model 'nosuch'."
+    from deepsynth.inference.web_demo import timings_text
+
+    info = {
+        "model": "m",
+        "pages": 2,
+        "decode_ms": 4.2,
+        "model_load_ms": 21614,
+        "model_ms": 9999,
+        "total_ms": 31617,
+    }
+    assert (
+        timings_text(info)
+        == "**m** · 2 pages · decode 4 ms · model load 21.6 s · model 9999 ms · total 31.6 s"
+    )
+    assert timings_text(r.info) == ""  # an error says so in the text box
 
 
 def test_preview_draws_real_line_boxes_in_confidence_colours(shared_data):

@@ -186,8 +186,13 @@ def timings_text(info: dict[str, Any]) -> str:
     if not info or "error" in info:
         return ""
     pages = f"{info['pages']} page{'s' if info['pages'] != 1 else ''}"
-    return (f"**{info['model']}** · {pages} · decode {info['decode_ms']:.0f} ms · model load "
-            f"{info['model_load_ms']:.0f} ms · model {info['model_ms']:.0f} ms · total {info['total_ms']:.0f} ms")  # fmt: skip
+    took = " · ".join(f"{name} {_duration(info[key])}" for name, key in
+                      [("decode", "decode_ms"), ("model load", "model_load_ms"), ("model", "model_ms"), ("total", "total_ms")])  # fmt: skip
+    return f"**{info['model']}** · {pages} · {took}"
+
+
+def _duration(ms: float) -> str:
+    return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
 
 
 def example_files(limit: int = 3) -> list[str]:
