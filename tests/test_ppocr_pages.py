@@ -69,6 +69,15 @@ def test_page_reader_reads_synthetic_two_column_page_in_order():
     assert reader.read(Image.new("RGB", (200, 100), "white")).lines == []
 
 
+def test_any_engine_reads_the_detected_lines_tesseract_too():
+    page, expected = _two_column_page()
+    from deepsynth.models.registry import load_engine
+
+    (pred,) = load_engine("ppocr-page:tesseract").recognize([page])  # was: numpy crops crashed Tesseract
+    texts = [line["text"] for line in pred.lines]
+    assert len(texts) == len(expected) and Levenshtein.distance("\n".join(expected), "\n".join(texts)) <= 6
+
+
 def test_registry_builds_page_readers_over_any_recogniser(tmp_path):
     from deepsynth.models.ppocr.adapter import PPOCRAdapter
     from deepsynth.models.ppocr.onnx_engine import PPOCROnnxEngine

@@ -175,7 +175,10 @@ class PageReader:
         heights = sorted(b.height for b in boxes)
         order = reading_order(boxes, self.min_gutter * heights[len(heights) // 2])
         crops = [get_rotate_crop_image(bgr, copy.deepcopy(quads[b.index])) for b in order]
-        preds = self.recognizer.recognize(crops)
+        # RGB images, as the OCREngine protocol says (a PP-OCR recogniser turns them back into the same BGR)
+        preds = self.recognizer.recognize(
+            [Image.fromarray(np.ascontiguousarray(c[:, :, ::-1])) for c in crops]
+        )
         lines = []
         for b, pred in zip(order, preds, strict=True):
             if not pred.text.strip() or (
