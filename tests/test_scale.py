@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,17 @@ def assert_same_metrics(a: dict, b: dict) -> None:
         assert max(abs(x - y) for x, y in zip(a[key], b[key], strict=True)) <= 1e-12
 
 
+def printed_workers(out: str) -> dict[str, tuple[int, Counter]]:
+    """{worker: (pages, failures by kind)} from the `ray worker ...` lines of a --ray summary."""
+    workers = {}
+    for name, pages, failed in re.findall(
+        r"^ray worker (\S+): (\d+) pages in [\d.]+ s(?:; failed: (.*))?$", out, re.M
+    ):
+        kinds = Counter({k: int(n) for k, n in (f.rsplit(" ", 1) for f in failed.split(", ") if f)})
+        workers[name] = (int(pages), kinds)
+    return workers
+
+
 def eval_args(data: Path, out: Path, *extra: str) -> list[str]:
     return ["eval", "-e", "rapidocr", "-d", f"set={data}", "-b", "4", "-o", str(out), "--no-progress",
             "--bootstrap", "200", *extra]  # fmt: skip
@@ -90,6 +103,14 @@ def test_eval_ray_same_predictions_and_metrics_then_resumes_per_shard(
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (local, dist))
     assert ma["engine"] == mb["engine"] and mb["ray"]["new"] == 11 and mb["n"] == 10
     assert_same_metrics(ma, mb)
+    workers = mb["ray"]["workers"]  # per engine actor, from the rows the driver kept
+    assert sum(w["pages"] for w in workers.values()) == 10 and all(w["seconds"] > 0 for w in workers.values())
+    assert sum((Counter(w["failures_by_kind"]) for w in workers.values()), Counter()) == {
+        "unreadable_image": 1
+    }
+    assert printed_workers(out) == {
+        k: (w["pages"], Counter(w["failures_by_kind"])) for k, w in workers.items()
+    }
     types = mb["per_doc_type"]  # a manifest's doc_type, else the subset
     assert types["fraktur_book"]["n"] == 1 and types["letter"]["n"] == 2 and len(types) >= 3, types
     assert ma["unreadable"] == mb["unreadable"] and (dist / "report.html").is_file()
@@ -157,6 +178,9 @@ def test_ocr_ray_same_records_bad_files_are_records(ray_runtime, ocr_inputs, tmp
     pdf = next(r for r in b if r["input"].endswith(".pdf"))
     assert pdf["n_pages"] == 2 and "<!-- page 2 -->" in (tmp_path / "md" / "two_pages.md").read_text()
     assert {r["status"] for r in b if "corrupt" in r["input"] or "empty" in r["input"]} == {"error"}
+    workers = printed_workers(out)  # 12 images + 2 PDF pages read, 2 bad files, over the engine actors
+    assert workers and sum(pages for pages, _ in workers.values()) == 14
+    assert sum((kinds for _, kinds in workers.values()), Counter()) == {"empty_file": 1, "invalid_image": 1}
 
 
 def _actor_pids(name: str) -> list[int]:
@@ -196,6 +220,9 @@ def test_worker_killed_mid_job_loses_and_duplicates_nothing(ray_runtime, ocr_inp
     out = tmp_path / "killed.jsonl"
     stats = ocr_on_ray("rapidocr", files, out, opts=opts, progress=False, on_shard=kill_one)
     assert killed and stats.new == len(files)
+    # per-worker counts come from the rows kept: a batch run again on the restarted actor is not counted twice
+    assert sum(w.pages for w in stats.workers.values()) == 14
+    assert sum(sum(w.failures.values()) for w in stats.workers.values()) == 2
     got = [without_timing(r) for r in lines(out)]
     assert [r["input"] for r in got] == [str(f) for f in files]  # each file exactly once, in order
     expected = {r["input"]: without_timing(r) for r in lines(reference)}

@@ -57,6 +57,8 @@ def ray_options(
 def print_stats(stats: Any) -> None:
     """The final human summary of a ``--ray`` run (and the dashboard link when there is one)."""
     typer.echo(f"ray: {stats.summary()}", err=True)
+    for line in stats.worker_lines():
+        typer.echo(f"ray {line}", err=True)
     if stats.dashboard:
         typer.echo(f"ray dashboard: {stats.dashboard}", err=True)
 

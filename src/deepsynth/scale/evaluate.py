@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from deepsynth.evaluation.harness import (
     recognize_records,
 )
 from deepsynth.models.generation import GenerationConfig
+from deepsynth.scale.metrics import WORKER_FIELDS, WorkerMeter
 from deepsynth.scale.pipeline import JobStats, run_sharded, shard_tables
 from deepsynth.scale.pixels import NO_PIXELS, from_pixels, to_pixels
 from deepsynth.scale.runtime import RayOptions, connect
@@ -43,7 +45,8 @@ SAMPLE_SCHEMA = pa.schema([*_FIELDS, ("image_bytes", pa.large_binary()), ("max_p
 DECODED_SCHEMA = pa.schema([*_FIELDS, ("width", pa.int64()), ("height", pa.int64()),
                             ("pixels", pa.large_binary()), ("error", pa.string()), ("kind", pa.string())])  # fmt: skip
 RESULT_SCHEMA = pa.schema([("shard", pa.int64()), ("unit", pa.int64()), ("part", pa.int64()),
-                           ("n_parts", pa.int64()), ("engine", pa.string()), ("result", pa.string())])  # fmt: skip
+                           ("n_parts", pa.int64()), ("engine", pa.string()), ("result", pa.string()),
+                           *WORKER_FIELDS])  # fmt: skip
 
 
 def _row(sample: Sample) -> dict[str, Any]:
@@ -113,8 +116,10 @@ class EvalWorker:
         self.engine = load_engine(spec, **engine_opts)
         self.name = getattr(self.engine, "name", type(self.engine).__name__)
         self.generation = GenerationConfig(**generation) if generation else None
+        self.meter = WorkerMeter("eval")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        t0 = time.perf_counter()
         rows = batch.to_pylist()
         samples = []
         for r in rows:
@@ -126,6 +131,7 @@ class EvalWorker:
         records = recognize_records(self.engine, samples, self.generation)
         out = [{"shard": r["shard"], "unit": r["unit"], "part": 0, "n_parts": 1, "engine": self.name,
                 "result": json.dumps(rec, ensure_ascii=False)} for r, rec in zip(rows, records, strict=True)]  # fmt: skip
+        out = self.meter.stamp(out, [_failure_kind(rec) for rec in records], time.perf_counter() - t0)
         return pa.Table.from_pylist(out, schema=RESULT_SCHEMA)
 
 

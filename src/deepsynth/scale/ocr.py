@@ -33,6 +33,7 @@ from deepsynth.inference.batch_files import (
 from deepsynth.inference.inputs import InputError
 from deepsynth.inference.limits import ServingLimits
 from deepsynth.models.generation import GenerationConfig
+from deepsynth.scale.metrics import WORKER_FIELDS, WorkerMeter
 from deepsynth.scale.pipeline import JobStats, run_sharded, shard_tables
 from deepsynth.scale.pixels import NO_PIXELS, from_pixels, to_pixels
 from deepsynth.scale.runtime import RayOptions, connect
@@ -44,7 +45,8 @@ PAGE_SCHEMA = pa.schema([("shard", pa.int64()), ("unit", pa.int64()), ("part", p
                          ("width", pa.int64()), ("height", pa.int64()), ("pixels", pa.large_binary()),
                          ("error", pa.string()), ("kind", pa.string()), ("seconds", pa.float64())])  # fmt: skip
 RESULT_SCHEMA = pa.schema([("shard", pa.int64()), ("unit", pa.int64()), ("part", pa.int64()),
-                           ("n_parts", pa.int64()), ("path", pa.string()), ("result", pa.string())])  # fmt: skip
+                           ("n_parts", pa.int64()), ("path", pa.string()), ("result", pa.string()),
+                           *WORKER_FIELDS])  # fmt: skip
 
 
 def shard_dir(out: Path) -> Path:
@@ -80,6 +82,7 @@ class OCRWorker:
 
         self.service = OCRService(spec, obs=Observability(spec, metrics=False), engine_kwargs=engine_kwargs)
         self.generation = GenerationConfig(**generation)
+        self.meter = WorkerMeter("ocr")
 
     def _read(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
@@ -89,6 +92,7 @@ class OCRWorker:
                 for r, p in zip(rows, preds, strict=True)]  # fmt: skip
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        t0 = time.perf_counter()
         rows = batch.to_pylist()
         results: list[dict[str, Any] | None] = [
             None if r["error"] is None else {"error": r["error"], "kind": r["kind"]} for r in rows
@@ -108,6 +112,8 @@ class OCRWorker:
         keys = ("shard", "unit", "part", "n_parts", "path")
         out = [{**{k: r[k] for k in keys}, "result": json.dumps(res, ensure_ascii=False)}
                for r, res in zip(rows, results, strict=True)]  # fmt: skip
+        failures = [res["kind"] if "error" in res else None for res in results if res is not None]
+        out = self.meter.stamp(out, failures, time.perf_counter() - t0)
         return pa.Table.from_pylist(out, schema=RESULT_SCHEMA)
 
 

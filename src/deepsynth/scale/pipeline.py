@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from deepsynth.scale.metrics import WorkerStats
 from deepsynth.scale.runtime import RayOptions
 from deepsynth.scale.shards import ShardStore
 
@@ -37,6 +38,7 @@ class JobStats:
     seconds: float = 0.0
     failures: Counter[str] = field(default_factory=Counter)
     dashboard: str | None = None
+    workers: dict[str, WorkerStats] = field(default_factory=dict)  # by worker label (engine actors only)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,7 @@ class JobStats:
             "failures_by_kind": dict(self.failures),
             "seconds": round(self.seconds, 3),
             "pages_per_second": round(self.pages / self.seconds, 3) if self.seconds else None,
+            "workers": {name: w.to_dict() for name, w in sorted(self.workers.items())},
         }
 
     def summary(self) -> str:
@@ -58,6 +61,17 @@ class JobStats:
         if self.failures:
             text += "; failed: " + ", ".join(f"{k} {v}" for k, v in self.failures.most_common())
         return text
+
+    def worker_lines(self) -> list[str]:
+        """One human line per engine actor: pages, failures by kind, busy seconds."""
+        lines = []
+        for name, w in sorted(self.workers.items()):
+            failed = ", ".join(f"{k} {v}" for k, v in w.failures.most_common())
+            lines.append(
+                f"worker {name}: {w.pages} pages in {w.seconds:.1f} s"
+                + (f"; failed: {failed}" if failed else "")
+            )
+        return lines
 
 
 def shard_tables(rows: Iterable[dict[str, Any]], shard_size: int, schema: Any) -> Iterator[tuple[int, Any]]:
@@ -135,6 +149,8 @@ def run_sharded(
             if part in parts:
                 continue  # a batch Ray ran twice (worker restarted): keep the first copy
             parts[part] = row
+            if row.get("worker") is not None:  # an engine actor's row (see deepsynth.scale.metrics)
+                stats.workers.setdefault(row["worker"], WorkerStats()).add(row)
             if len(parts) < row["n_parts"]:
                 continue
             complete[shard] += 1
