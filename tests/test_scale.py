@@ -147,6 +147,27 @@ def test_shard_store_ignores_altered_or_torn_shards(tmp_path):
         ShardStore(tmp_path, {"command": "other"})
 
 
+def test_worker_stats_sum_kept_rows_and_print_one_line_per_worker():
+    from deepsynth.scale.metrics import WorkerStats
+    from deepsynth.scale.pipeline import JobStats
+
+    stats = JobStats(workers={"aa": WorkerStats(), "bb": WorkerStats()})
+    rows = [("aa", 0.5, None), ("aa", 0.5, "invalid_image"), ("bb", 1.0, None), ("aa", 0.25, None)]
+    for worker, seconds, failure in rows:
+        stats.workers[worker].add({"worker": worker, "worker_seconds": seconds, "failure": failure})
+    assert stats.to_dict()["workers"] == {
+        "aa": {
+            "pages": 2,
+            "failures_by_kind": {"invalid_image": 1},
+            "seconds": 1.25,
+            "pages_per_second": 1.6,
+        },
+        "bb": {"pages": 1, "failures_by_kind": {}, "seconds": 1.0, "pages_per_second": 1.0},
+    }
+    out = "\n".join(f"ray {line}" for line in stats.worker_lines())
+    assert printed_workers(out) == {"aa": (2, Counter(invalid_image=1)), "bb": (1, Counter())}
+
+
 @pytest.fixture
 def ocr_inputs(shared_data: Path, tmp_path: Path) -> Path:
     """12 real line images, a 2-page PDF of two of them, a corrupt PNG and an empty file."""
