@@ -188,7 +188,7 @@ def test_two_real_engines_side_by_side_in_headless_chromium(shared_data, tmp_pat
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     truths, centres = _page_of_lines(shared_data, tmp_path / "page.png")
-    demo = build_demo(["rapidocr:page"], compare="tesseract:page")
+    demo = build_demo(["rapidocr:page", "tesseract:page"])  # B is picked on the page, as a user would
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -201,6 +201,10 @@ def test_two_real_engines_side_by_side_in_headless_chromium(shared_data, tmp_pat
             page.locator("#run").wait_for(timeout=30_000)
             page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "page.png"))
             page.get_by_text("page.png").first.wait_for(timeout=30_000)
+            assert not page.locator("#preview_b").is_visible()  # one model until B is picked
+            page.locator("#model_b input").click()
+            page.get_by_role("option", name="tesseract:page").click()
+            expect(page.locator("#model_b input")).to_have_value("tesseract:page")
             page.locator("#run").click()
             page.locator("#diff table").wait_for(timeout=300_000)
             expect(page.locator("#text_b textarea")).not_to_have_value("", timeout=30_000)
