@@ -117,6 +117,15 @@ def test_comparison_pairs_lines_and_marks_exactly_the_differences():
     assert "read all 1 line the same" in comparison_html("a", "x", "b", "x")
 
 
+def test_compare_adds_model_b_and_preselects_it():
+    demo = build_demo(["colour"], compare="rapidocr", factory=factory)
+    assert demo.backend.specs == ["colour", "rapidocr"]
+    picker = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model_b")
+    assert picker.value == "rapidocr" and [c[0] for c in picker.choices] == ["(none)", "colour", "rapidocr"]
+    one = build_demo(["colour"], factory=factory)
+    assert next(b for b in one.blocks.values() if getattr(b, "elem_id", None) == "model_b").value == "(none)"
+
+
 def test_a_click_finds_its_line_and_the_paired_line_of_the_other_model():
     from deepsynth.inference.web_demo import Reading, line_at, line_html, picked
 

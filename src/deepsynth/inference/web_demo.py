@@ -1,6 +1,8 @@
 """Gradio web demo (``deepsynth demo-ui``): upload an image or PDF, pick a model, see the text, the first page
 with the detected line boxes coloured by confidence (green >= 0.9, orange >= 0.7, red below, grey unknown),
-and the timings as a sentence; shipped line images are offered as examples.
+and the timings as a sentence; click a line to read it. With a second model (B) the two readings are shown
+side by side, their lines paired and the differences marked (:mod:`deepsynth.inference.compare`). Shipped
+line images are offered as examples.
 
 Models are loaded on first use and kept; every request goes through the same :class:`OCRService` guard and
 the same input decoding (limits, PDF rendering) as the HTTP API.
