@@ -11,6 +11,7 @@ its own caller.
 * Isolation: if a batch raises, each of its items is retried alone, so one bad input fails only its own call.
 * Graceful shutdown: :meth:`close` stops accepting new items and, by default, finishes every accepted one;
   with a ``timeout_s``, whatever is still unfinished then fails with :class:`ShuttingDown` (HTTP 503).
+* Solo items (``solo(item)`` True, e.g. a streamed answer): run in a batch of their own, in queue order.
 * Pipelining (``max_inflight`` > 1, for engines that queue work themselves, such as a model in another
   process): while a batch runs, the next one is handed over as soon as a *full* batch is queued, so the
   engine starts it with no gap; a partial batch still waits for the engine to be free and takes whatever
@@ -99,6 +100,7 @@ class AsyncBatcher(Generic[T, R]):
         on_batch: Callable[[int, int], None] | None = None,
         name: str = "batcher",
         max_inflight: int = 1,
+        solo: Callable[[T], bool] | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -114,6 +116,7 @@ class AsyncBatcher(Generic[T, R]):
         self.on_batch = on_batch
         self.name = name
         self.max_inflight = max_inflight
+        self.solo = solo
         self.stats = BatcherStats()
         self._queue: asyncio.Queue[Any] | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -123,6 +126,7 @@ class AsyncBatcher(Generic[T, R]):
         self._live: set[Ticket[R]] = set()  # accepted and not finished (queued or in a running batch)
         self._inflight = 0
         self._full_batch = asyncio.Event()  # set when a full batch is queued (wakes a pipelined worker)
+        self._held: Ticket[R] | None = None  # a solo item taken from the queue: the next batch is it alone
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -147,6 +151,9 @@ class AsyncBatcher(Generic[T, R]):
         self._closing = True
         assert self._queue is not None
         if not drain:
+            if self._held is not None:
+                self._held.cancel()
+                self._held = None
             while not self._queue.empty():
                 entry = self._queue.get_nowait()
                 if isinstance(entry, Ticket):
@@ -240,6 +247,11 @@ class AsyncBatcher(Generic[T, R]):
     async def _next_batch(self) -> tuple[list[Ticket[R]], bool]:
         """Collect up to max_batch_size live tickets; returns (batch, stop_seen)."""
         assert self._queue is not None
+        if self._held is not None:
+            held, self._held = self._held, None
+            if not held.abandoned:
+                return [held], False
+            self.stats.skipped_items += 1
         batch: list[Ticket[R]] = []
         deadline: float | None = None
         while len(batch) < self.max_batch_size:
@@ -263,6 +275,11 @@ class AsyncBatcher(Generic[T, R]):
             if entry.abandoned:
                 self.stats.skipped_items += 1
                 continue
+            if self.solo is not None and self.solo(entry.item):
+                if batch:  # it runs next, alone
+                    self._held = entry
+                    break
+                return [entry], False
             batch.append(entry)
             if deadline is None:
                 # counted from when the oldest item was accepted: an item that already waited (e.g. behind

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from deepsynth.models.base import OCREngine, Prediction
+from deepsynth.models.base import OCREngine, Prediction, StopCheck, StreamingEngine, TextSink
 from deepsynth.models.generation import GenerationConfig
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ class ServingEngine(abc.ABC):
     name: str
     #: True when ``recognize`` may be called again while a batch runs (the engine queues batches itself)
     pipelined: bool = False
+    #: True when :meth:`recognize_stream` hands out text while it is generated (generative VLMs)
+    streams: bool = False
 
     @abc.abstractmethod
     def recognize(
@@ -62,6 +64,20 @@ class ServingEngine(abc.ABC):
     def remove_adapter(self, name: str) -> None:
         """Forget adapter ``name`` and free its weights."""
         raise NoAdapters(f"model {self.name!r} serves no LoRA adapters")
+
+    def recognize_stream(
+        self,
+        image: Image.Image,
+        generation: GenerationConfig | None,
+        emit: TextSink,
+        stop: StopCheck | None = None,
+        adapter: str | None = None,
+    ) -> Prediction:
+        """Read one image (with LoRA ``adapter``), calling ``emit`` with pieces of its text while it is
+        generated (see :class:`~deepsynth.models.base.StreamingEngine`). An engine that cannot stream emits
+        nothing: its caller sends the whole text once the prediction is back."""
+        (pred,) = self.recognize([image], generation, None if adapter is None else [adapter])
+        return pred
 
     @property
     @abc.abstractmethod
@@ -89,6 +105,8 @@ class InProcessEngine(ServingEngine):
         self.engine = engine
         self.name = engine.name
         self.lora = lora_set(engine)
+        # a LoRA set reads through its adapters: its answers come in one piece (see recognize_stream)
+        self.streams = self.lora is None and isinstance(engine, StreamingEngine)
         self._closed = False
 
     def recognize(
@@ -102,6 +120,18 @@ class InProcessEngine(ServingEngine):
         if adapters is not None and any(a is not None for a in adapters):
             raise NoAdapters(f"model {self.name!r} serves no LoRA adapters")
         return self.engine.recognize(images, generation)
+
+    def recognize_stream(
+        self,
+        image: Image.Image,
+        generation: GenerationConfig | None,
+        emit: TextSink,
+        stop: StopCheck | None = None,
+        adapter: str | None = None,
+    ) -> Prediction:
+        if self.streams and adapter is None and isinstance(self.engine, StreamingEngine):
+            return self.engine.recognize_stream(image, generation, emit, stop)
+        return super().recognize_stream(image, generation, emit, stop, adapter)
 
     @property
     def serves_adapters(self) -> bool:

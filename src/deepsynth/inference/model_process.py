@@ -11,6 +11,10 @@ batch to a child process (``multiprocessing`` spawn, one pipe) that owns the rea
 
 * ``pipelined``: a second batch may be sent while one runs (replies come back in order), so the child
   starts the next batch the moment it finishes one; the service's batcher uses this (``max_inflight=2``).
+* Streaming (``recognize_stream``, one image): the child sends ``("piece", text)`` messages while the model
+  generates, before the batch's reply; the caller reading that reply hands them to the job's ``emit``. When
+  the job's ``stop()`` turns True (a client went away) the parent writes the job's id into a shared value
+  that the child's stopping criterion reads after every token, so the generation ends at once.
 * Loading happens in the child; a load error is raised in the parent by the constructor, with the child's
   message (``ModelLoadError`` stays ``ModelLoadError``).
 * An engine error on a batch comes back as the same exception type (or a RuntimeError naming it).
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -51,7 +56,7 @@ from PIL import Image
 
 from deepsynth.inference.engine import Adapters, NoAdapters, ServingEngine
 from deepsynth.inference.limits import LimitExceeded
-from deepsynth.models.base import Prediction
+from deepsynth.models.base import Prediction, StopCheck, TextSink
 from deepsynth.models.generation import GenerationConfig
 
 log = logging.getLogger("deepsynth.inference")
@@ -80,12 +85,16 @@ LoraState = tuple[dict[str, str], int]  # (adapter name -> directory, max_loras)
 
 def _child_main(
     conn: Connection,
+    cancel: Any,
     spec: str,
     engine_kwargs: dict[str, Any],
     threads: int | None,
     lora: LoraState | None = None,
 ) -> None:
-    """Entry point of the model process: load, report, then answer batches until the pipe closes."""
+    """Entry point of the model process: load, report, then answer batches until the pipe closes.
+
+    A batch is ``(images, generation, adapters, stream_id)``; a non-zero ``stream_id`` streams its one image
+    while ``cancel.value`` (written by the parent) is not that id."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop (after draining)
     _exit_with_parent()
     if threads:
@@ -106,7 +115,7 @@ def _child_main(
     except BaseException as exc:  # noqa: BLE001 - every load failure goes back to the parent
         conn.send(("error", _portable(exc)))
         return
-    conn.send(("ready", getattr(engine, "name", spec)))
+    conn.send(("ready", getattr(engine, "name", spec), engine.streams))
     while True:
         try:
             msg = conn.recv()
@@ -123,8 +132,19 @@ def _child_main(
                 else:
                     engine.add_adapter(msg.name, msg.path)
                 result = None
+            elif msg[3]:
+                images, generation, adapters, stream_id = msg
+                result = [
+                    engine.recognize_stream(
+                        images[0],
+                        generation,
+                        lambda piece: conn.send(("piece", piece)),
+                        lambda sid=stream_id: cancel.value == sid,
+                        adapters[0] if adapters else None,
+                    )
+                ]
             else:
-                result = list(engine.recognize(*msg))
+                result = list(engine.recognize(*msg[:3]))
             reply = ("ok", result, local_gpu_memory())
         except Exception as exc:  # noqa: BLE001 - the parent re-raises it for the batch's callers
             reply = ("error", _portable(exc), local_gpu_memory())
@@ -155,9 +175,13 @@ def _portable(exc: BaseException) -> BaseException:
 
 @dataclass
 class _Job:
-    """One batch (or adapter call) sent to the child; ``done`` once its reply (or its error) is in."""
+    """One batch (or adapter call) sent to the child; ``done`` once its reply (or its error) is in. A
+    streamed job has an id (``message[3]``), ``emit`` for its pieces and ``stop``, polled while it runs."""
 
-    message: tuple[list[Image.Image], GenerationConfig | None, Adapters] | AdapterCall
+    message: tuple[list[Image.Image], GenerationConfig | None, Adapters, int] | AdapterCall
+    emit: TextSink | None = None
+    stop: StopCheck | None = None
+    stopping: bool = False
     sent_at: float = 0.0
     done: bool = False
     reply: tuple[Any, ...] = field(default=())
@@ -203,6 +227,8 @@ class ProcessEngine(ServingEngine):
         self._dead: ModelProcessDied | None = None
         self._gpu_memory: list[tuple[str, str, float]] = []
         self.recycles: list[str] = []  # why the child was replaced, one entry per recycle
+        self._stream_ids = itertools.count(1)
+        self.streams = False  # set by the child once its model is loaded
         self._spawn()
         self.max_rss_bytes = self._rss_ceiling(max_rss_mb)
 
@@ -211,9 +237,15 @@ class ProcessEngine(ServingEngine):
         """Start a child and wait until its model is loaded (raises the child's load error)."""
         ctx = multiprocessing.get_context("spawn")  # fork would copy the parent's threads and torch state
         self._conn, child_conn = ctx.Pipe()
+        self._cancel = ctx.Value("q", 0, lock=False)  # the id of the streamed job the child must stop
         self._proc = ctx.Process(
             target=_child_main,
-            args=(child_conn, *self._args, None if self.lora is None else (dict(self.lora), self.max_loras)),
+            args=(
+                child_conn,
+                self._cancel,
+                *self._args,
+                None if self.lora is None else (dict(self.lora), self.max_loras),
+            ),
             name=f"deepsynth-model:{self.spec}",
             daemon=True,
         )
@@ -230,13 +262,14 @@ class ProcessEngine(ServingEngine):
                     f"model process for {self.spec!r} did not load within {self.start_timeout_s:g} s"
                 )
         try:
-            status, payload = self._conn.recv()[:2]
+            status, payload, *streams = self._conn.recv()[:3]
         except (EOFError, OSError) as exc:
             raise self._died() from exc
         if status == "error":
             self.close()
             raise payload
         self.name: str = payload
+        self.streams = bool(streams and streams[0])
         self._psutil = _process(self._proc.pid)
         log.info("model process started", extra={"model": self.spec, "pid": self._proc.pid})
 
@@ -272,7 +305,21 @@ class ProcessEngine(ServingEngine):
     ) -> list[Prediction]:
         """Send one batch to the model process and wait for its predictions (thread-safe; batches sent by
         other threads meanwhile queue up in the child and run right after)."""
-        return self._call(_Job((list(images), generation, None if adapters is None else list(adapters))))
+        return self._call(_Job((list(images), generation, None if adapters is None else list(adapters), 0)))
+
+    def recognize_stream(
+        self,
+        image: Image.Image,
+        generation: GenerationConfig | None,
+        emit: TextSink,
+        stop: StopCheck | None = None,
+        adapter: str | None = None,
+    ) -> Prediction:
+        """Read one image in the child, ``emit`` getting its pieces as the child sends them (in the calling
+        thread); ``stop()`` is polled every 50 ms and ends the child's generation when True."""
+        adapters = None if adapter is None else [adapter]
+        (pred,) = self._call(_Job(([image], generation, adapters, next(self._stream_ids)), emit, stop))
+        return pred
 
     @property
     def serves_adapters(self) -> bool:
@@ -353,9 +400,15 @@ class ProcessEngine(ServingEngine):
             try:
                 if self._conn.poll(_POLL_S):
                     reply = self._conn.recv()
-                    break
+                    if reply[0] != "piece":
+                        break
+                    if job.emit is not None:  # the child streams only the job it runs: this one
+                        job.emit(reply[1])
             except (EOFError, OSError, ValueError):
                 return self._fail_all(self._died())
+            if job.stop is not None and not job.stopping and job.stop():
+                job.stopping = True
+                self._cancel.value = job.message[3]
             if not self._proc.is_alive() and not self._conn.poll(0):
                 return self._fail_all(self._died())
             if not job.sent_at:  # not written yet (a fresh child is being sent its queue)
@@ -435,7 +488,7 @@ class ProcessEngine(ServingEngine):
                     return self._fail_all(self._died())
                 waiting = list(self._pending)
                 for job in waiting:
-                    job.sent_at = 0.0
+                    job.sent_at, job.stopping = 0.0, False  # the fresh child has its own stop value
                 self._last_reply = 0.0
                 self._lock.notify_all()
             for job in waiting:  # outside the state lock: the reader may collect replies meanwhile

@@ -6,21 +6,27 @@ The service is the library; the HTTP server, the batch CLI and the web demo are 
     preds = service.recognize([image])                  # direct, blocking (offline batches)
     await service.start(); preds = await service.recognize_async([image])   # batched across callers
 
+    async for i, event in service.stream_async([image]):   # text pieces as generated, then the Prediction
+
 Preprocessing is the engine's own (the same function the trainer used); the service never resizes or
 normalises images itself. Generative outputs pass through a repetition guard and, when
 ``GenerationConfig.retry_truncated`` > 0, an olmOCR-style retry (see :mod:`deepsynth.inference.guard`).
 For a LoRA base, :meth:`OCRService.adapter_view` gives each adapter a service with its own name and metrics
 that shares the base's queue and engine, so one batch mixes adapters.
+A streamed answer has been sent before it ends, so it is neither retried nor trimmed (its ``repetition`` and
+``truncated`` flags are still set).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw
@@ -53,7 +59,40 @@ def load_model(spec: str, **kwargs: Any) -> OCREngine:
         raise ModelLoadError(f"could not load model {spec!r}: {type(exc).__name__}: {exc}") from exc
 
 
-BatchItem = tuple[Image.Image, GenerationConfig, str | None]  # one image, its settings, its LoRA adapter
+class TextStream:
+    """The pieces of one streamed answer, handed from the model's thread to the event loop, in order."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.pieces: asyncio.Queue[str | None] = asyncio.Queue()  # None: the answer is done
+        self.sent = ""
+        self._stopped = threading.Event()
+
+    def put(self, piece: str) -> None:
+        """Queue a piece (called from the model's thread; dropped once the reader has gone)."""
+        if not piece or self._stopped.is_set():
+            return
+        self.sent += piece
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads any more
+            self._loop.call_soon_threadsafe(self.pieces.put_nowait, piece)
+
+    def finish(self, text: str) -> None:
+        """Queue what the engine did not stream of its final ``text`` (all of it for a CTC engine)."""
+        if text.startswith(self.sent):
+            self.put(text[len(self.sent) :])
+        else:  # the pieces are a prefix by construction (PieceStreamer); say so if that ever breaks
+            log.warning("streamed text is not a prefix of the answer", extra={"sent": len(self.sent)})
+
+    def stop(self) -> None:
+        """The reader has gone: end the generation (polled by the engine) and drop further pieces."""
+        self._stopped.set()
+
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+
+# one image, its settings, its LoRA adapter, and the TextStream of a streamed answer
+BatchItem = tuple[Image.Image, GenerationConfig, str | None, TextStream | None]
 
 
 def _default_obs(model_id: str) -> Observability:
@@ -123,6 +162,7 @@ class OCRService:
             name="ocr-batcher",
             # an engine that queues work itself (a model in its own process) gets the next full batch early
             max_inflight=2 if self.engine.pipelined else 1,
+            solo=lambda item: item[3] is not None,  # a streamed answer runs alone (the streamer's batch is 1)
         )
         self.warmed_up = False
         self.warmup_seconds: float | None = None
@@ -241,6 +281,8 @@ class OCRService:
         preds: list[Prediction],
         gen: GenerationConfig,
         adapters: Adapters = None,
+        *,
+        trim: bool = True,
     ) -> list[Prediction]:
         flags = [self._flags(p, gen) for p in preds]
         for attempt in range(1, max(0, gen.retry_truncated) + 1):
@@ -270,7 +312,7 @@ class OCRService:
         for p, (trunc, rep) in zip(preds, flags, strict=True):
             p.meta["truncated"] = trunc
             p.meta["repetition"] = rep
-            if rep and self.trim_repetition:
+            if rep and self.trim_repetition and trim:
                 p.text, trimmed = trim_tail_loop(p.text, gen.repetition_threshold)
                 p.meta["repetition_trimmed"] = trimmed
         return preds
@@ -287,10 +329,12 @@ class OCRService:
 
     def _run_batch(self, items: list[BatchItem]) -> list[Prediction]:
         """Batch function for the batcher: one engine call per distinct generation config (the LoRA
-        adapters of a base's views mix in one call)."""
+        adapters of a base's views mix in one call; a streamed item comes alone, see ``solo``)."""
+        if len(items) == 1 and items[0][3] is not None:
+            return [self._run_stream(*items[0])]
         out: list[Prediction | None] = [None] * len(items)
         groups: dict[tuple, list[int]] = {}
-        for i, (_, gen, _) in enumerate(items):
+        for i, (_, gen, _, _) in enumerate(items):
             groups.setdefault(_generation_key(gen), []).append(i)
         for idx in groups.values():
             gen = items[idx[0]][1]
@@ -298,6 +342,18 @@ class OCRService:
             for i, p in zip(idx, preds, strict=True):
                 out[i] = p
         return out  # type: ignore[return-value]
+
+    def _run_stream(
+        self, image: Image.Image, gen: GenerationConfig, adapter: str | None, stream: TextStream | None
+    ) -> Prediction:
+        """One streamed answer: the engine emits pieces while generating; no retry and no trim (what was
+        sent stays sent), then the rest of the text."""
+        assert stream is not None
+        gen = dataclasses.replace(gen, retry_truncated=0)
+        pred = self.engine.recognize_stream(image, gen, stream.put, stream.stopped, adapter)
+        (pred,) = self._guard([image], [pred], gen, trim=False)
+        stream.finish(pred.text)
+        return pred
 
     # -- batched (async) path --------------------------------------------------------------------------
     async def recognize_async(
@@ -322,7 +378,7 @@ class OCRService:
                     f"queue has room for {self.batcher.max_queue - self.batcher.queue_depth} images, "
                     f"request has {len(images)}; retry later"
                 )
-            tickets = [self.batcher.enqueue((img, gen, self.adapter)) for img in images]
+            tickets = [self.batcher.enqueue((img, gen, self.adapter, None)) for img in images]
             with self.obs.stage("queue", images=len(images)):
                 for t in tickets:
                     await self.batcher.wait_started(t, timeout_s=_left(deadline))
@@ -332,6 +388,43 @@ class OCRService:
             for t in tickets:
                 t.cancel()
             raise
+
+    async def stream_async(
+        self,
+        images: Sequence[Image.Image],
+        generation: GenerationConfig | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[tuple[int, str | Prediction]]:
+        """Stream each image's answer: yields ``(i, piece)`` while image ``i`` is generated, then
+        ``(i, prediction)``, image after image (each image runs alone, all are queued at once). An engine
+        that cannot stream yields its whole text as one piece. Raises like :meth:`recognize_async`; leaving
+        the loop early stops the generation."""
+        gen = generation or self.generation
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        if self.batcher.max_queue - self.batcher.queue_depth < len(images):
+            raise QueueFull(
+                f"queue has room for {self.batcher.max_queue - self.batcher.queue_depth} images, "
+                f"request has {len(images)}; retry later"
+            )
+        streams = [TextStream() for _ in images]
+        tickets = [
+            self.batcher.enqueue((img, gen, self.adapter, s)) for img, s in zip(images, streams, strict=True)
+        ]
+        for t, s in zip(tickets, streams, strict=True):  # after the pieces queued before it, on the loop
+            t.result.add_done_callback(lambda _, s=s: s.pieces.put_nowait(None))
+        try:
+            for i, (ticket, stream) in enumerate(zip(tickets, streams, strict=True)):
+                while (piece := await asyncio.wait_for(stream.pieces.get(), _left(deadline))) is not None:
+                    yield i, piece
+                yield i, await self.batcher.wait(ticket, timeout_s=_left(deadline))
+        except TimeoutError:
+            raise TimeoutError(f"request timed out after {timeout:g} s in {self.batcher.name}") from None
+        finally:
+            for t, s in zip(tickets, streams, strict=True):
+                s.stop()
+                t.cancel()
 
 
 def _left(deadline: float | None) -> float | None:

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -60,6 +60,30 @@ class OCREngine(Protocol):
         self, images: Sequence[Image.Image], generation: GenerationConfig | None = None
     ) -> list[Prediction]:
         """Read a batch of RGB images; one Prediction per image, in order."""
+        ...
+
+
+TextSink = Callable[[str], None]  # receives the pieces of a streamed text, in order
+StopCheck = Callable[[], bool]  # polled while generating: True ends the generation early
+
+
+@runtime_checkable
+class StreamingEngine(OCREngine, Protocol):
+    """An engine that hands out the text of one image while it generates it (the generative VLMs).
+
+    CTC recognisers and page engines do not implement it: their text exists only once the image is read.
+    """
+
+    def recognize_stream(
+        self,
+        image: Image.Image,
+        generation: GenerationConfig | None,
+        emit: TextSink,
+        stop: StopCheck | None = None,
+    ) -> Prediction:
+        """Read one image, calling ``emit`` with pieces of its text as they are generated. The pieces joined
+        are a prefix of the returned text (the caller sends the rest). ``stop()`` returning True ends the
+        generation early (the prediction then has ``finished=False``)."""
         ...
 
 

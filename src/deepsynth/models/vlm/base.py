@@ -24,7 +24,7 @@ from PIL import Image
 
 from deepsynth.data.sample import SampleError
 from deepsynth.envs import parse_bool
-from deepsynth.models.base import ModelAdapter, Prediction
+from deepsynth.models.base import ModelAdapter, Prediction, StopCheck, TextSink
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.models.registry import MODEL_CARD
 from deepsynth.models.threads import respect_omp_thread_limit
@@ -314,9 +314,11 @@ class VLMAdapter(ModelAdapter):
         gen: GenerationConfig,
         prompt: str,
         adapter_names: Sequence[str] | None = None,
+        **generate_kw: Any,
     ) -> tuple[Any, int, list[int]]:
         """(generate's output, the padded prompt length, each row's prompt tokens incl. image tokens);
-        ``adapter_names``: peft's LoRA adapter of each row (``"__base__"``: none), see ``multi_lora``."""
+        ``adapter_names``: peft's LoRA adapter of each row (``"__base__"``: none), see ``multi_lora``;
+        ``generate_kw`` goes to ``generate`` as is (a streamer, stopping criteria)."""
         import torch
 
         enc = self._to_device(dict(self.encode_prompts(images, prompt, gen, padding_side="left")))
@@ -329,7 +331,9 @@ class VLMAdapter(ModelAdapter):
         if adapter_names is not None:
             kw["adapter_names"] = list(adapter_names)
         with torch.inference_mode():
-            out = self.model.generate(**enc, **kw, return_dict_in_generate=True, output_scores=True)
+            out = self.model.generate(
+                **enc, **kw, **generate_kw, return_dict_in_generate=True, output_scores=True
+            )
         return out, enc["input_ids"].shape[1], [int(n) for n in read]
 
     def _token_logprobs(self, out: Any, gen: GenerationConfig) -> Any:
@@ -352,17 +356,52 @@ class VLMAdapter(ModelAdapter):
     ) -> list[Prediction]:
         """Read a batch of images (left-padded batched generation; greedy by default); ``adapter_names``
         as for :meth:`generate_ids`."""
-        gen = generation or GenerationConfig()
         if not images:
             return []
+        return self._read(images, generation or GenerationConfig(), adapter_names)
+
+    def recognize_stream(
+        self,
+        image: Image.Image,
+        generation: GenerationConfig | None,
+        emit: TextSink,
+        stop: StopCheck | None = None,
+    ) -> Prediction:
+        """Read one image, emitting settled pieces of the answer as ``generate`` produces them
+        (:class:`~deepsynth.models.base.StreamingEngine`). Beam search keeps several answers until the end:
+        with ``num_beams`` > 1 nothing is emitted (the caller sends the whole text)."""
+        from transformers import StoppingCriteriaList
+
+        from deepsynth.models.vlm.streaming import PieceStreamer, StopWhen
+
+        gen = generation or GenerationConfig()
+        extra: dict[str, Any] = {}
+        if stop is not None:
+            extra["stopping_criteria"] = StoppingCriteriaList([StopWhen(stop)])
+        if gen.num_beams == 1:
+            extra["streamer"] = PieceStreamer(
+                lambda ids: self.postprocess(ids)[0],
+                emit,
+                set(self.end_token_ids()),
+                self.tokenizer.pad_token_id,
+            )
+        (pred,) = self._read([image], gen, **extra)
+        return pred
+
+    def _read(
+        self,
+        images: Sequence[Image.Image],
+        gen: GenerationConfig,
+        adapter_names: Sequence[str] | None = None,
+        **generate_kw: Any,
+    ) -> list[Prediction]:
         prompt = self.resolve_prompt(gen.prompt) if gen.prompt else self.prompt
         was_training = self.model.training
         self.model.eval()
         try:  # retries (gen.retry_truncated) are OCRService's job: one policy for every engine
-            preds = self._decode(*self.generate_ids(images, gen, prompt, adapter_names), gen)
+            return self._decode(*self.generate_ids(images, gen, prompt, adapter_names, **generate_kw), gen)
         finally:
             self.model.train(was_training)
-        return preds
 
     def _decode(
         self, out: Any, prompt_len: int, prompt_tokens: list[int], gen: GenerationConfig

@@ -57,6 +57,7 @@ class TrOCRAdapter(VLMAdapter):
         gen: GenerationConfig,
         prompt: str,
         adapter_names: Sequence[str] | None = None,
+        **generate_kw: Any,
     ) -> tuple[Any, int, list[int]]:
         """Prompt tokens: the encoder's output length (image patches) + the decoder start token."""
         import torch
@@ -71,7 +72,7 @@ class TrOCRAdapter(VLMAdapter):
         with torch.inference_mode():
             encoded = self.model.get_encoder()(pixel_values=px)
             out = self.model.generate(
-                encoder_outputs=encoded, **kw, return_dict_in_generate=True, output_scores=True
+                encoder_outputs=encoded, **kw, **generate_kw, return_dict_in_generate=True, output_scores=True
             )
         read = int(encoded.last_hidden_state.shape[1]) + 1
         return out, 1, [read] * len(images)  # generated ids start after the decoder start token

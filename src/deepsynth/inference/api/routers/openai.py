@@ -1,16 +1,24 @@
-"""The OpenAI-compatible surface: ``POST /v1/chat/completions`` (images as data: URIs only), ``GET /v1/models``."""
+"""The OpenAI-compatible surface: ``POST /v1/chat/completions`` (images as data: URIs only), ``GET /v1/models``.
+
+``stream: true`` sends the text as the model generates it (generative VLMs: a piece per settled token, from
+the model process); an engine that cannot stream (CTC recognisers, page engines) sends its text in one
+chunk once the image is read. Errors before the first piece are HTTP errors; later ones are an ``error``
+event (the openai SDK raises it).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from deepsynth.inference.api.bodies import FileItem, decode_pages, read_json
+from deepsynth.inference.api.errors import failure
 from deepsynth.inference.api.openapi import ERRORS, request_body
 from deepsynth.inference.api.protocol import ChatCompletionRequest, ChatCompletionResponse, ModelList
 from deepsynth.inference.api.routers.common import keep_for_feedback, record, resolve_generation, timings
@@ -53,32 +61,30 @@ async def _chat(request: Request, state: ServerState, ctx: RequestContext) -> Re
         gen = resolve_generation(service, gen)
     finally:
         obs.record_stage("preprocess", time.perf_counter() - t0)
-    try:
-        preds = await service.recognize_async([p.image for p in pages], gen)
-    except UnsupportedGeneration as exc:
-        if exc.param != "prompt":
-            raise
-        raise InputError(
-            400,
-            "unsupported_generation",
-            f"{exc} (the text parts of the user messages are the prompt)",
-            "messages",
-        ) from exc
-    with obs.stage("postprocess"):
-        text = "\n\n".join(p.text for p in preds)
-        finish = "length" if any(p.finished is False for p in preds) else "stop"
-        usage = usage_of(preds)
-        record(obs, ctx, pages, preds, service.model_id, doc_type)
-        keep_for_feedback(state.feedback, ctx, files, pages, service.model_id, doc_type)
     cid = f"chatcmpl-{ctx.request_id}"
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = service.stream_async([p.image for p in pages], gen)
+        with _prompt_errors():  # errors before the first piece (queue full, a refused prompt) are HTTP errors
+            first = await anext(events)
+        chunks = _Chunks(cid, int(time.time()), service.model_id, include_usage)
+
+        def done(preds: list[Prediction]) -> None:
+            record(obs, ctx, pages, preds, service.model_id, doc_type)
+            keep_for_feedback(state.feedback, ctx, files, pages, service.model_id, doc_type)
+
         return StreamingResponse(
-            _sse_chunks(
-                cid, int(time.time()), service.model_id, text, finish, usage if include_usage else None
-            ),
+            _stream(chunks, first, events, done),
             media_type="text/event-stream",
         )
+    with _prompt_errors():
+        preds = await service.recognize_async([p.image for p in pages], gen)
+    with obs.stage("postprocess"):
+        text = "\n\n".join(p.text for p in preds)
+        finish = finish_reason(preds)
+        usage = usage_of(preds)
+        record(obs, ctx, pages, preds, service.model_id, doc_type)
+        keep_for_feedback(state.feedback, ctx, files, pages, service.model_id, doc_type)
     return JSONResponse(
         {
             "id": cid,
@@ -97,6 +103,26 @@ async def _chat(request: Request, state: ServerState, ctx: RequestContext) -> Re
             "timings": timings(ctx),
         }
     )
+
+
+@contextlib.contextmanager
+def _prompt_errors() -> Iterator[None]:
+    """A prompt the engine refuses names the chat field it came from (the text parts of the messages)."""
+    try:
+        yield
+    except UnsupportedGeneration as exc:
+        if exc.param != "prompt":
+            raise
+        raise InputError(
+            400,
+            "unsupported_generation",
+            f"{exc} (the text parts of the user messages are the prompt)",
+            "messages",
+        ) from exc
+
+
+def finish_reason(preds: list[Prediction]) -> str:
+    return "length" if any(p.finished is False for p in preds) else "stop"
 
 
 def usage_of(preds: list[Prediction]) -> dict[str, int]:
@@ -149,27 +175,59 @@ def _read_chat(body: ChatCompletionRequest) -> tuple[list[FileItem], dict[str, A
     return files, gen
 
 
-async def _sse_chunks(
-    cid: str, created: int, model: str, text: str, finish: str, usage: dict[str, int] | None
-) -> AsyncIterator[str]:
-    """OpenAI's chunks; with ``usage`` (``stream_options.include_usage``) every chunk has ``usage: null`` and a
-    last chunk with no choices carries it, as OpenAI sends it."""
+class _Chunks:
+    """OpenAI's ``chat.completion.chunk`` events of one answer. With ``include_usage``
+    (``stream_options.include_usage``) every chunk has ``usage: null`` and a last chunk with no choices
+    carries it, as OpenAI sends it."""
 
-    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
-        payload = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
-        payload.update(choices=choices, **extra)
-        if usage is not None:
+    def __init__(self, cid: str, created: int, model: str, include_usage: bool):
+        self.head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
+        self.include_usage = include_usage
+
+    def event(self, choices: list[dict[str, Any]], **extra: Any) -> str:
+        payload = {**self.head, "choices": choices, **extra}
+        if self.include_usage:
             payload.setdefault("usage", None)
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-    def delta(content: dict[str, Any], finish_reason: str | None) -> str:
-        return chunk([{"index": 0, "delta": content, "finish_reason": finish_reason}])
+    def delta(self, content: dict[str, Any], finish_reason: str | None = None) -> str:
+        return self.event([{"index": 0, "delta": content, "finish_reason": finish_reason}])
 
-    yield delta({"role": "assistant", "content": ""}, None)
-    yield delta({"content": text}, None)
-    yield delta({}, finish)
-    if usage is not None:
-        yield chunk([], usage=usage)
+
+async def _stream(
+    chunks: _Chunks,
+    first: tuple[int, str | Prediction],
+    events: AsyncIterator[tuple[int, str | Prediction]],
+    on_done: Callable[[list[Prediction]], None],
+) -> AsyncIterator[str]:
+    """The SSE body: a role chunk, a content chunk per piece (images joined by a blank line like the
+    non-streamed text), the finish reason, the usage when asked, ``[DONE]``. A client that disconnects
+    closes ``events``, which stops the generation."""
+    yield chunks.delta({"role": "assistant", "content": ""})
+    preds: list[Prediction] = []
+    image = 0
+    try:
+        event: tuple[int, str | Prediction] | None = first
+        while event is not None:
+            i, item = event
+            if i != image:  # the next image's answer starts
+                image = i
+                yield chunks.delta({"content": "\n\n"})
+            if isinstance(item, Prediction):
+                preds.append(item)
+            else:
+                yield chunks.delta({"content": item})
+            event = await anext(events, None)
+    except Exception as exc:  # noqa: BLE001 - the status line is sent: the error becomes an event
+        err = failure(exc, unexpected="model_error")
+        yield f"data: {json.dumps(err.body(), ensure_ascii=False)}\n\n"
+        return
+    finally:
+        await events.aclose()
+    on_done(preds)
+    yield chunks.delta({}, finish_reason(preds))
+    if chunks.include_usage:
+        yield chunks.event([], usage=usage_of(preds))
     yield "data: [DONE]\n\n"
 
 
