@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import httpx
 import openai
 import pytest
@@ -118,8 +120,20 @@ def test_usage_of_a_ctc_recogniser_counts_characters(shared_data):
         client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0)
         content = [{"type": "image_url", "image_url": {"url": data_uri(img)}}]
         r = client.chat.completions.create(model="ppocr", messages=[{"role": "user", "content": content}])
+        lp = client.chat.completions.create(
+            model="ppocr", messages=[{"role": "user", "content": content}], logprobs=True
+        )
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(
+                model="ppocr", messages=[{"role": "user", "content": content}], logprobs=True, top_logprobs=2
+            )
     text = r.choices[0].message.content
     assert len(text) > 20
+    # a CTC recogniser's tokens are its characters, each with the probability of the frame that emitted it
+    chars = lp.choices[0].logprobs.content
+    assert "".join(c.token for c in chars) == text and all(c.logprob <= 0 for c in chars)
+    assert all(c.top_logprobs == [] for c in chars)
+    assert err.value.body["param"] == "top_logprobs" and "alternative" in err.value.body["message"]
     assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (
         0,
         len(text),
@@ -127,12 +141,56 @@ def test_usage_of_a_ctc_recogniser_counts_characters(shared_data):
     )
 
 
-def test_logprobs_is_a_400_naming_the_field_not_silently_ignored(got_server):
+def test_logprobs_are_the_models_own_with_real_alternatives(got_server):
     client = openai.OpenAI(base_url=f"{got_server.url}/v1", api_key="x", max_retries=0)
-    for kwargs, field in (({"logprobs": True}, "logprobs"), ({"top_logprobs": 2}, "top_logprobs")):
+    r = client.chat.completions.create(
+        model="got-tiny", messages=_messages(), max_tokens=4, logprobs=True, top_logprobs=3
+    )
+    (direct,) = got_server.service.engine.recognize(
+        [page()], GenerationConfig(max_new_tokens=4, top_logprobs=3)
+    )
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens == len(direct.logprobs) > 0
+    for got, want in zip(content, direct.logprobs, strict=True):
+        assert (got.token, got.logprob) == (want.token, pytest.approx(want.logprob))
+        assert got.logprob <= 0 and got.bytes == list(got.token.encode())
+        alts = got.top_logprobs
+        assert len(alts) == 3 and [a.logprob for a in alts] == sorted((a.logprob for a in alts), reverse=True)
+        # greedy decoding: the token is the most likely one of its step
+        assert alts[0].token == got.token and alts[0].logprob == pytest.approx(got.logprob)
+    # confidence is exp(mean log-probability) over the same tokens (plus the end token when one came)
+    if direct.finished is False:
+        mean = sum(t.logprob for t in content) / len(content)
+        assert direct.confidence == pytest.approx(math.exp(mean), rel=1e-4)
+
+    plain = client.chat.completions.create(model="got-tiny", messages=_messages(), max_tokens=4)
+    assert plain.choices[0].logprobs is None
+    # streamed: the finishing chunk carries every token's log-probabilities
+    chunks = list(
+        client.chat.completions.create(
+            model="got-tiny", messages=_messages(), max_tokens=4, logprobs=True, stream=True
+        )
+    )
+    last = next(c for c in chunks if c.choices and c.choices[0].finish_reason)
+    assert [t.logprob for t in last.choices[0].logprobs.content] == pytest.approx(
+        [t.logprob for t in content]
+    )
+
+
+def test_top_logprobs_without_logprobs_is_a_400_naming_it(got_server):
+    client = openai.OpenAI(base_url=f"{got_server.url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="got-tiny", messages=_messages(), max_tokens=2, top_logprobs=2)
+    assert err.value.body["param"] == "top_logprobs"
+
+
+def test_engines_without_token_probabilities_answer_logprobs_with_a_400():
+    from tests.serving_engines import ColourEngine
+
+    service = OCRService(ColourEngine(), model_id="colour", max_wait_ms=5, obs=Observability("colour"))
+    with running_server(create_app(service)) as s:
+        client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0)
         with pytest.raises(openai.BadRequestError) as err:
-            client.chat.completions.create(model="got-tiny", messages=_messages(), max_tokens=2, **kwargs)
-        assert err.value.body["param"] == field and err.value.body["type"] == "unsupported_parameter"
-        assert "log-probabilities" in err.value.body["message"]
-    r = client.chat.completions.create(model="got-tiny", messages=_messages(), max_tokens=2, logprobs=False)
-    assert r.choices[0].logprobs is None
+            client.chat.completions.create(model="colour", messages=_messages(), logprobs=True)
+    assert err.value.body["param"] == "logprobs" and err.value.body["type"] == "unsupported_parameter"
+    assert "does not return token log-probabilities" in err.value.body["message"]

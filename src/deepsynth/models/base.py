@@ -25,6 +25,16 @@ if TYPE_CHECKING:  # heavy imports stay lazy
 
 
 @dataclass
+class TokenLogprob:
+    """One output token (a CTC recogniser's character) with its log-probability and, when asked and the
+    engine has them, the most likely tokens at its step with theirs (best first)."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
 class Prediction:
     """What an engine read from one image.
 
@@ -34,6 +44,8 @@ class Prediction:
     Token counts (the API's ``usage``): ``num_tokens`` is what the engine generated — a VLM's tokens without
     the end token, a CTC recogniser's characters (labels left after collapsing repeats and blanks);
     ``prompt_tokens`` is what it read — a VLM's image + prompt tokens, 0 for a CTC recogniser (no prompt).
+    ``logprobs`` (only when ``GenerationConfig.top_logprobs`` is set and the engine has token probabilities)
+    holds one entry per counted output token.
     """
 
     text: str
@@ -43,6 +55,7 @@ class Prediction:
     lines: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     prompt_tokens: int | None = None
+    logprobs: list[TokenLogprob] | None = None
 
 
 def char_tokens(text: str) -> int:

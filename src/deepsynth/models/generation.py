@@ -41,6 +41,9 @@ class GenerationConfig:
     # repetition guard: flag (and on retry, raise no_repeat_ngram_size for) outputs with a repeated n-gram
     repetition_ngram: int = 8
     repetition_threshold: int = 4
+    # per-token log-probabilities on Prediction.logprobs, with this many alternatives per token (None: none).
+    # VLMs give both; a CTC recogniser gives its characters' and refuses alternatives; other engines ignore it
+    top_logprobs: int | None = None
 
     def to_hf_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for transformers' ``generate``."""

@@ -46,11 +46,15 @@ _GENERATION_BOUNDS: dict[str, dict[str, float]] = {
 }
 
 
+_NOT_OVERRIDES = {"top_logprobs"}  # asked for through the chat API's logprobs / top_logprobs
+
+
 def _generation_model() -> type[StrictModel]:
     hints = get_type_hints(GenerationConfig)
     fields: dict[str, Any] = {
         f.name: (hints[f.name], Field(None, **_GENERATION_BOUNDS.get(f.name, {})))
         for f in dataclasses.fields(GenerationConfig)
+        if f.name not in _NOT_OVERRIDES
     }
     return create_model(
         "GenerationOverrides",
@@ -257,7 +261,8 @@ class ChatCompletionRequest(StrictModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None  # include_usage: a last chunk carries the usage
     metadata: ChatMetadata | None = None  # doc_type labels and routes the request
-    # not served: true (or top_logprobs) is a 400 naming the field, never silently ignored
+    # per-token log-probabilities (VLMs, and characters of CTC recognisers); a 400 naming the field where the
+    # engine has none (page engines, Tesseract) or no alternatives (top_logprobs > 0 on a CTC recogniser)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     # accepted (OpenAI clients send them) and without effect on OCR
@@ -273,11 +278,27 @@ class ChatChoiceMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] = Field(description="the token's text as UTF-8 bytes")
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(description="the most likely tokens at this step, best first")
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] = Field(
+        description="one entry per output token (a CTC recogniser's: per character), images one after the other"
+    )
+
+
 class ChatChoice(BaseModel):
     index: int
     message: ChatChoiceMessage
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class Usage(BaseModel):

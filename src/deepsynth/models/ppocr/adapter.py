@@ -286,7 +286,7 @@ class PPOCRAdapter(ModelAdapter):
         self, images: Sequence[Image.Image | np.ndarray], generation: GenerationConfig | None = None
     ) -> list[Prediction]:
         """Greedy CTC read of line images; batches by similar width (like rapidocr); confidence = mean max prob."""
-        return recognize_in_batches(images, self.probabilities, self.charset, self.batch_size)
+        return recognize_in_batches(images, self.probabilities, self.charset, self.batch_size, generation)
 
     # ------------------------------------------------------------------ trainer hooks
     def extend_charset(self, texts_or_chars: Iterable[str] | str, *, bias_offset: float = -4.0) -> list[str]:

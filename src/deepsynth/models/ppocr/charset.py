@@ -79,16 +79,25 @@ class Charset:
 
         Same rule as rapidocr's CTCLabelDecode: collapse repeats, drop blanks; confidence 0 for empty text.
         """
+        out: list[tuple[str, float]] = []
+        for chars in self.emitted(probs):
+            text = "".join(ch for ch, _ in chars)
+            conf = float(np.mean([p for _, p in chars])) if chars else 0.0
+            out.append((text, conf))
+        return out
+
+    def emitted(self, probs: np.ndarray) -> list[list[tuple[str, float]]]:
+        """Greedy CTC per row: each emitted character with the probability of the frame that emitted it."""
         idx = probs.argmax(axis=2)
         top = probs.max(axis=2)
-        out: list[tuple[str, float]] = []
+        out = []
         for row_idx, row_top in zip(idx, top, strict=True):
             keep = np.ones(len(row_idx), dtype=bool)
             keep[1:] = row_idx[1:] != row_idx[:-1]
             keep &= row_idx != 0
-            text = "".join(self.chars[i - 1] for i in row_idx[keep])
-            conf = float(row_top[keep].mean()) if keep.any() else 0.0
-            out.append((text, conf))
+            out.append(
+                [(self.chars[i - 1], float(p)) for i, p in zip(row_idx[keep], row_top[keep], strict=True)]
+            )
         return out
 
     def base_class(self, ch: str) -> int | None:

@@ -64,7 +64,7 @@ class PPOCROnnxEngine:
     def recognize(
         self, images: Sequence[Image.Image | np.ndarray], generation: GenerationConfig | None = None
     ) -> list[Prediction]:
-        return recognize_in_batches(images, self.probabilities, self.charset, self.batch_size)
+        return recognize_in_batches(images, self.probabilities, self.charset, self.batch_size, generation)
 
 
 def build(arg: str | None = None, **kwargs: Any) -> PPOCROnnxEngine:

@@ -24,8 +24,8 @@ from PIL import Image
 
 from deepsynth.data.sample import SampleError
 from deepsynth.envs import parse_bool
-from deepsynth.models.base import ModelAdapter, Prediction, StopCheck, TextSink
-from deepsynth.models.generation import GenerationConfig
+from deepsynth.models.base import ModelAdapter, Prediction, StopCheck, TextSink, TokenLogprob
+from deepsynth.models.generation import GenerationConfig, UnsupportedGeneration
 from deepsynth.models.registry import MODEL_CARD
 from deepsynth.models.threads import respect_omp_thread_limit
 from deepsynth.models.vlm import lora as lora_mod
@@ -412,10 +412,16 @@ class VLMAdapter(ModelAdapter):
         ends = set(self.end_token_ids())
         pad = self.tokenizer.pad_token_id
         logprobs = self._token_logprobs(out, gen)
+        if gen.top_logprobs is not None and logprobs is None:
+            raise UnsupportedGeneration(
+                f"{self.family}: token log-probabilities need greedy or sampled decoding (num_beams=1, "
+                f"got {gen.num_beams})",
+                "logprobs",
+            )
         preds = []
         for i, row in enumerate(out.sequences[:, prompt_len:].tolist()):
             finished = False
-            toks, used = [], []
+            toks, used, steps = [], [], []
             for j, t in enumerate(row):
                 if t in ends:
                     finished = True
@@ -425,6 +431,7 @@ class VLMAdapter(ModelAdapter):
                     continue
                 toks.append(t)
                 used.append(j)
+                steps.append(j)
             confidence = None
             if logprobs is not None and used:
                 confidence = math.exp(float(logprobs[i, used].mean()))
@@ -440,9 +447,37 @@ class VLMAdapter(ModelAdapter):
                     prompt_tokens=prompt_tokens[i],
                     lines=lines,
                     meta={"family": self.family},
+                    logprobs=None
+                    if gen.top_logprobs is None
+                    else self._logprob_entries(out, gen, logprobs, i, row, steps),
                 )
             )
         return preds
+
+    def _logprob_entries(
+        self, out: Any, gen: GenerationConfig, logprobs: Any, i: int, row: list[int], steps: list[int]
+    ) -> list[TokenLogprob]:
+        """Row ``i``'s token and its log-probability at each of ``steps``, with the ``gen.top_logprobs`` most
+        likely tokens of that step (log-softmax of the scores ``generate`` picked from, as for the token)."""
+        import math
+
+        import torch
+
+        def text(token_id: int) -> str:
+            return self.tokenizer.decode([token_id])
+
+        entries = []
+        for j in steps:
+            top: list[tuple[str, float]] = []
+            if gen.top_logprobs:
+                values, ids = torch.log_softmax(out.scores[j][i].float(), -1).topk(gen.top_logprobs)
+                top = [
+                    (text(int(t)), float(v))
+                    for v, t in zip(values.tolist(), ids.tolist(), strict=True)
+                    if math.isfinite(v)
+                ]
+            entries.append(TokenLogprob(text(row[j]), float(logprobs[i, j]), top))
+        return entries
 
     def postprocess(self, token_ids: list[int]) -> tuple[str, list[dict[str, Any]]]:
         """Generated ids → (text, per-region lines). Families with structured output override this."""

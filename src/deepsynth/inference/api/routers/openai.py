@@ -65,24 +65,24 @@ async def _chat(request: Request, state: ServerState, ctx: RequestContext) -> Re
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = service.stream_async([p.image for p in pages], gen)
-        with _prompt_errors():  # errors before the first piece (queue full, a refused prompt) are HTTP errors
+        with _engine_refusals():  # errors before the first piece (queue full, a refused prompt): HTTP errors
             first = await anext(events)
         chunks = _Chunks(cid, int(time.time()), service.model_id, include_usage)
 
-        def done(preds: list[Prediction]) -> None:
+        def done(preds: list[Prediction]) -> dict[str, Any] | None:
+            logprobs = _logprobs(preds, service.model_id) if body.logprobs else None
             record(obs, ctx, pages, preds, service.model_id, doc_type)
             keep_for_feedback(state.feedback, ctx, files, pages, service.model_id, doc_type)
+            return logprobs
 
-        return StreamingResponse(
-            _stream(chunks, first, events, done),
-            media_type="text/event-stream",
-        )
-    with _prompt_errors():
+        return StreamingResponse(_stream(chunks, first, events, done), media_type="text/event-stream")
+    with _engine_refusals():
         preds = await service.recognize_async([p.image for p in pages], gen)
     with obs.stage("postprocess"):
         text = "\n\n".join(p.text for p in preds)
         finish = finish_reason(preds)
         usage = usage_of(preds)
+        logprobs = _logprobs(preds, service.model_id) if body.logprobs else None
         record(obs, ctx, pages, preds, service.model_id, doc_type)
         keep_for_feedback(state.feedback, ctx, files, pages, service.model_id, doc_type)
     return JSONResponse(
@@ -96,7 +96,7 @@ async def _chat(request: Request, state: ServerState, ctx: RequestContext) -> Re
                     "index": 0,
                     "message": {"role": "assistant", "content": text},
                     "finish_reason": finish,
-                    "logprobs": None,
+                    "logprobs": logprobs,
                 }
             ],
             "usage": usage,
@@ -106,11 +106,14 @@ async def _chat(request: Request, state: ServerState, ctx: RequestContext) -> Re
 
 
 @contextlib.contextmanager
-def _prompt_errors() -> Iterator[None]:
-    """A prompt the engine refuses names the chat field it came from (the text parts of the messages)."""
+def _engine_refusals() -> Iterator[None]:
+    """A setting the engine refuses names the chat field it came from: the text parts of the messages for
+    the prompt, ``logprobs`` / ``top_logprobs`` for log-probabilities."""
     try:
         yield
     except UnsupportedGeneration as exc:
+        if exc.param in ("logprobs", "top_logprobs"):
+            raise InputError(400, "unsupported_parameter", f"{exc.param}: {exc}", exc.param) from exc
         if exc.param != "prompt":
             raise
         raise InputError(
@@ -119,6 +122,28 @@ def _prompt_errors() -> Iterator[None]:
             f"{exc} (the text parts of the user messages are the prompt)",
             "messages",
         ) from exc
+
+
+def _logprobs(preds: list[Prediction], model: str) -> dict[str, Any]:
+    """OpenAI's ``logprobs`` of a choice: every image's tokens in order (400 when the engine has none)."""
+    if any(p.logprobs is None for p in preds):
+        raise InputError(
+            400,
+            "unsupported_parameter",
+            f"logprobs: model {model!r} does not return token log-probabilities (VLMs and CTC line "
+            "recognisers do; page engines and Tesseract do not)",
+            "logprobs",
+        )
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    content = [
+        {**entry(t.token, t.logprob), "top_logprobs": [entry(a, lp) for a, lp in t.top]}
+        for p in preds
+        for t in p.logprobs or []
+    ]
+    return {"content": content}
 
 
 def finish_reason(preds: list[Prediction]) -> str:
@@ -134,13 +159,12 @@ def usage_of(preds: list[Prediction]) -> dict[str, int]:
 
 def _read_chat(body: ChatCompletionRequest) -> tuple[list[FileItem], dict[str, Any]]:
     """The images of the user messages, and generation overrides (prompt, token limit, sampling)."""
-    if body.logprobs or body.top_logprobs is not None:
-        field = "logprobs" if body.logprobs else "top_logprobs"
+    if body.top_logprobs is not None and not body.logprobs:
         raise InputError(
             400,
-            "unsupported_parameter",
-            f"{field}: this server does not return token log-probabilities (leave out logprobs and top_logprobs)",
-            field,
+            "invalid_request",
+            "top_logprobs: set logprobs to true to get log-probabilities",
+            "top_logprobs",
         )
     files: list[FileItem] = []
     prompt_parts: list[str] = []
@@ -169,6 +193,8 @@ def _read_chat(body: ChatCompletionRequest) -> tuple[list[FileItem], dict[str, A
         gen.update(do_sample=True, temperature=body.temperature)
     if body.top_p is not None:
         gen["top_p"] = body.top_p
+    if body.logprobs:
+        gen["top_logprobs"] = body.top_logprobs or 0
     prompt = "\n".join(p for p in prompt_parts if p.strip())
     if prompt:
         gen["prompt"] = prompt
@@ -190,19 +216,20 @@ class _Chunks:
             payload.setdefault("usage", None)
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-    def delta(self, content: dict[str, Any], finish_reason: str | None = None) -> str:
-        return self.event([{"index": 0, "delta": content, "finish_reason": finish_reason}])
+    def delta(self, content: dict[str, Any], finish_reason: str | None = None, **choice: Any) -> str:
+        return self.event([{"index": 0, "delta": content, "finish_reason": finish_reason, **choice}])
 
 
 async def _stream(
     chunks: _Chunks,
     first: tuple[int, str | Prediction],
     events: AsyncIterator[tuple[int, str | Prediction]],
-    on_done: Callable[[list[Prediction]], None],
+    on_done: Callable[[list[Prediction]], dict[str, Any] | None],
 ) -> AsyncIterator[str]:
     """The SSE body: a role chunk, a content chunk per piece (images joined by a blank line like the
-    non-streamed text), the finish reason, the usage when asked, ``[DONE]``. A client that disconnects
-    closes ``events``, which stops the generation."""
+    non-streamed text), the finish reason (with every token's log-probabilities when asked: they are known
+    once the answer is), the usage when asked, ``[DONE]``. A client that disconnects closes ``events``,
+    which stops the generation."""
     yield chunks.delta({"role": "assistant", "content": ""})
     preds: list[Prediction] = []
     image = 0
@@ -218,14 +245,14 @@ async def _stream(
             else:
                 yield chunks.delta({"content": item})
             event = await anext(events, None)
+        logprobs = on_done(preds)
     except Exception as exc:  # noqa: BLE001 - the status line is sent: the error becomes an event
         err = failure(exc, unexpected="model_error")
         yield f"data: {json.dumps(err.body(), ensure_ascii=False)}\n\n"
         return
     finally:
         await events.aclose()
-    on_done(preds)
-    yield chunks.delta({}, finish_reason(preds))
+    yield chunks.delta({}, finish_reason(preds), logprobs=logprobs)
     if chunks.include_usage:
         yield chunks.event([], usage=usage_of(preds))
     yield "data: [DONE]\n\n"
