@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -36,7 +37,7 @@ from typing import Any
 
 from deepsynth import envs
 from deepsynth.atomic import write_file
-from deepsynth.observability.audit import AuditLog, BackgroundWriter, created_of, safe_tag, stamped_id, utc
+from deepsynth.observability.audit import AuditLog, BackgroundWriter, safe_tag, stamp, stamped_id, utc
 
 log = logging.getLogger("deepsynth.feedback")
 
@@ -111,6 +112,7 @@ class FeedbackStore:
         self.inputs_dir = self.root / "inputs"
         self.audit = AuditLog(self.root / "audit.jsonl", clock)
         self._lock = threading.Lock()
+        self._cache: tuple[tuple[int, int, int], dict[str, tuple[dict[str, Any], str]]] | None = None
         self._writer = BackgroundWriter(  # at most 16 requests' files wait in memory
             self._write_input, "deepsynth-feedback", 16, background=settings.background and not admin
         )
@@ -201,8 +203,10 @@ class FeedbackStore:
                 if rid
                 else f"fb-{stamped_id(created, 'image', lambda i: f'fb-{i}' in ids)}"
             )
-            stamp = stamped_id(created, safe_tag(sid), lambda i: any(self.images_dir.glob(f"{i}.*")))
-            image_name = f"images/{stamp}.{image_ext}"
+            name = stamped_id(
+                created, safe_tag(sid), lambda i: (self.images_dir / f"{i}.{image_ext}").exists()
+            )
+            image_name = f"images/{name}.{image_ext}"
             write_file(self.root / image_name, image)
             row = {
                 "id": sid,
@@ -218,8 +222,9 @@ class FeedbackStore:
                 "created_ts": created,
             }
             replaced = [r for r in rows if r["id"] == sid]
+            kept, expired, excess = self._retain([r for r in rows if r["id"] != sid] + [row], created)
             try:
-                self._write([r for r in rows if r["id"] != sid] + [row])
+                self._write(kept)
             except BaseException:  # the old manifest stands; no image without its line
                 (self.root / image_name).unlink(missing_ok=True)
                 raise
@@ -228,7 +233,9 @@ class FeedbackStore:
                 files=[MANIFEST, image_name], bytes=len(image), chars=len(text),
             )  # fmt: skip
             self._forget(replaced, "superseded")
-        self.enforce_retention(now=created)
+            self._forget(expired, "max_age")
+            self._forget(excess, "max_count")
+        self._retain_inputs(created)
         return row
 
     def feedback(self) -> list[dict[str, Any]]:
@@ -256,23 +263,34 @@ class FeedbackStore:
 
     def enforce_retention(self, now: float | None = None) -> int:
         """Apply the age and count limits to corrections and kept inputs (oldest first); returns how many went."""
-        s, now = self.settings, self.clock() if now is None else now
+        now = self.clock() if now is None else now
         with self._locked():
-            rows = sorted(self._read(), key=lambda r: r["created_ts"])
-            expired = [r for r in rows if now - r["created_ts"] > s.max_age_days * 86400.0]
-            kept = rows[len(expired) :]  # sorted by age: the expired ones come first
-            excess = kept[: max(0, len(kept) - s.max_count)]
+            kept, expired, excess = self._retain(self._read(), now)
             if expired or excess:
-                self._write(kept[len(excess) :])
+                self._write(kept)
                 self._forget(expired, "max_age")
                 self._forget(excess, "max_count")
-        inputs = sorted(p for p in self.inputs_dir.glob("*") if p.is_dir() and not p.name.startswith("."))
-        old = [p for p in inputs if now - (created_of(p.name) or 0.0) > s.keep_inputs_hours * 3600.0]
-        rest = inputs[len(old) :]  # names start with their creation time: the old ones come first
-        over = rest[: max(0, len(rest) - s.max_inputs)]
-        self._delete_inputs(old, "max_age")
-        self._delete_inputs(over, "max_inputs")
-        return len(expired) + len(excess) + len(old) + len(over)
+        return len(expired) + len(excess) + self._retain_inputs(now)
+
+    def _retain(self, rows: list[dict[str, Any]], now: float) -> tuple[list[dict[str, Any]], ...]:
+        """``rows`` split into (kept, older than max_age, beyond max_count), each oldest first."""
+        rows = sorted(rows, key=lambda r: r["created_ts"])
+        expired = [r for r in rows if now - r["created_ts"] > self.settings.max_age_days * 86400.0]
+        kept = rows[len(expired) :]
+        excess = kept[: max(0, len(kept) - self.settings.max_count)]
+        return kept[len(excess) :], expired, excess
+
+    def _retain_inputs(self, now: float) -> int:
+        """Delete kept inputs past ``keep_inputs_hours`` and beyond ``max_inputs``: their names start with their
+        creation stamp, so names sort by age and compare with the cut-off's stamp (no parsing, no stat)."""
+        names = sorted(n for n in os.listdir(self.inputs_dir) if not n.startswith("."))
+        cutoff = stamp(now - self.settings.keep_inputs_hours * 3600.0)
+        old = [n for n in names if n < cutoff]
+        rest = names[len(old) :]
+        over = rest[: max(0, len(rest) - self.settings.max_inputs)]
+        self._delete_inputs([self.inputs_dir / n for n in old], "max_age", sync=False)
+        self._delete_inputs([self.inputs_dir / n for n in over], "max_inputs", sync=False)
+        return len(old) + len(over)
 
     def flush(self) -> None:
         """Wait until every kept input handed over so far is written."""
@@ -293,12 +311,35 @@ class FeedbackStore:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _read(self) -> list[dict[str, Any]]:
-        if not self.manifest.is_file():
+        """The manifest's rows; parsed again only when the file changed since this store last read or wrote
+        it (another process, e.g. the CLI, replaced it), so a correction costs no parse of all the others."""
+        try:
+            st = os.stat(self.manifest)
+        except FileNotFoundError:
             return []
-        return [json.loads(line) for line in self.manifest.read_text(encoding="utf-8").splitlines() if line]
+        signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._cache
+        if cached is not None and cached[0] == signature:
+            return [row for row, _ in cached[1].values()]
+        lines = [x for x in self.manifest.read_text(encoding="utf-8").splitlines() if x]
+        parsed = {(row := json.loads(x))["id"]: (row, x) for x in lines}
+        self._cache = (signature, parsed)
+        return [row for row, _ in parsed.values()]
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
-        write_file(self.manifest, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+        known = self._cache[1] if self._cache is not None else {}
+        lines = {
+            r["id"]: (
+                r,
+                known[r["id"]][1]
+                if r["id"] in known and known[r["id"]][0] is r
+                else json.dumps(r, ensure_ascii=False),
+            )
+            for r in rows
+        }
+        write_file(self.manifest, "".join(line + "\n" for _, line in lines.values()).encode())
+        st = os.stat(self.manifest)
+        self._cache = ((st.st_ino, st.st_mtime_ns, st.st_size), lines)
 
     def _forget(self, rows: list[dict[str, Any]], reason: str) -> None:
         """Remove the images of rows already gone from the manifest, and audit it."""
@@ -321,30 +362,21 @@ class FeedbackStore:
         staging = self.inputs_dir / f".{name}.tmp"  # renamed into place complete: find_input never sees half
         staging.mkdir(parents=True)
         described = []
-        for i, (data, fname, mime) in enumerate(files):
-            write_file(staging / f"file{i}", data)
+        for i, (data, fname, mime) in enumerate(files):  # not fsynced: a kept input is best effort
+            (staging / f"file{i}").write_bytes(data)
             described.append({"file": f"file{i}", "name": fname, "mime": mime, "bytes": len(data)})
         meta = {
             "request_id": request_id, "created": utc(created), "created_ts": created, "model": model,
             "doc_type": doc_type, "dpi": dpi, "files": described, "pages": [list(p) for p in pages],
         }  # fmt: skip
-        write_file(staging / "meta.json", json.dumps(meta, ensure_ascii=False, indent=1).encode())
+        (staging / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
         staging.rename(self.inputs_dir / name)
-        self.audit.write("keep_input", input_id=name, request_id=safe_tag(request_id), model=model,
+        self.audit.write("keep_input", sync=False, input_id=name, request_id=safe_tag(request_id), model=model,
                          files=len(files), bytes=sum(d["bytes"] for d in described))  # fmt: skip
-        self.enforce_retention(now=created)
+        self._retain_inputs(created)
 
-    def _delete_inputs(self, dirs: list[Path], reason: str) -> None:
+    def _delete_inputs(self, dirs: list[Path], reason: str, *, sync: bool = True) -> None:
+        """Remove kept inputs, audited (``sync=False`` for routine retention, which runs per request)."""
         for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
-            self.audit.write("delete_input", input_id=d.name, reason=reason)
-
-
-def feedback_store_from_env(
-    env: Mapping[str, str] | None = None, directory: str | Path | None = None
-) -> FeedbackStore | None:
-    """A :class:`FeedbackStore` when ``directory`` or ``DEEPSYNTH_FEEDBACK_DIR`` names one, else None (off)."""
-    import os
-
-    settings = FeedbackSettings.from_env(os.environ if env is None else env, directory)
-    return None if settings is None else FeedbackStore(settings)
+            self.audit.write("delete_input", sync=sync, input_id=d.name, reason=reason)
