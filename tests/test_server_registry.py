@@ -4,6 +4,7 @@ HTTP: zero errors, answers from the old version until the switch and from the ne
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -222,3 +223,81 @@ def test_serve_refuses_a_bad_registry_spec_before_loading(registry, tmp_path):
         cli, ["serve", "--model", "models:/ocr@champion", *port], env={"MLFLOW_TRACKING_URI": ""}
     )
     assert res.exit_code == 2 and "--tracking-uri" in res.output, res.output
+
+
+def model_processes(pid: int) -> list[int]:
+    """The model processes (multiprocessing spawn children) of server ``pid``, whichever thread started them."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread or a child that has just exited
+            for child in task.joinpath("children").read_text().split():
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+    return found
+
+
+@pytest.mark.slow
+def test_deepsynth_serve_swaps_the_model_process_when_the_champion_moves(registry, tmp_path):
+    """The real command: `deepsynth serve --model ocr=models:/ocr@champion` (each version in its own model
+    process) under 3 continuous clients while `deepsynth loop promote` moves the alias."""
+    import signal
+
+    from tests.test_server_cli import _start_serve
+
+    uri, reg = registry
+    assert reg.version_by_alias("ocr", CHAMPION) == "1"
+    args = ["--model", "ocr=models:/ocr@champion", "--tracking-uri", uri, "--registry-poll", "0.5"]
+    args += ["--token", "s3cret", "--max-batch-size", "4", "--max-wait-ms", "5", "--threads", "1"]
+    proc, url = _start_serve(args, tmp_path / "serve.log", timeout_s=900)
+    image = data_uri(synthetic_line(LINE))
+    answers: list[tuple[float, int, str]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=url, headers=ADMIN, timeout=300) as http:
+            while not stop.is_set():
+                sent = time.monotonic()
+                r = http.post("/v1/ocr", json={"images": [image]})
+                answers.append(
+                    (sent, r.status_code, r.json()["pages"][0]["text"] if r.is_success else r.text)
+                )
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    try:
+        with httpx.Client(base_url=url, headers=ADMIN, timeout=300) as api:
+            (old_child,) = model_processes(proc.pid)
+            for t in threads:
+                t.start()
+            while len(answers) < 6:
+                time.sleep(0.05)
+            promoted_at = time.monotonic()
+            promote(uri, "promote", "ocr", "2")
+            while served_version(api) != "2":
+                assert time.monotonic() - promoted_at < 900, "the server never served v2"
+                time.sleep(0.1)
+            switched_at = time.monotonic()
+            n = len(answers)
+            while len(answers) < n + 6:
+                time.sleep(0.05)
+            deadline = time.monotonic() + 300
+            while old_child in model_processes(proc.pid):  # closed once its last request is answered
+                assert time.monotonic() < deadline, "the old model process was never closed"
+                time.sleep(0.1)
+            assert len(model_processes(proc.pid)) == 1  # the new version's process
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(300)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        promote(uri, "rollback", "ocr")
+    log = (tmp_path / "serve.log").read_text()
+    assert code == 0 and "Traceback" not in log, log
+    assert {status for _, status, _ in answers} == {200}, answers
+    assert all(text == OLD for sent, _, text in answers if sent < promoted_at)
+    assert all(text == NEW for sent, _, text in answers if sent > switched_at)
+    print(
+        f"\nswap: {len(answers)} requests, 0 errors; alias move -> v2 served in {switched_at - promoted_at:.1f} s "
+        f"(poll 0.5 s + a new model process); {sum(t == OLD for *_, t in answers)} answers by v1, "
+        f"{sum(t == NEW for *_, t in answers)} by v2"
+    )
