@@ -124,6 +124,7 @@ def test_bad_feedback_is_a_4xx_naming_the_field_and_loses_nothing(served):
     assert ok.status_code == 201, ok.text
     before = (directory / "manifest.jsonl").read_bytes()
     big = base64.b64encode(png(Image.effect_noise((800, 800), 64).convert("RGB"))).decode()
+    bomb = base64.b64encode(png(Image.new("1", (20000, 20000)))).decode()  # 400 MP in ~60 KB
     cases = [
         (
             {"request_id": "never-seen", "text": "x", "doc_type": "receipt"},
@@ -152,6 +153,7 @@ def test_bad_feedback_is_a_4xx_naming_the_field_and_loses_nothing(served):
             "image",
         ),
         ({"image": big, "text": "x", "doc_type": "receipt"}, 413, "upload_too_large", None),
+        ({"image": bomb, "text": "x", "doc_type": "receipt"}, 413, "image_too_large", "image"),
         (
             {"request_id": rid, "text": "x", "doc_type": "receipt", "label": "?"},
             400,
