@@ -12,7 +12,7 @@ from deepsynth.inference.pool import ModelPool
 from deepsynth.inference.service import OCRService
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.models.vlm import adapter_class
-from deepsynth.models.vlm.multi_lora import LoraSet
+from deepsynth.models.vlm.multi_lora import BASE, LoraSet, _gathered
 from deepsynth.observability import Observability
 from deepsynth.testing.tiny_models import build_tiny
 from tests.serving_engines import data_uri, running_server
@@ -229,11 +229,8 @@ def test_mixed_batch_rows_read_like_each_adapter_alone(distinct):
     lora = LoraSet(build_tiny("deepseek_ocr2"), distinct, max_loras=3)
     check(lora, 5, [5])  # a, base, b, a, base: one generate()
     batch = refs["a"].collate(line_samples(4))
-    with torch.no_grad():
-        mixed = lora.base.model(
-            **{k: v for k, v in batch.items() if k != "labels"},
-            adapter_names=["ds_a", "__base__", "ds_b", "ds_a"],
-        ).logits
+    with torch.no_grad(), _gathered(lora.base.model, ["ds_a", BASE, "ds_b", "ds_a"]):
+        mixed = lora.base.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     for i, n in enumerate(["a", None, "b", "a"]):
         ref = refs[n].logits({k: v[i : i + 1] for k, v in batch.items()})[0]
         assert (mixed[i] - ref).abs().max().item() < 1e-5, (i, n)

@@ -68,7 +68,7 @@ class VLMAdapter(ModelAdapter):
     # added to loading errors (e.g. which checkpoint format the family needs)
     checkpoint_hint: ClassVar[str] = ""
     # modules whose inputs keep one row per image during generate(): a LoRA adapter placed only there can share
-    # a batch with other adapters (peft's per-row ``adapter_names``); vision towers regroup rows into tiles
+    # a batch with other adapters (``multi_lora``); vision towers regroup rows into tiles
     mixed_batch_modules: ClassVar[str] = r"(^|\.)language_model\."
 
     def __init__(
@@ -313,11 +313,9 @@ class VLMAdapter(ModelAdapter):
         images: Sequence[Image.Image],
         gen: GenerationConfig,
         prompt: str,
-        adapter_names: Sequence[str] | None = None,
         **generate_kw: Any,
     ) -> tuple[Any, int, list[int]]:
         """(generate's output, the padded prompt length, each row's prompt tokens incl. image tokens);
-        ``adapter_names``: peft's LoRA adapter of each row (``"__base__"``: none), see ``multi_lora``;
         ``generate_kw`` goes to ``generate`` as is (a streamer, stopping criteria)."""
         import torch
 
@@ -328,8 +326,6 @@ class VLMAdapter(ModelAdapter):
         ends = self.end_token_ids()
         kw["eos_token_id"] = ends if len(ends) > 1 else (ends[0] if ends else None)
         kw["pad_token_id"] = self.tokenizer.pad_token_id
-        if adapter_names is not None:
-            kw["adapter_names"] = list(adapter_names)
         with torch.inference_mode():
             out = self.model.generate(
                 **enc, **kw, **generate_kw, return_dict_in_generate=True, output_scores=True
@@ -348,17 +344,12 @@ class VLMAdapter(ModelAdapter):
             ).float()
 
     def recognize(
-        self,
-        images: Sequence[Image.Image],
-        generation: GenerationConfig | None = None,
-        *,
-        adapter_names: Sequence[str] | None = None,
+        self, images: Sequence[Image.Image], generation: GenerationConfig | None = None
     ) -> list[Prediction]:
-        """Read a batch of images (left-padded batched generation; greedy by default); ``adapter_names``
-        as for :meth:`generate_ids`."""
+        """Read a batch of images (left-padded batched generation; greedy by default)."""
         if not images:
             return []
-        return self._read(images, generation or GenerationConfig(), adapter_names)
+        return self._read(images, generation or GenerationConfig())
 
     def recognize_stream(
         self,
@@ -392,14 +383,13 @@ class VLMAdapter(ModelAdapter):
         self,
         images: Sequence[Image.Image],
         gen: GenerationConfig,
-        adapter_names: Sequence[str] | None = None,
         **generate_kw: Any,
     ) -> list[Prediction]:
         prompt = self.resolve_prompt(gen.prompt) if gen.prompt else self.prompt
         was_training = self.model.training
         self.model.eval()
         try:  # retries (gen.retry_truncated) are OCRService's job: one policy for every engine
-            return self._decode(*self.generate_ids(images, gen, prompt, adapter_names, **generate_kw), gen)
+            return self._decode(*self.generate_ids(images, gen, prompt, **generate_kw), gen)
         finally:
             self.model.train(was_training)
 

@@ -56,7 +56,6 @@ class TrOCRAdapter(VLMAdapter):
         images: Sequence[Image.Image],
         gen: GenerationConfig,
         prompt: str,
-        adapter_names: Sequence[str] | None = None,
         **generate_kw: Any,
     ) -> tuple[Any, int, list[int]]:
         """Prompt tokens: the encoder's output length (image patches) + the decoder start token."""
@@ -67,8 +66,6 @@ class TrOCRAdapter(VLMAdapter):
         kw["eos_token_id"] = self.tokenizer.eos_token_id
         kw["pad_token_id"] = self.tokenizer.pad_token_id
         kw["decoder_start_token_id"] = self.model.config.decoder_start_token_id
-        if adapter_names is not None:  # the decoder's LoRA layers only: the encoder runs before generate()
-            kw["adapter_names"] = list(adapter_names)
         with torch.inference_mode():
             encoded = self.model.get_encoder()(pixel_values=px)
             out = self.model.generate(
