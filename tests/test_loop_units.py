@@ -249,3 +249,31 @@ def test_runs_started_in_the_same_second_get_their_own_record(tmp_path):
     assert load_record(cfg, first["run_id"])["stage"] == "started"
     assert load_state(cfg.workdir).pending == second["run_id"]
     assert second["labelled_at_start"] == {"receipts": 1} and second["model_name"] == "deepsynth-ocr-receipts"
+
+
+def test_cli_watch_serves_metrics_and_names_a_busy_port(tmp_path):
+    import socket
+
+    from prometheus_client.parser import text_string_to_metric_families
+    from typer.testing import CliRunner
+
+    from deepsynth.cli.main import app
+
+    cfg = tmp_path / "loop.yaml"
+    cfg.write_text(f"name: shop\nworkdir: {tmp_path / 'w'}\ninbox: {tmp_path / 'in'}\n")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("not a dataset")
+    args = ["loop", "watch", str(cfg), "--max-passes", "1", "--interval", "0", "--metrics-port"]
+    res = CliRunner().invoke(app, [*args, "0"])
+    assert res.exit_code == 0 and "loop metrics on http://127.0.0.1:" in res.output, res.output
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families((tmp_path / "w" / "metrics.prom").read_text())
+               for s in fam.samples}  # fmt: skip
+    assert samples[("deepsynth_loop_inbox_entries", (("loop", "shop"), ("status", "bad")))] == 1
+    assert samples[("deepsynth_loop_pending_runs", (("loop", "shop"),))] == 0
+    assert ("deepsynth_loop_last_pass_timestamp_seconds", (("loop", "shop"),)) in samples
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        res = CliRunner().invoke(app, [*args, str(busy.getsockname()[1])])
+    assert res.exit_code == 2 and "--metrics-port" in res.output, res.output
