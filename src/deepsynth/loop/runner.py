@@ -6,6 +6,8 @@ stopped (training from its last checkpoint), and the champion alias only moves i
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -17,7 +19,7 @@ from deepsynth.loop import gate as gates
 from deepsynth.loop import trigger as triggers
 from deepsynth.loop.config import LoopConfig, safe_name
 from deepsynth.loop.inbox import InboxScan, good_sources, scan
-from deepsynth.loop.registry import CHAMPION, ModelRegistry
+from deepsynth.loop.registry import CHAMPION, RUN_TAG, ModelRegistry
 from deepsynth.loop.state import LoopState, doc_type, load_state, save_state, write_json_atomic
 from deepsynth.observability.tracing import Tracing
 
@@ -48,8 +50,6 @@ def run_dir(cfg: LoopConfig, run_id: str) -> Path:
 
 
 def load_record(cfg: LoopConfig, run_id: str) -> dict[str, Any]:
-    import json
-
     return json.loads((run_dir(cfg, run_id) / RECORD).read_text(encoding="utf-8"))
 
 
@@ -292,7 +292,12 @@ def _gate(
     # the champion's predictions are kept per model and version: later gates only run the new holdout pages
     key = champion.split(" ")[-1] if champion_dir else "base-" + _short_hash(repr(_recipe(cfg).model))
     champion_runs = Path(cfg.workdir) / "holdout_predictions" / record["model_name"] / key
-    gates.score_holdout(_engine(cfg, champion_dir), holdouts, champion_runs, cfg.gate)
+    champion_engine = _engine(cfg, champion_dir)
+    if champion_dir and not champion_runs.exists():
+        _reuse_gate_predictions(
+            cfg, registry, record["model_name"], key[1:], champion_runs, champion_engine.name
+        )
+    gates.score_holdout(champion_engine, holdouts, champion_runs, cfg.gate)
     gates.score_holdout(
         _engine(cfg, record["train"]["model_dir"]), holdouts, rdir / "gate" / "candidate", cfg.gate
     )
@@ -307,6 +312,22 @@ def _gate(
         "promote": promote,
         "reasons": reasons,
     }
+
+
+def _reuse_gate_predictions(
+    cfg: LoopConfig, registry: ModelRegistry, name: str, version: str, dst: Path, engine_name: str
+) -> None:
+    """A champion that a loop run registered was scored on the holdout by that run's gate (as the candidate):
+    its predictions seed ``dst``, so only holdout pages added since then are recognised again."""
+    from deepsynth.evaluation.harness import RUN_INFO
+
+    run_id = registry.version_info(name, version)["tags"].get(RUN_TAG)
+    src = run_dir(cfg, run_id) / "gate" / "candidate" if run_id else None
+    if src is None or not src.is_dir():
+        return
+    for part in sorted(p for p in src.iterdir() if (p / RUN_INFO).is_file()):
+        if json.loads((part / RUN_INFO).read_text(encoding="utf-8")).get("engine") == engine_name:
+            shutil.copytree(part, dst / part.name)
 
 
 def status(cfg: LoopConfig, *, now: float | None = None) -> list[dict[str, Any]]:
