@@ -204,6 +204,53 @@ def test_ocr_ray_same_records_bad_files_are_records(ray_runtime, ocr_inputs, tmp
     assert sum((kinds for _, kinds in workers.values()), Counter()) == {"empty_file": 1, "invalid_image": 1}
 
 
+def scrape_workers(port: int, names: set[str]) -> dict[str, tuple[int, dict[str, int]]]:
+    """{worker: (pages, failures by kind)} of the DeepSynth counters Ray's metrics agent serves."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    got: dict[str, tuple[int, dict[str, int]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            worker = s.labels.get("worker")
+            if worker not in names:
+                continue
+            pages, kinds = got.setdefault(worker, (0, {}))
+            if s.name == "ray_deepsynth_worker_pages_total":
+                got[worker] = (int(s.value), kinds)
+            elif s.name == "ray_deepsynth_worker_failures_total":
+                kinds[s.labels["kind"]] = int(s.value)
+    return got
+
+
+def test_worker_metrics_reach_prometheus_through_rays_metrics_agent(ray_runtime, ocr_inputs, tmp_path):
+    import time
+
+    from deepsynth.inference.batch_files import expand_paths
+    from deepsynth.scale.ocr import ocr_on_ray
+    from deepsynth.scale.runtime import RayOptions
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    if not port or port <= 0:
+        pytest.skip(
+            "no Ray metrics agent here (it needs ray[default]); the summary's per-worker counts are tested"
+        )
+    opts = RayOptions(workers=2, cpus_per_worker=0.5, batch_size=4, shard_size=4)
+    stats = ocr_on_ray(
+        "rapidocr", expand_paths([str(ocr_inputs)]), tmp_path / "m.jsonl", opts=opts, progress=False
+    )
+    want = {name: (w.pages, dict(w.failures)) for name, w in stats.workers.items()}
+    assert sum(pages for pages, _ in want.values()) == 14
+    deadline = (
+        time.monotonic() + 90
+    )  # workers report to the agent every few seconds (metrics_report_interval_ms)
+    while (got := scrape_workers(port, set(want))) != want and time.monotonic() < deadline:
+        time.sleep(2)
+    assert got == want  # the same per-worker pages and failures by kind as the summary (no actor restarted)
+
+
 def _actor_pids(name: str) -> list[int]:
     """Processes of this test's own Ray runtime (descendants of this process) running actor ``name``."""
     import psutil
