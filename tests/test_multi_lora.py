@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from deepsynth.inference.api import ServerSettings, create_app
+from deepsynth.inference.engine import InProcessEngine
 from deepsynth.inference.pool import ModelPool
 from deepsynth.inference.service import OCRService
 from deepsynth.models.generation import GenerationConfig
@@ -228,6 +229,10 @@ def test_mixed_batch_rows_read_like_each_adapter_alone(distinct):
 
     lora = LoraSet(build_tiny("deepseek_ocr2"), distinct, max_loras=3)
     check(lora, 5, [5])  # a, base, b, a, base: one generate()
+    for i in (2, 1):  # streamed through adapter b, then the base alone: the same answers, pieces a prefix
+        pieces: list[str] = []
+        pred = InProcessEngine(lora).recognize_stream(images[i], GEN, pieces.append, adapter=names[i])
+        assert pred.text == alone[i].text and pred.text.startswith("".join(pieces)), (i, pieces)
     batch = refs["a"].collate(line_samples(4))
     with torch.no_grad(), _gathered(lora.base.model, ["ds_a", BASE, "ds_b", "ds_a"]):
         mixed = lora.base.model(**{k: v for k, v in batch.items() if k != "labels"}).logits

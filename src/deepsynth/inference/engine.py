@@ -105,8 +105,7 @@ class InProcessEngine(ServingEngine):
         self.engine = engine
         self.name = engine.name
         self.lora = lora_set(engine)
-        # a LoRA set reads through its adapters: its answers come in one piece (see recognize_stream)
-        self.streams = self.lora is None and isinstance(engine, StreamingEngine)
+        self.streams = isinstance(engine, StreamingEngine)  # a LoRA set streams through its adapters
         self._closed = False
 
     def recognize(
@@ -129,6 +128,8 @@ class InProcessEngine(ServingEngine):
         stop: StopCheck | None = None,
         adapter: str | None = None,
     ) -> Prediction:
+        if self.lora is not None:
+            return self.lora.recognize_stream(image, generation, emit, stop, adapter)
         if self.streams and adapter is None and isinstance(self.engine, StreamingEngine):
             return self.engine.recognize_stream(image, generation, emit, stop)
         return super().recognize_stream(image, generation, emit, stop, adapter)

@@ -36,7 +36,7 @@ from typing import Any
 
 from PIL import Image
 
-from deepsynth.models.base import OCREngine, Prediction
+from deepsynth.models.base import OCREngine, Prediction, StopCheck, TextSink
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.models.registry import MODEL_CARD
 from deepsynth.models.vlm.base import ADAPTER_DIR, VLMAdapter
@@ -161,19 +161,43 @@ class LoraSet:
         if base_rows:
             yield base_rows, None
 
+    def recognize_stream(
+        self,
+        image: Image.Image,
+        generation: GenerationConfig | None,
+        emit: TextSink,
+        stop: StopCheck | None = None,
+        adapter: str | None = None,
+    ) -> Prediction:
+        """Read one image with ``adapter`` (None: the base alone), emitting pieces of its text as they are
+        generated (:class:`~deepsynth.models.base.StreamingEngine`)."""
+        if adapter is not None:
+            self._check(adapter)
+        with self._lock:
+            ((_, how),) = self._calls([adapter])
+            with self._using(how):
+                pred = self.base.recognize_stream(image, generation, emit, stop)
+        pred.meta["adapter"] = adapter
+        return pred
+
     def _run(
         self, images: list[Image.Image], gen: GenerationConfig | None, how: list[str] | str | None
     ) -> list[Prediction]:
+        with self._using(how):
+            return self.base.recognize(images, gen)
+
+    @contextlib.contextmanager
+    def _using(self, how: list[str] | str | None) -> Iterator[None]:
+        """The base model reads with ``how`` (see :meth:`_calls`) inside the block."""
         if how is None:  # the base alone
-            if not self.loaded:
-                return self.base.recognize(images, gen)
-            with self.base.model.disable_adapter():
-                return self.base.recognize(images, gen)
-        if isinstance(how, str):  # one adapter active (it cannot share a batch)
+            with self.base.model.disable_adapter() if self.loaded else contextlib.nullcontext():
+                yield
+        elif isinstance(how, str):  # one adapter active (it cannot share a batch)
             self.base.model.set_adapter(how)
-            return self.base.recognize(images, gen)
-        with _gathered(self.base.model, how):
-            return self.base.recognize(images, gen)
+            yield
+        else:
+            with _gathered(self.base.model, how):
+                yield
 
     def activate(self, name: str) -> None:
         """Make ``name`` the active adapter (loading it if needed); callers hold the set's lock."""
