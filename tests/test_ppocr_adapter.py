@@ -197,3 +197,37 @@ def test_preprocess_matches_rapidocr_resize_norm_img_and_handles_alpha():
 
     transparent = Image.new("RGBA", (60, 30), (0, 0, 0, 0))  # fully transparent black reads as white paper
     assert to_bgr(transparent).min() == 255
+
+
+def test_gradient_checkpointing_keeps_loss_and_gradients(shared_data):
+    """Checkpointing the backbone re-runs it in backward: the same loss and gradients, far less stored."""
+    from deepsynth.models.ppocr import checkpointing
+
+    samples = real_lines(shared_data, per_set=2, sets=("gt4histocr_dta19_lines", "tapuscorpus_fr"))
+    runs = {}
+    for mode in ("off", "stages", "blocks"):
+        adapter = PPOCRAdapter.from_shipped(gradient_checkpointing=mode)
+        adapter.prepare_for_training(None)
+        adapter.train_mode()
+        batch = adapter.collate(samples)
+        stored: list[int] = []
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t, kept=stored: kept.append(t.nbytes) or t, lambda t: t
+        ):
+            loss = adapter.loss(batch)
+        loss.backward()
+        grads = {n: p.grad for n, p in adapter.model.named_parameters() if p.requires_grad}
+        runs[mode] = (loss.item(), grads, sum(stored))
+        adapter.eval_mode()  # inference never checkpoints (no graph to save)
+        assert adapter.recognize([s.image for s in samples[:1]])[0].text
+    loss_off, grads_off, stored_off = runs["off"]
+    for mode in ("stages", "blocks"):
+        loss, grads, stored = runs[mode]
+        assert abs(loss - loss_off) <= 1e-6, mode
+        assert grads.keys() == grads_off.keys()
+        for name, g in grads_off.items():
+            assert torch.allclose(g, grads[name], rtol=1e-4, atol=1e-6), (mode, name)
+        assert stored < 0.5 * stored_off, mode  # the backbone's activations are no longer kept
+    assert checkpointing.parse_mode(True) == "blocks" and checkpointing.parse_mode("false") == "off"
+    with pytest.raises(ValueError, match="gradient_checkpointing must be one of"):
+        checkpointing.parse_mode("layers")

@@ -20,6 +20,7 @@ from PIL import Image
 from deepsynth.data.sample import Sample, SampleError
 from deepsynth.models.base import ModelAdapter, Prediction
 from deepsynth.models.generation import GenerationConfig
+from deepsynth.models.ppocr import checkpointing
 from deepsynth.models.ppocr import lora as lora_utils
 from deepsynth.models.ppocr.batching import recognize_in_batches
 from deepsynth.models.ppocr.charset import Charset, normalize_text
@@ -65,6 +66,7 @@ class PPOCRAdapter(ModelAdapter):
         device: str | torch.device = "cpu",
         added_chars: Sequence[str] = (),
         source: str = "",
+        gradient_checkpointing: bool | str = "off",
     ):
         respect_omp_thread_limit()
         if model.config.head_out_channels != charset.num_classes:
@@ -79,6 +81,7 @@ class PPOCRAdapter(ModelAdapter):
         self.source = source
         self.lora_config: dict[str, Any] | None = None
         self.stretched_ids: set[str] = set()  # training lines widened to fit their text (logged once each)
+        self.gradient_checkpointing = checkpointing.parse_mode(gradient_checkpointing)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -194,10 +197,16 @@ class PPOCRAdapter(ModelAdapter):
         return core.head.head(hidden)
 
     def prepare_for_training(self, cfg: Any = None) -> None:
-        """Compute the converter's identity BatchNorms as bias adds (same outputs, less memory; frozen_norm.py)."""
+        """Same math, less memory: the converter's identity BatchNorms as bias adds (frozen_norm.py) and
+        activation checkpointing of the backbone (checkpointing.py; ``model.options.gradient_checkpointing``
+        of ``cfg``, else the adapter's own setting)."""
         from deepsynth.models.ppocr.frozen_norm import identity_norms_as_bias
 
         identity_norms_as_bias(self.model)
+        options = getattr(getattr(cfg, "model", None), "options", None) or {}
+        if "gradient_checkpointing" in options:
+            self.gradient_checkpointing = checkpointing.parse_mode(options["gradient_checkpointing"])
+        checkpointing.enable(self.core, self.gradient_checkpointing)
 
     def train_mode(self) -> None:
         """Train mode with every BatchNorm kept in eval (their folded statistics must not move)."""
@@ -331,12 +340,13 @@ class PPOCRAdapter(ModelAdapter):
         return export_onnx(self, path, **kwargs)
 
 
-_BUILD_OPTIONS = {"batch_size", "device"}
+_BUILD_OPTIONS = {"batch_size", "device", "gradient_checkpointing"}
 
 
 def build(arg: str | None = None, **kwargs: Any) -> PPOCRAdapter:
     """Registry factory: ``ppocr`` → the shipped model; ``ppocr:PATH`` → a saved model directory
-    (or an ``.onnx`` recogniser file to convert). Options: batch_size, device (default: cuda when available)."""
+    (or an ``.onnx`` recogniser file to convert). Options: batch_size, device (default: cuda when available),
+    gradient_checkpointing (training only: off | stages | blocks, true = blocks)."""
     unknown = set(kwargs) - _BUILD_OPTIONS
     if unknown:
         raise TypeError(f"ppocr: unknown options {sorted(unknown)}; known: {sorted(_BUILD_OPTIONS)}")
