@@ -153,6 +153,9 @@ class TrainConfig:
     freeze_batchnorm: bool = True  # call adapter.train_mode() (BatchNorm stays in eval) instead of .train()
     num_workers: int = 0  # DataLoader workers preparing batches (0 = in the training process)
     num_threads: int | None = None  # torch intra-op threads (None = torch's default; 1 helps on busy CPUs)
+    malloc_mmap_mb: float | None = (
+        None  # glibc: blocks >= this many MiB get their own mmap (training/allocator.py)
+    )
     log_every: int = 1
     trackers: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])
     resume: bool | str = False  # true = the last checkpoint in output_dir; or a checkpoint directory

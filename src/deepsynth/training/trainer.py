@@ -31,6 +31,7 @@ from deepsynth.data import DataReport, Sample
 from deepsynth.models.base import ModelAdapter
 from deepsynth.models.threads import respect_omp_thread_limit
 from deepsynth.training import checkpoint as ckpt
+from deepsynth.training.allocator import set_mmap_threshold
 from deepsynth.training.budget import StepPlan, every, warmup_steps
 from deepsynth.training.config import TrainConfig
 from deepsynth.training.data import (
@@ -129,6 +130,7 @@ class Trainer:
         self._saved_torch = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
+        set_mmap_threshold(cfg.malloc_mmap_mb)
         respect_omp_thread_limit()
         set_seed(cfg.seed)
         if cfg.deterministic:
