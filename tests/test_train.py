@@ -262,3 +262,16 @@ def test_bf16_on_cpu_autocasts_where_the_cpu_has_native_bf16(tmp_path, monkeypat
     a, b = (torch.tensor([r.losses[s] for s in (1, 2, 3)]) for r in (fp32, bf16))
     assert not torch.equal(a, b)  # autocast really ran the forward pass in bf16
     assert torch.allclose(a, b, rtol=0.05)  # and trained the same model to within bf16 rounding
+
+
+def test_gradient_checkpointing_option_trains_the_same_steps(tmp_path):
+    """model.options.gradient_checkpointing reaches the adapter through the trainer: same losses, step by step."""
+    opts = ["max_steps=3", "optim.lr=1e-3"]
+    plain, _ = run(tmp_path / "plain", *opts)
+    ckpt_run, trainer = run(tmp_path / "ckpt", *opts, "model.options.gradient_checkpointing=blocks")
+    assert trainer.adapter.gradient_checkpointing == "blocks"
+    stem = trainer.adapter.core.model.backbone.encoder.convolution
+    assert "forward" in vars(stem)  # the stem runs under torch.utils.checkpoint
+    assert sorted(ckpt_run.losses) == [1, 2, 3]
+    for step, loss in plain.losses.items():
+        assert abs(ckpt_run.losses[step] - loss) <= 1e-6, step
