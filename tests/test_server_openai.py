@@ -127,8 +127,16 @@ def test_usage_of_a_ctc_recogniser_counts_characters(shared_data):
             client.chat.completions.create(
                 model="ppocr", messages=[{"role": "user", "content": content}], logprobs=True, top_logprobs=2
             )
+        streamed = list(
+            client.chat.completions.create(
+                model="ppocr", messages=[{"role": "user", "content": content}], stream=True
+            )
+        )
     text = r.choices[0].message.content
     assert len(text) > 20
+    # a CTC recogniser cannot stream: its text comes in one chunk once the line is read
+    pieces = [c.choices[0].delta.content for c in streamed if c.choices[0].delta.content]
+    assert pieces == [text] and streamed[-1].choices[0].finish_reason == "stop"
     # a CTC recogniser's tokens are its characters, each with the probability of the frame that emitted it
     chars = lp.choices[0].logprobs.content
     assert "".join(c.token for c in chars) == text and all(c.logprob <= 0 for c in chars)
