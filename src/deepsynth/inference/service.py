@@ -83,6 +83,18 @@ class TextStream:
         else:  # the pieces are a prefix by construction (PieceStreamer); say so if that ever breaks
             log.warning("streamed text is not a prefix of the answer", extra={"sent": len(self.sent)})
 
+    async def next_piece(self, timeout_s: float | None) -> str | None:
+        """The pieces queued since the last call, joined (a reader slower than the model gets fewer, larger
+        chunks); None once the answer is done."""
+        piece = await asyncio.wait_for(self.pieces.get(), timeout_s)
+        while piece is not None and not self.pieces.empty():
+            more = self.pieces.get_nowait()
+            if more is None:  # the end: hand it out on the next call
+                self.pieces.put_nowait(None)
+                break
+            piece += more
+        return piece
+
     def stop(self) -> None:
         """The reader has gone: end the generation (polled by the engine) and drop further pieces."""
         self._stopped.set()
@@ -416,7 +428,7 @@ class OCRService:
             t.result.add_done_callback(lambda _, s=s: s.pieces.put_nowait(None))
         try:
             for i, (ticket, stream) in enumerate(zip(tickets, streams, strict=True)):
-                while (piece := await asyncio.wait_for(stream.pieces.get(), _left(deadline))) is not None:
+                while (piece := await stream.next_piece(_left(deadline))) is not None:
                     yield i, piece
                 yield i, await self.batcher.wait(ticket, timeout_s=_left(deadline))
         except TimeoutError:
