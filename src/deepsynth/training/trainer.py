@@ -117,6 +117,7 @@ class Trainer:
         cfg = self.cfg
         self.t_start = time.perf_counter()
         precision = choose_precision(cfg.precision)
+        _allow_precision(precision)
         self.acc = Accelerator(
             cpu=cpu_only(),  # on CPU, torchrun/accelerate-launched processes then form a gloo group (MULTI_CPU)
             mixed_precision=precision,
@@ -619,10 +620,6 @@ class Trainer:
         threads, deterministic = self._saved_torch
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
-        if self.world == 1:  # the next run in this process (tune, loop, bench) may choose another precision
-            from accelerate.state import AcceleratorState
-
-            AcceleratorState._reset_state()
 
     def request_stop(self) -> None:
         """Stop after the current step, write a checkpoint and return (what SIGTERM/SIGINT do)."""
@@ -645,6 +642,16 @@ class Trainer:
 def summary_small(summary: dict[str, Any]) -> dict[str, Any]:
     """The scalar part of an OCRMetrics summary (no per-subset tables)."""
     return {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) or v is None}
+
+
+def _allow_precision(precision: str) -> None:
+    """accelerate keeps one process-wide state: a single-process run after one with another precision (tune,
+    loop, bench run several) would be refused, so that state is reset; a distributed group is left alone."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") != precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
 
 
 def train(cfg: TrainConfig, **kwargs: Any) -> TrainResult:
