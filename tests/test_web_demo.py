@@ -206,8 +206,8 @@ def test_two_real_engines_side_by_side_in_headless_chromium(shared_data, tmp_pat
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             # Gradio is a single-page app: wait until it has mounted (network idle, the button drawn), or a
             # file chosen before its upload handler is attached is silently ignored on a busy machine
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
-            page.locator("#run").wait_for(timeout=30_000)
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle", timeout=180_000)
+            page.locator("#run").wait_for(timeout=60_000)
             page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "page.png"))
             page.get_by_text("page.png").first.wait_for(timeout=30_000)
             assert not page.locator("#preview_b").is_visible()  # one model until B is picked
