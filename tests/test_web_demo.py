@@ -206,7 +206,11 @@ def test_two_real_engines_side_by_side_in_headless_chromium(shared_data, tmp_pat
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             # Gradio is a single-page app: wait until it has mounted (network idle, the button drawn), or a
             # file chosen before its upload handler is attached is silently ignored on a busy machine
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle", timeout=180_000)
+            local = f"http://127.0.0.1:{port}/"
+            # offline machine: a request for an outside asset (fonts, CDNs) would hang and never let the
+            # network go idle, so everything that is not the demo itself is refused at once
+            page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(local) else r.abort())
+            page.goto(local, wait_until="networkidle", timeout=180_000)
             page.locator("#run").wait_for(timeout=60_000)
             page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "page.png"))
             page.get_by_text("page.png").first.wait_for(timeout=30_000)
