@@ -210,8 +210,9 @@ def test_two_real_engines_side_by_side_in_headless_chromium(shared_data, tmp_pat
             # offline machine: a request for an outside asset (fonts, CDNs) would hang and never let the
             # network go idle, so everything that is not the demo itself is refused at once
             page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(local) else r.abort())
-            page.goto(local, wait_until="networkidle", timeout=180_000)
+            page.goto(local, wait_until="load", timeout=180_000)  # Gradio keeps a stream open: never idle
             page.locator("#run").wait_for(timeout=60_000)
+            page.wait_for_timeout(3000)  # let the app attach its upload handlers after it is drawn
             page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "page.png"))
             page.get_by_text("page.png").first.wait_for(timeout=30_000)
             assert not page.locator("#preview_b").is_visible()  # one model until B is picked
