@@ -38,10 +38,20 @@ def run(out, *overrides: str, samples=None, eval_samples=None, callbacks=None, a
     return trainer.run(), trainer
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_resume_gives_identical_losses(tmp_path, lora):
+@pytest.mark.parametrize(
+    "lora,ema",
+    [(False, 0.0), (True, 0.0), (False, 0.9), (True, 0.9)],
+    ids=["full", "lora", "full-ema", "lora-ema"],
+)
+def test_resume_gives_identical_losses(tmp_path, lora, ema):
     # 8 samples, batch 2, grad_accum 2 -> 2 optimizer steps per epoch: 6 steps cross two epoch boundaries
-    opts = ["max_steps=6", "grad_accum=2", f"lora.enabled={str(lora).lower()}", "optim.lr=1e-3"]
+    opts = [
+        "max_steps=6",
+        "grad_accum=2",
+        f"lora.enabled={str(lora).lower()}",
+        "optim.lr=1e-3",
+        f"ema.decay={ema}",
+    ]
     full, t_full = run(tmp_path / "full", *opts)
     part, _ = run(tmp_path / "cut", *opts, callbacks=[lambda t: t.request_stop() if t.step == 3 else None])
     assert part.stopped == "interrupted" and sorted(part.losses) == [1, 2, 3]
@@ -53,6 +63,12 @@ def test_resume_gives_identical_losses(tmp_path, lora):
         t_full.adapter.model.state_dict().items(), t_rest.adapter.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name
+    if ema:  # the moving average is restored too: the same averaged weights (what best/final hold)
+        assert t_full.ema.updates == t_rest.ema.updates == 6
+        assert list(t_full.ema.shadow) == list(t_rest.ema.shadow)
+        assert not lora or all("lora_" in n for n in t_rest.ema.shadow)
+        for name, a in t_full.ema.shadow.items():
+            assert torch.equal(a, t_rest.ema.shadow[name]), name
     history = yaml.safe_load((tmp_path / "cut" / "run.yaml").read_text())
     assert history["resumed_from"].endswith("step-0000003") and len(history["history"]) == 1
 

@@ -129,6 +129,18 @@ class CheckpointSettings:
 
 
 @dataclass
+class EMASettings:
+    """Exponential moving average of the trainable weights (training/ema.py): validation, ``best`` and ``final``
+    use the averaged weights. The decay after n updates is ``min(decay, (1 + n) / (10 + n))`` (a warm-up)."""
+
+    decay: float = 0.0  # 0 = off; e.g. 0.999 averages over roughly the last 1,000 steps
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.decay < 1.0:
+            raise ConfigError(f"ema.decay must be in [0, 1) (0 = off), got {self.decay!r}")
+
+
+@dataclass
 class TrainConfig:
     """One training run. Every field can be overridden as ``key=value`` (``optim.lr=5e-5``)."""
 
@@ -141,6 +153,7 @@ class TrainConfig:
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     augment: LineAugment = field(default_factory=LineAugment.off)  # seeded training-image augmentation
+    ema: EMASettings = field(default_factory=EMASettings)  # moving average of the weights (off by default)
     batch_size: int = 8  # per process, per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     max_steps: int | None = None  # optimizer steps; the first of max_steps / epochs / max_minutes stops

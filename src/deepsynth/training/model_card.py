@@ -66,8 +66,9 @@ def model_card(
         }]}]  # fmt: skip
     lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
     lines += [f"# {name}", ""]
+    averaged = f" (moving average of the weights, decay {cfg.ema.decay:g})" if cfg.ema.decay else ""
     lines += [f"OCR model fine-tuned with DeepSynth from the {base_text}"
-              f"{' with LoRA' if lora else ''}, saved at step {step}.", ""]  # fmt: skip
+              f"{' with LoRA' if lora else ''}, saved at step {step}{averaged}.", ""]  # fmt: skip
     if scored:
         n = metrics.get("n", data.get("eval", {}).get("n", "?"))
         lines += [f"## Evaluation ({n} samples of {', '.join(_dataset_names(eval_specs))}"

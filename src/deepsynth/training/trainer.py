@@ -43,6 +43,7 @@ from deepsynth.training.data import (
     load_split,
     small_validation,
 )
+from deepsynth.training.ema import WeightEMA
 from deepsynth.training.runtime import (
     LossModule,
     build_adapter,
@@ -171,6 +172,7 @@ class Trainer:
         ad.to(self.acc.device)  # adapters that move their batches follow the accelerator
         model = ad.model
         self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.ema = self._new_ema()
 
         # batches, steps, optimizer
         lengths = aspect_ratios(self.train_samples) if cfg.data.group_by_length else None
@@ -218,7 +220,8 @@ class Trainer:
                 resumed_from=str(resume_from) if resume_from else None,
             )
             log.info(
-                "training %s on %s (%d process(es), precision %s): %d train / %d eval samples, %s steps",
+                "training %s on %s (%d process(es), precision %s): %d train / %d eval samples, %s steps, "
+                "ema decay %s",
                 cfg.model.family,
                 self.acc.device,
                 self.world,
@@ -226,6 +229,9 @@ class Trainer:
                 len(self.train_samples),
                 len(self.eval_samples),
                 self.total_steps or "time-limited",
+                f"{cfg.ema.decay:g} (validation, best and final use the averaged weights)"
+                if self.ema is not None
+                else "0 (off)",
             )
             if cfg.max_minutes:
                 log.info(
@@ -255,6 +261,23 @@ class Trainer:
             raise FileNotFoundError(f"resume={r!r}: not a checkpoint directory (no {ckpt.MANIFEST})")
         return p
 
+    # ------------------------------------------------------------------ weight average
+    def _new_ema(self) -> WeightEMA | None:
+        """The moving average of the parameters that train, starting at their current values (None when off)."""
+        if not self.cfg.ema.decay:
+            return None
+        named = [(n, p) for n, p in self.adapter.model.named_parameters() if p.requires_grad]
+        return WeightEMA(named, self.cfg.ema.decay)
+
+    def _averaged(self) -> contextlib.AbstractContextManager[None]:
+        """Inside: the model holds the averaged weights when EMA is on (validation, best and final saves)."""
+        return self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
+
+    def _validate(self) -> bool:
+        """Evaluate (the averaged weights when EMA is on), keep the best model; True = stop early."""
+        with self._averaged():
+            return self._after_eval(self.evaluate())
+
     # ------------------------------------------------------------------ checkpoints
     def _model_state(self) -> dict[str, torch.Tensor]:
         state = self.adapter.model.state_dict()
@@ -276,6 +299,7 @@ class Trainer:
             "rng": ckpt.rng_state(),
             "world_size": self.world,
             "losses": {int(k): float(v) for k, v in self.result.losses.items()},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -311,6 +335,18 @@ class Trainer:
         self.best, self.best_step, self.bad_evals = st["best"], st["best_step"], st["bad_evals"]
         self.result.losses = dict(st.get("losses", {}))
         self._pending_rng = st["rng"]
+        if self.ema is not None and st.get("ema"):
+            try:
+                self.ema.load_state_dict(st["ema"])
+            except ValueError as exc:
+                raise ckpt.CheckpointError(f"{path}: {exc}; was the config changed?") from exc
+        elif self.ema is not None:
+            warnings.warn(
+                f"{path} holds no weight average (saved with ema.decay=0): the average starts from the "
+                "resumed weights",
+                stacklevel=2,
+            )
+            self.ema = self._new_ema()
         log.info(
             "resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.position
         )
@@ -465,7 +501,7 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         self._train_mode()
         at_start = cfg.eval.at_start and not self.resumed and self.eval_samples
-        if at_start and self._after_eval(self.evaluate()):
+        if at_start and self._validate():
             self.result.stopped = "early stopping"
         if getattr(self, "_pending_rng", None) is not None:
             ckpt.set_rng_state(self._pending_rng)  # exactly where the interrupted run stood
@@ -530,6 +566,8 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update()
             self.step += 1
             loss_value = loss_sum / n_good
             self.result.losses[self.step] = loss_value
@@ -551,10 +589,12 @@ class Trainer:
                 }
                 if grad_norm is not None and math.isfinite(grad_norm):
                     metrics["train/grad_norm"] = grad_norm
+                if self.ema is not None:
+                    metrics["train/ema_decay"] = self.ema.current_decay()
                 self.tracker.log_metrics(metrics, self.step)
             if self.eval_samples and self._due(last_eval_step, cfg.eval.times, cfg.eval.every_steps):
                 last_eval_step = self.step
-                if self._after_eval(self.evaluate()):
+                if self._validate():
                     self.result.stopped = "early stopping"
             if self._due(last_ckpt_step, cfg.checkpoint.times, cfg.checkpoint.every_steps):
                 self.save_checkpoint()
@@ -566,15 +606,16 @@ class Trainer:
             if last_ckpt_step != self.step:
                 self.save_checkpoint()
             return self.result
-        # final evaluation / checkpoint / model
+        # final evaluation / checkpoint (training weights) / model (the averaged weights when EMA is on)
         if self.eval_samples and last_eval_step != self.step and self.step > 0:
-            self._after_eval(self.evaluate())
+            self._validate()
         if last_ckpt_step != self.step:
             self.save_checkpoint()
         if cfg.checkpoint.save_final:
-            self.result.final_dir = self._save_model_dir(
-                "final", self.result.evals[-1] if self.result.evals else None
-            )
+            with self._averaged():
+                self.result.final_dir = self._save_model_dir(
+                    "final", self.result.evals[-1] if self.result.evals else None
+                )
         model_dir = self.result.best_dir or self.result.final_dir
         if model_dir and self.is_main:
             self.tracker.log_model(Path(model_dir), "best" if self.result.best_dir else "final")
