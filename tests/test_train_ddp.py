@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from deepsynth.training import checkpoint as ckpt
 from tests._train_data import real_lines, tiny_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +53,7 @@ def _train(cmd_prefix: list[str], out: Path, data: Path, model: Path, batch: int
         "max_steps=4", "epochs=null", "max_minutes=null", "eval.every_steps=0", "eval.at_start=false",
         "checkpoint.every_steps=0", "trackers=[jsonl]", "progress=false", "num_threads=1", "optim.warmup_steps=0",
         "augment.p=0",  # recipe augments: 1 vs 2 processes drew different distortions (step-3 loss 13.10 vs 12.73)
+        "ema.decay=0.5",  # final/ holds the moving average, which every process keeps of the unwrapped model
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
@@ -78,4 +81,12 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert one["losses"]["4"] != one["losses"]["1"]  # training moved the model
     run = (tmp_path / "two" / "run.yaml").read_text()
     assert "world_size: 2" in run and "world_size: 1" in (tmp_path / "one" / "run.yaml").read_text()
+    from safetensors.torch import load_file
+
+    finals = [load_file(str(tmp_path / name / "final" / "model.safetensors")) for name in ("one", "two")]
+    trained, _ = ckpt.load_training_checkpoint(tmp_path / "two" / "checkpoints" / "step-0000004")
+    assert finals[0].keys() == finals[1].keys()
+    for name, weight in finals[0].items():
+        assert torch.allclose(finals[1][name], weight, rtol=1e-3, atol=1e-5), name
+    assert any(not torch.equal(trained[name], finals[1][name]) for name in trained if name in finals[1])
     shutil.rmtree(tmp_path / "lines")

@@ -33,7 +33,10 @@ def test_update_warms_up_and_swap_exchanges_in_place():
     assert seen == [0.1, 0.1818, 0.25]
     # 0.1*0 + 0.9*1 = 0.9;  (2/11)*0.9 + (9/11)*2 = 1.8;  0.25*1.8 + 0.75*3 = 2.7
     assert torch.allclose(ema.shadow["w"], torch.full((2,), 2.7))
-    assert ema.current_decay() == 0.5  # (1+3)/(10+3) > 0.5: the warm-up is over
+    assert ema.current_decay() == pytest.approx(4 / 13)  # still warming up: (1+3)/(10+3) < 0.5
+    ema.updates = 8
+    assert ema.current_decay() == 0.5  # (1+8)/(10+8) = 0.5: the warm-up is over
+    ema.updates = 3
     storage = trains.data_ptr()
     with ema.swapped():
         assert torch.allclose(trains, torch.full((2,), 2.7)) and trains.data_ptr() == storage
