@@ -10,8 +10,12 @@ last finished shard, actors running) separates that start-up from the throughput
 Driver memory: peak RSS of the driver process (sampled every 20 ms) for ``ocr --ray`` over ROWS_SMALL and
 ROWS_BIG input files (hard links to a few line images, so the inputs are distinct files without using disk).
 
-Environment: BENCH_RAY_FILES (default 240), BENCH_RAY_ROUNDS (3), BENCH_RAY_ROWS_SMALL (1000),
-BENCH_RAY_ROWS_BIG (100000; 0 skips the memory part). The memory part reads hard links to one small real crop (the first
+With BENCH_RAY_INPUTS=pages the throughput part reads whole scanned pages instead (fondue_en_print20, 2550x3300 px:
+detection + recognition, seconds per page), which is what a user's million pages look like; line crops (tens of
+milliseconds each) show the pipeline's own per-file overhead.
+
+Environment: BENCH_RAY_INPUTS (lines | pages), BENCH_RAY_FILES (default 240), BENCH_RAY_ROUNDS (3),
+BENCH_RAY_ROWS_SMALL (1000), BENCH_RAY_ROWS_BIG (100000; 0 skips the memory part). The memory part reads hard links to one small real crop (the first
 word of a line, 64 px wide), so that 100k rows take minutes, not hours: the driver's memory depends on the number
 of rows, not on what the engines read.
 """
@@ -29,7 +33,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DEEPSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+INPUTS = os.environ.get("BENCH_RAY_INPUTS", "lines")
 FILES = int(os.environ.get("BENCH_RAY_FILES", "240"))
+# pages per engine call (in-process and per Ray batch); a shard is 2 batches
+BATCH = 2 if INPUTS == "pages" else 8
 ROUNDS = int(os.environ.get("BENCH_RAY_ROUNDS", "3"))
 ROWS_SMALL = int(os.environ.get("BENCH_RAY_ROWS_SMALL", "1000"))
 ROWS_BIG = int(os.environ.get("BENCH_RAY_ROWS_BIG", "100000"))
@@ -65,7 +72,7 @@ def _in_process(files: list[Path], out: Path) -> float:
 
     t0 = time.perf_counter()
     service = OCRService(ENGINE, obs=Observability(ENGINE, metrics=False), engine_kwargs=ENGINE_KWARGS)
-    summary = ocr_files(service.recognize, files, out, model_id=ENGINE, batch_pages=8, progress=False)
+    summary = ocr_files(service.recognize, files, out, model_id=ENGINE, batch_pages=BATCH, progress=False)
     assert summary.ok == len(files), summary.errors[:3]
     return len(files) / (time.perf_counter() - t0)
 
@@ -78,7 +85,7 @@ def _on_ray(files: list[Path], out: Path, workers: int) -> float:
     from deepsynth.scale.ocr import ocr_on_ray
     from deepsynth.scale.runtime import RayOptions
 
-    opts = RayOptions(workers=workers, cpus_per_worker=0.5, batch_size=8, shard_size=16)
+    opts = RayOptions(workers=workers, cpus_per_worker=0.5, batch_size=BATCH, shard_size=2 * BATCH)
     done: list[tuple[float, int]] = []
     t0 = time.perf_counter()
     stats = ocr_on_ray(ENGINE, files, out, opts=opts, engine_kwargs=ENGINE_KWARGS, progress=False,
@@ -124,7 +131,11 @@ def main() -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     init_local(num_cpus=2, include_dashboard=False)
     try:
-        files = _linked_inputs(images[:FILES], FILES, work / "lines")
+        if INPUTS == "pages":
+            pages = sorted((DATA / "fondue_en_print20" / "images" / "pages").glob("*.png"))
+            files, what = _linked_inputs(pages, FILES, work / "pages"), "fondue_en_print20 pages (2550x3300)"
+        else:
+            files, what = _linked_inputs(images[:FILES], FILES, work / "lines"), "tapuscorpus_fr lines"
         rounds = []
         for _ in range(ROUNDS):
             rates = {
@@ -139,7 +150,7 @@ def main() -> dict:
         steady_one = [s / r["in_process"] for s, r in zip(STEADY[1], rounds, strict=False)]
         steady_two = [b / a for a, b in zip(STEADY[1], STEADY[2], strict=False)]
         result = {
-            "engine": f"{ENGINE} (1 onnxruntime thread per engine), {FILES} tapuscorpus_fr lines, batch 8",
+            "engine": f"{ENGINE} (1 onnxruntime thread per engine), {FILES} {what}, batch {BATCH}",
             "ray": f"{ray.__version__}, local runtime num_cpus=2, 0.5 CPU per actor",
             "rounds": [{k: round(v, 3) for k, v in r.items()} for r in rounds],
             "statistic": "median over interleaved rounds of the per-round ratio (range in brackets)",
