@@ -75,3 +75,33 @@ def test_new_characters_train_and_survive_save_load(tmp_path):
         torch.testing.assert_close(
             loaded.logits(batch["pixel_values"]), adapter.logits(batch["pixel_values"])
         )
+
+
+def test_pruning_drops_unused_scripts_and_keeps_the_rest_exact(tmp_path):
+    adapter = PPOCRAdapter.tiny_random("ab中文한カ", seed=2)  # + space
+    batch = adapter.collate(synthetic_samples(["ab", "ba a"]))
+    with torch.no_grad():
+        before = adapter.logits(batch["pixel_values"])
+    keep = [0, 1, 2, 7]  # blank, a, b, space
+    assert adapter.prune_charset(["一 中"]) == 0  # the texts use CJK: every class stays
+    assert adapter.prune_charset(["ok 🙂"]) == 0
+    assert adapter.prune_charset(["ab", "Ж"]) == 4  # 中 文 한 カ
+    assert adapter.charset.chars == ["a", "b", " "] and adapter.core.config.head_out_channels == 4
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.logits(batch["pixel_values"]), before[:, :, keep])
+    assert adapter.collate(synthetic_samples(["ab"]))["targets"].tolist() == [1, 2]
+    adapter.save(tmp_path / "m")
+    loaded = PPOCRAdapter.load(tmp_path / "m")
+    assert loaded.charset.chars == ["a", "b", " "]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.logits(batch["pixel_values"]), before[:, :, keep])
+
+
+def test_pruning_the_shipped_head_keeps_latin_reads(shared_data):
+    adapter = PPOCRAdapter.from_shipped()
+    samples = real_lines(shared_data, per_set=3, sets=("gt4histocr_dta19_lines", "fondue_en_print20"))
+    before = [p.text for p in adapter.recognize([s.image for s in samples])]
+    dropped = adapter.prune_charset(s.text for s in samples)
+    assert dropped > 16_000 and adapter.charset.num_classes < 2_000
+    assert "ſ" in adapter.charset and "中" not in adapter.charset
+    assert [p.text for p in adapter.recognize([s.image for s in samples])] == before

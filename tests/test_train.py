@@ -291,3 +291,22 @@ def test_gradient_checkpointing_option_trains_the_same_steps(tmp_path):
     assert sorted(ckpt_run.losses) == [1, 2, 3]
     for step, loss in plain.losses.items():
         assert abs(ckpt_run.losses[step] - loss) <= 1e-6, step
+
+
+def test_pruned_charset_trains_resumes_and_saves_the_smaller_head(tmp_path):
+    from deepsynth.models.ppocr.adapter import PPOCRAdapter
+
+    chars = "".join(sorted({c for s in real_lines(8) for c in s.text}))
+
+    def adapter():
+        return PPOCRAdapter.tiny_random(chars + "中文한", seed=0)
+
+    opts = ["max_steps=4", "optim.lr=1e-3", "model.prune_charset=true"]
+    full, t_full = run(tmp_path / "full", *opts, adapter=adapter())
+    assert t_full.adapter.charset.chars == list(chars)  # 中文한 dropped (the lines have a space already)
+    part, _ = run(tmp_path / "cut", *opts, adapter=adapter(),
+                  callbacks=[lambda t: t.request_stop() if t.step == 2 else None])  # fmt: skip
+    rest, _ = run(tmp_path / "cut", *opts, "resume=true", adapter=adapter())
+    assert rest.losses == full.losses
+    saved = PPOCRAdapter.load(tmp_path / "full" / "final")
+    assert "中" not in saved.charset and saved.core.config.head_out_channels == saved.charset.num_classes

@@ -141,6 +141,10 @@ class ModelAdapter(ABC):
         """Make every character of ``texts`` learnable; returns the characters added (none by default)."""
         return []
 
+    def prune_charset(self, texts: Iterable[str]) -> int:
+        """Drop output classes of scripts ``texts`` never use; returns how many (none by default)."""
+        return 0
+
     def prepare_for_training(self, cfg: Any = None) -> None:
         """Last preparation before the optimizer is built (k-bit preparation, gradient checkpointing)."""
         return None

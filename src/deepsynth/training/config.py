@@ -26,6 +26,9 @@ class ModelSettings:
     extend_charset: bool = (
         True  # add characters of the training texts the model lacks (adapter.extend_charset)
     )
+    prune_charset: bool = (
+        False  # drop output classes of scripts the training texts never use (adapter.prune_charset)
+    )
     freeze: list[str] = field(
         default_factory=list
     )  # module paths whose parameters do not train (e.g. the stem)

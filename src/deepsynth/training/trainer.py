@@ -1,7 +1,7 @@
 """The one training loop for every model family (setup → train → cleanup, built on ``accelerate``).
 
 The trainer knows only :class:`~deepsynth.models.base.ModelAdapter` (``collate``, ``loss``, ``recognize``,
-``save``) and its hooks, which have no-op defaults: ``extend_charset(texts)``, ``prepare_for_training(cfg)``,
+``save``) and its hooks, which have no-op defaults: ``extend_charset(texts)``, ``prune_charset(texts)``, ``prepare_for_training(cfg)``,
 ``apply_lora(cfg.lora)``, ``train_mode()`` (PP-OCR keeps BatchNorm in eval) and ``to(device)``.
 
 ``python -m deepsynth.cli.main train CONFIG`` runs it on one process; ``accelerate launch --num_processes N
@@ -163,6 +163,14 @@ class Trainer:
         self.added_chars: list[str] = []
         if cfg.model.extend_charset:
             self.added_chars = list(ad.extend_charset([s.text for s in self.train_samples]))
+        self.pruned_classes = (
+            ad.prune_charset(s.text for s in self.train_samples) if cfg.model.prune_charset else 0
+        )
+        if self.pruned_classes and self.is_main:
+            log.info(
+                "charset: dropped %d output classes of scripts the training texts never use",
+                self.pruned_classes,
+            )
         ad.prepare_for_training(cfg)
         if cfg.lora.enabled:
             ad.apply_lora(cfg.lora)
@@ -217,6 +225,7 @@ class Trainer:
                 steps_per_epoch=steps_per_epoch,
                 trainable_parameters=sum(p.numel() for p in self.trainable),
                 added_chars=self.added_chars,
+                pruned_classes=self.pruned_classes,
                 resumed_from=str(resume_from) if resume_from else None,
             )
             log.info(

@@ -32,6 +32,16 @@ _BASE_LETTER = {
 }
 
 
+_EAST_ASIAN = ("CJK", "HANGUL", "HIRAGANA", "KATAKANA", "BOPOMOFO", "IDEOGRAPHIC", "KANGXI", "YI ", "FULLWIDTH",
+               "HALFWIDTH")  # fmt: skip
+
+
+def is_cjk_or_emoji(ch: str) -> bool:
+    """True for CJK, Hangul, Kana, Bopomofo, Yi and full/half-width characters (by Unicode name) and for emoji
+    and other pictographs (U+1F000 and above)."""
+    return ord(ch) >= 0x1F000 or unicodedata.name(ch, "").startswith(_EAST_ASIAN)
+
+
 def normalize_text(text: str) -> str:
     """What the recogniser is trained to output: NFC, whitespace collapsed to single spaces, stripped."""
     return " ".join(unicodedata.normalize("NFC", text).split())
@@ -99,6 +109,15 @@ class Charset:
                 [(self.chars[i - 1], float(p)) for i, p in zip(row_idx[keep], row_top[keep], strict=True)]
             )
         return out
+
+    def without_cjk_or_emoji(self, texts: Iterable[str]) -> list[int]:
+        """Classes to keep when ``texts`` use no CJK/emoji character: blank + every other class, in order.
+
+        Empty when they do (then every class is kept).
+        """
+        if any(is_cjk_or_emoji(ch) for text in texts for ch in text):
+            return []
+        return [0] + [i for i, ch in enumerate(self.chars, start=1) if not is_cjk_or_emoji(ch)]
 
     def base_class(self, ch: str) -> int | None:
         """The class of a similar existing character (to initialise a new class from), or None."""

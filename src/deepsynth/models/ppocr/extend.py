@@ -1,4 +1,4 @@
-"""Grow the recogniser's classifier by new output classes (character-set extension)."""
+"""Grow the recogniser's classifier by new output classes, or keep only some of them."""
 
 from __future__ import annotations
 
@@ -25,6 +25,23 @@ def grow_head(model: torch.nn.Module, bases: Sequence[int | None], *, bias_offse
     )
     new.weight.copy_(torch.cat([weight, torch.stack(rows)]))
     new.bias.copy_(torch.cat([bias, torch.stack(biases)]))
+    new.weight.requires_grad_(old.weight.requires_grad)
+    new.bias.requires_grad_(old.bias.requires_grad)
+    model.head.head = new
+    model.config.head_out_channels = new.out_features
+
+
+@torch.no_grad()
+def select_head(model: torch.nn.Module, keep: Sequence[int]) -> None:
+    """Keep only the classes ``keep`` (in that order) of ``model.head.head``; updates ``config.head_out_channels``.
+
+    The kept classes' logits are unchanged; the softmax then runs over them alone.
+    """
+    old: torch.nn.Linear = model.head.head
+    index = torch.as_tensor(list(keep), dtype=torch.long, device=old.weight.device)
+    new = torch.nn.Linear(old.in_features, len(index), device=old.weight.device, dtype=old.weight.dtype)
+    new.weight.copy_(old.weight.index_select(0, index))
+    new.bias.copy_(old.bias.index_select(0, index))
     new.weight.requires_grad_(old.weight.requires_grad)
     new.bias.requires_grad_(old.bias.requires_grad)
     model.head.head = new
