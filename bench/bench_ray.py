@@ -15,8 +15,8 @@ detection + recognition, seconds per page), which is what a user's million pages
 milliseconds each) show the pipeline's own per-file overhead.
 
 Environment: BENCH_RAY_INPUTS (lines | pages), BENCH_RAY_FILES (default 240), BENCH_RAY_ROUNDS (3),
-BENCH_RAY_ROWS_SMALL (1000), BENCH_RAY_ROWS_BIG (100000; 0 skips the memory part). The memory part reads hard links to one small real crop (the first
-word of a line, 64 px wide), so that 100k rows take minutes, not hours: the driver's memory depends on the number
+BENCH_RAY_ROWS_SMALL (1000), BENCH_RAY_ROWS_BIG (100000; 0 skips the memory part; BENCH_RAY_ROUNDS=0 skips the throughput part). The memory part reads
+hard links to small real crops (the first word of a line, 64 px wide), so that 100k rows take minutes, not hours: the driver's memory depends on the number
 of rows, not on what the engines read.
 """
 
@@ -118,6 +118,64 @@ def _linked_inputs(sources: list[Path], n: int, folder: Path) -> list[Path]:
     return files
 
 
+def _throughput(files: list[Path], what: str) -> dict:
+    """Interleaved rounds of in-process, Ray with 1 and with 2 workers over the same files."""
+    import ray
+
+    work = files[0].parent.parent
+    rounds = []
+    for _ in range(ROUNDS):
+        rates = {
+            "in_process": _in_process(files, _fresh(work / "a.jsonl")),
+            "ray_1_worker": _on_ray(files, _fresh(work / "b.jsonl"), 1),
+            "ray_2_workers": _on_ray(files, _fresh(work / "c.jsonl"), 2),
+        }
+        rounds.append(rates)
+        print(json.dumps({k: round(v, 2) for k, v in rates.items()}), flush=True)
+    one = [r["ray_1_worker"] / r["in_process"] for r in rounds]
+    two = [r["ray_2_workers"] / r["ray_1_worker"] for r in rounds]
+    steady_one = [s / r["in_process"] for s, r in zip(STEADY[1], rounds, strict=False)]
+    steady_two = [b / a for a, b in zip(STEADY[1], STEADY[2], strict=False)]
+    return {
+        "engine": f"{ENGINE} (1 onnxruntime thread per engine), {FILES} {what}, batch {BATCH}",
+        "ray": f"{ray.__version__}, local runtime num_cpus=2, 0.5 CPU per actor",
+        "rounds": [{k: round(v, 3) for k, v in r.items()} for r in rounds],
+        "statistic": "median over interleaved rounds of the per-round ratio (range in brackets)",
+        "ray_1_worker_vs_in_process": _med_range(one),
+        "ray_2_vs_1_workers": _med_range(two),
+        "steady_state": "files/s between the first and the last finished shard (actors already running)",
+        "steady_ray_1_worker_vs_in_process": _med_range(steady_one),
+        "steady_ray_2_vs_1_workers": _med_range(steady_two),
+        "goals": {"ray_1_worker_vs_in_process": ">= 0.9", "ray_2_vs_1_workers": ">= 1.6 (2 free cores)"},
+    }
+
+
+def _driver_memory(images: list[Path], work: Path) -> dict:
+    """Peak driver RSS of ``ocr --ray`` (2 workers) over ROWS_SMALL and ROWS_BIG files.
+
+    The files are hard links to 8 real word crops (64 px of 8 lines; a file system allows ~65k links per file).
+    """
+    from PIL import Image
+
+    words = []
+    for i, path in enumerate(images[:8]):
+        words.append(work / f"word{i}.png")
+        with Image.open(path) as line:
+            line.crop((0, 0, min(64, line.width), line.height)).save(words[-1])
+    peaks = {}
+    for n in (ROWS_SMALL, ROWS_BIG):
+        many = _linked_inputs(words, n, work / f"rows{n}")
+        with PeakRSS() as rss:
+            _on_ray(many, _fresh(work / f"rows{n}.jsonl"), 2)
+        peaks[n] = rss.peak
+        shutil.rmtree(work / f"rows{n}", ignore_errors=True)
+    return {
+        "driver_peak_rss_mb": {str(n): round(v / 2**20, 1) for n, v in peaks.items()},
+        "driver_rss_big_vs_small": round(peaks[ROWS_BIG] / peaks[ROWS_SMALL], 3),
+        "goal_rss": "within 10% (<= 1.10)",
+    }
+
+
 def main() -> dict:
     import ray
 
@@ -136,51 +194,9 @@ def main() -> dict:
             files, what = _linked_inputs(pages, FILES, work / "pages"), "fondue_en_print20 pages (2550x3300)"
         else:
             files, what = _linked_inputs(images[:FILES], FILES, work / "lines"), "tapuscorpus_fr lines"
-        rounds = []
-        for _ in range(ROUNDS):
-            rates = {
-                "in_process": _in_process(files, _fresh(work / "a.jsonl")),
-                "ray_1_worker": _on_ray(files, _fresh(work / "b.jsonl"), 1),
-                "ray_2_workers": _on_ray(files, _fresh(work / "c.jsonl"), 2),
-            }
-            rounds.append(rates)
-            print(json.dumps({k: round(v, 2) for k, v in rates.items()}), flush=True)
-        one = [r["ray_1_worker"] / r["in_process"] for r in rounds]
-        two = [r["ray_2_workers"] / r["ray_1_worker"] for r in rounds]
-        steady_one = [s / r["in_process"] for s, r in zip(STEADY[1], rounds, strict=False)]
-        steady_two = [b / a for a, b in zip(STEADY[1], STEADY[2], strict=False)]
-        result = {
-            "engine": f"{ENGINE} (1 onnxruntime thread per engine), {FILES} {what}, batch {BATCH}",
-            "ray": f"{ray.__version__}, local runtime num_cpus=2, 0.5 CPU per actor",
-            "rounds": [{k: round(v, 3) for k, v in r.items()} for r in rounds],
-            "statistic": "median over interleaved rounds of the per-round ratio (range in brackets)",
-            "ray_1_worker_vs_in_process": [
-                round(statistics.median(one), 3),
-                round(min(one), 3),
-                round(max(one), 3),
-            ],
-            "ray_2_vs_1_workers": [round(statistics.median(two), 3), round(min(two), 3), round(max(two), 3)],
-            "steady_state": "files/s between the first and the last finished shard (actors already running)",
-            "steady_ray_1_worker_vs_in_process": _med_range(steady_one),
-            "steady_ray_2_vs_1_workers": _med_range(steady_two),
-            "goals": {"ray_1_worker_vs_in_process": ">= 0.9", "ray_2_vs_1_workers": ">= 1.6 (2 free cores)"},
-        }
+        result = _throughput(files, what) if ROUNDS else {}
         if ROWS_BIG:
-            from PIL import Image
-
-            word = work / "word.png"
-            with Image.open(images[0]) as line:
-                line.crop((0, 0, min(64, line.width), line.height)).save(word)
-            peaks = {}
-            for n in (ROWS_SMALL, ROWS_BIG):
-                many = _linked_inputs([word], n, work / f"rows{n}")
-                with PeakRSS() as rss:
-                    _on_ray(many, _fresh(work / f"rows{n}.jsonl"), 2)
-                peaks[n] = rss.peak
-                shutil.rmtree(work / f"rows{n}", ignore_errors=True)
-            result["driver_peak_rss_mb"] = {str(n): round(v / 2**20, 1) for n, v in peaks.items()}
-            result["driver_rss_big_vs_small"] = round(peaks[ROWS_BIG] / peaks[ROWS_SMALL], 3)
-            result["goal_rss"] = "within 10% (<= 1.10)"
+            result |= _driver_memory(images, work)
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
