@@ -11,7 +11,9 @@ declared statistic for speed is the median over (round, step) pairs of the step'
 - ``ckpt_stages`` / ``ckpt_blocks``: activation checkpointing of the backbone per stage / per block
   (``model.options.gradient_checkpointing``, models/ppocr/checkpointing.py);
 - ``mmap1``: glibc maps every block >= 1 MiB on its own (``malloc_mmap_mb=1``, training/allocator.py);
-- ``ckpt_blocks+mmap1``: both.
+- ``ckpt_blocks+mmap1``: both;
+- ``prune`` / ``ckpt_blocks+prune``: the head keeps only the classes of the scripts the text uses
+  (``model.prune_charset``: 18,710 -> ~1,750 classes), without / with per-block checkpointing.
 
 History (same recipe, 2 rounds, older bench without the validation pass): wave 1 3,577 MB; identity BatchNorms as
 bias adds 3,182 MB; + stem frozen 2,831 MB.
@@ -38,11 +40,17 @@ ROUNDS = int(os.environ.get("BENCH_MEMORY_ROUNDS", "1"))
 RAW = os.environ.get("BENCH_MEMORY_RAW")
 BASE = "before"
 VARIANTS = {
-    "before": ["model.options.gradient_checkpointing=off"],
-    "ckpt_stages": ["model.options.gradient_checkpointing=stages"],
-    "ckpt_blocks": ["model.options.gradient_checkpointing=blocks"],
-    "mmap1": ["model.options.gradient_checkpointing=off", "malloc_mmap_mb=1"],
-    "ckpt_blocks+mmap1": ["model.options.gradient_checkpointing=blocks", "malloc_mmap_mb=1"],
+    "before": ["model.options.gradient_checkpointing=off", "model.prune_charset=false"],
+    "ckpt_stages": ["model.options.gradient_checkpointing=stages", "model.prune_charset=false"],
+    "ckpt_blocks": ["model.options.gradient_checkpointing=blocks", "model.prune_charset=false"],
+    "mmap1": ["model.options.gradient_checkpointing=off", "malloc_mmap_mb=1", "model.prune_charset=false"],
+    "ckpt_blocks+mmap1": [
+        "model.options.gradient_checkpointing=blocks",
+        "malloc_mmap_mb=1",
+        "model.prune_charset=false",
+    ],
+    "prune": ["model.options.gradient_checkpointing=off", "model.prune_charset=true"],
+    "ckpt_blocks+prune": ["model.options.gradient_checkpointing=blocks", "model.prune_charset=true"],
 }
 CHOSEN = [v for v in os.environ.get("BENCH_MEMORY_VARIANTS", ",".join(VARIANTS)).split(",") if v]
 
