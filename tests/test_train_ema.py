@@ -53,12 +53,13 @@ def test_update_warms_up_and_swap_exchanges_in_place():
         again.load_state_dict({"updates": 1, "shadow": {"v": torch.zeros(2)}})
 
 
-def test_config_validates_decay_and_the_recipe_keeps_it_off():
+def test_config_validates_decay_and_the_recipe_averages():
     for bad in ("1", "1.5", "-0.1", "nan"):
         with pytest.raises(ConfigError, match=r"ema\.decay must be in \[0, 1\)"):
             load_config(TrainConfig, None, [f"ema.decay={bad}"])
     assert load_config(TrainConfig, None, ["ema.decay=0.999"]).ema.decay == 0.999
-    assert load_config(TrainConfig, ROOT / "configs" / "ppocr_finetune.yaml").ema.decay == 0.0
+    assert load_config(TrainConfig, ROOT / "configs" / "ppocr_finetune.yaml").ema.decay == 0.99
+    assert load_config(TrainConfig, None, []).ema.decay == 0.0  # off unless a recipe asks
 
 
 def _weights(model: torch.nn.Module, names) -> dict[str, torch.Tensor]:
