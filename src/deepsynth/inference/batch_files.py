@@ -160,13 +160,17 @@ class BatchSummary:
         return "\n".join(lines)
 
 
-def decode_path(path: Path, limits: ServingLimits) -> list[PageInput]:
-    """Read and decode one input file into pages; any problem is an InputError naming the file."""
+def read_path(path: Path) -> bytes:
+    """The bytes of one input file; an unreadable file is an InputError naming it."""
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise InputError(400, "unreadable_file", f"cannot read {path}: {exc}", path.name) from exc
-    return decode_file(data, path.name, None, limits)
+
+
+def decode_path(path: Path, limits: ServingLimits) -> list[PageInput]:
+    """Read and decode one input file into pages; any problem is an InputError naming the file."""
+    return decode_file(read_path(path), path.name, None, limits)
 
 
 def decode_ahead(

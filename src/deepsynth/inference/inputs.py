@@ -115,7 +115,7 @@ def _decode_image(data: bytes, name: str, budget: RequestBudget) -> list[Image.I
         raise InputError(
             400, "image_too_small", f"file {name!r} is {w}x{h} px; each side needs >= {limits.min_side}"
         )
-    frames = getattr(img, "n_frames", 1) if img.format in {"TIFF", "MPO"} else 1
+    frames = image_frames(img)
     if frames > room:
         raise InputError(
             413,
@@ -140,6 +140,11 @@ def _decode_image(data: bytes, name: str, budget: RequestBudget) -> list[Image.I
     if not out and room <= 0:
         raise InputError(413, "too_many_pages", f"request has more than {limits.max_pages} pages", name)
     return out
+
+
+def image_frames(img: Image.Image) -> int:
+    """How many pages an opened image is (the frames of a TIFF / MPO; one for any other format)."""
+    return getattr(img, "n_frames", 1) if img.format in {"TIFF", "MPO"} else 1
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

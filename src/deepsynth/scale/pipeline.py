@@ -97,6 +97,7 @@ def run_sharded(
     decode_kwargs: dict[str, Any],
     worker: type | None,
     worker_kwargs: dict[str, Any],
+    worker_calls: int = 1,
     assemble: Assemble,
     opts: RayOptions,
     on_shard: Callable[[int, list[dict[str, Any]]], None] | None = None,
@@ -107,7 +108,8 @@ def run_sharded(
     ``shards`` yields ``(index, pyarrow.Table)`` with ``shard`` and ``unit`` columns; ``assemble(parts)``
     turns a unit's result rows (sorted by part) into its record and a failure kind (None when it succeeded).
     ``on_shard(index, records)`` runs after a shard is written (side outputs, tests). Without ``worker`` the
-    decode tasks' rows are the results.
+    decode tasks' rows are the results. ``worker_calls`` batches run at once in each actor (see
+    ``RayOptions.actor_args``).
     """
     import ray
     import ray.data
@@ -135,7 +137,7 @@ def run_sharded(
         with warnings.catch_warnings():  # max_restarts/max_task_retries: see RayOptions.actor_args
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
             ds = ds.map_batches(worker, fn_constructor_kwargs=worker_kwargs, batch_format="pyarrow",
-                                **opts.actor_args())  # fmt: skip
+                                **opts.actor_args(worker_calls))  # fmt: skip
 
     pending: dict[int, dict[int, dict[int, dict[str, Any]]]] = {k: {} for k in expected}
     complete: Counter[int] = Counter()

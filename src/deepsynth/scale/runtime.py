@@ -38,12 +38,19 @@ class RayOptions:
         # a shard holds whole batches, so batches are the same consecutive groups as in the in-process run
         self.shard_size = max(self.batch_size, self.shard_size - self.shard_size % self.batch_size)
 
-    def actor_args(self) -> dict[str, Any]:
-        """Keyword arguments of ``Dataset.map_batches`` for the engine actor pool."""
+    def actor_args(self, calls: int = 1) -> dict[str, Any]:
+        """Keyword arguments of ``Dataset.map_batches`` for the engine actor pool.
+
+        ``calls`` > 1 runs that many batches at once in each actor (threads; the actor guards its engine)."""
         import ray.data
 
+        pool = (
+            {"max_concurrent_calls_per_actor": calls, "enable_true_multi_threading": True}
+            if calls > 1
+            else {}
+        )
         args: dict[str, Any] = {
-            "compute": ray.data.ActorPoolStrategy(size=self.workers),
+            "compute": ray.data.ActorPoolStrategy(size=self.workers, **pool),
             "batch_size": self.batch_size,
             "num_cpus": self.cpus_per_worker,
             # actor fault tolerance: Ray 2.60 takes these only as map_batches' **ray_remote_args, deprecated
