@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -170,7 +171,8 @@ def test_worker_stats_sum_kept_rows_and_print_one_line_per_worker():
 
 @pytest.fixture
 def ocr_inputs(shared_data: Path, tmp_path: Path) -> Path:
-    """12 real line images, a 2-page PDF of two of them, a corrupt PNG and an empty file."""
+    """12 real line images, a 2-page PDF of two of them, a corrupt PNG, a PNG cut short after its header
+    (Ray: caught when the actor decodes it) and an empty file."""
     from PIL import Image
 
     root = tmp_path / "in"
@@ -181,6 +183,8 @@ def ocr_inputs(shared_data: Path, tmp_path: Path) -> Path:
     pages = [Image.open(p).convert("RGB") for p in images[:2]]
     pages[0].save(root / "two_pages.pdf", save_all=True, append_images=pages[1:], resolution=72)
     (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    data = images[0].read_bytes()
+    (root / "truncated.png").write_bytes(data[: len(data) // 2])
     (root / "empty.jpg").write_bytes(b"")
     return root
 
@@ -190,18 +194,45 @@ def test_ocr_ray_same_records_bad_files_are_records(ray_runtime, ocr_inputs, tmp
     base = ["ocr", str(ocr_inputs), "--model", "rapidocr", "-b", "4", "--no-progress", "--dpi", "72"]
     run_ok([*base, "--out", str(local)], code=1)  # two bad files: exit 1, as in-process
     out = run_ok([*base, "--out", str(dist), "--md-dir", str(tmp_path / "md"), *RAY_POOL], code=1)
-    assert "failed: empty_file 1, invalid_image 1" in out or "failed: invalid_image 1, empty_file 1" in out
+    assert "failed: invalid_image 2, empty_file 1" in out
     a = {r["input"]: without_timing(r) for r in lines(local)}
     b = [without_timing(r) for r in lines(dist)]
-    assert len(b) == len(a) == 15 and {r["input"] for r in b} == set(a)
+    assert len(b) == len(a) == 16 and {r["input"] for r in b} == set(a)
     assert [r["input"] for r in b] == sorted(a)  # input order
     assert all(r == a[r["input"]] for r in b)
     pdf = next(r for r in b if r["input"].endswith(".pdf"))
     assert pdf["n_pages"] == 2 and "<!-- page 2 -->" in (tmp_path / "md" / "two_pages.md").read_text()
-    assert {r["status"] for r in b if "corrupt" in r["input"] or "empty" in r["input"]} == {"error"}
-    workers = printed_workers(out)  # 12 images + 2 PDF pages read, 2 bad files, over the engine actors
+    bad = ("corrupt", "empty", "truncated")
+    assert {r["status"] for r in b if any(k in r["input"] for k in bad)} == {"error"}
+    assert "truncated.png" in next(r["error"] for r in b if "truncated" in r["input"])
+    workers = printed_workers(out)  # 12 images + 2 PDF pages read, 3 bad files, over the engine actors
     assert workers and sum(pages for pages, _ in workers.values()) == 14
-    assert sum((kinds for _, kinds in workers.values()), Counter()) == {"empty_file": 1, "invalid_image": 1}
+    assert sum((kinds for _, kinds in workers.values()), Counter()) == {"empty_file": 1, "invalid_image": 2}
+
+
+def test_ocr_ray_decode_tasks_ship_images_encoded_and_render_pdfs(ocr_inputs):
+    """Image files leave the CPU task as their own bytes (the actor decodes them); PDF pages as RGB pixels;
+    files whose header does not open are error rows already."""
+    import pyarrow as pa
+
+    from deepsynth.inference.batch_files import OFFLINE_LIMITS
+    from deepsynth.scale.ocr import FILE_SCHEMA, decode_files
+
+    names = ["two_pages.pdf", "corrupt.png", "empty.jpg", "truncated.png"]
+    line = next(p for p in sorted(ocr_inputs.glob("*.png")) if p.name not in names)
+    paths = [line, *(ocr_inputs / n for n in names)]
+    table = pa.Table.from_pylist([{"shard": 0, "unit": i, "path": str(p)} for i, p in enumerate(paths)],
+                                 schema=FILE_SCHEMA)  # fmt: skip
+    rows = decode_files(table, asdict(OFFLINE_LIMITS)).to_pylist()
+    assert [(r["unit"], r["part"], r["n_parts"]) for r in rows] == [(0, 0, 1), (1, 0, 2), (1, 1, 2),
+                                                                     (2, 0, 1), (3, 0, 1), (4, 0, 1)]  # fmt: skip
+    first, pdf, bad = rows[0], rows[1:3], rows[3:5]
+    assert first["encoded"] and first["pixels"] == line.read_bytes() and first["error"] is None
+    assert not any(r["encoded"] for r in pdf) and all(
+        len(r["pixels"]) == 3 * r["width"] * r["height"] for r in pdf
+    )
+    assert [r["kind"] for r in bad] == ["invalid_image", "empty_file"]
+    assert rows[5]["encoded"] and rows[5]["error"] is None  # its header opens: the actor finds it corrupt
 
 
 def scrape_workers(port: int, names: set[str]) -> dict[str, tuple[int, dict[str, int]]]:
@@ -290,7 +321,7 @@ def test_worker_killed_mid_job_loses_and_duplicates_nothing(ray_runtime, ocr_inp
     assert killed and stats.new == len(files)
     # per-worker counts come from the rows kept: a batch run again on the restarted actor is not counted twice
     assert sum(w.pages for w in stats.workers.values()) == 14
-    assert sum(sum(w.failures.values()) for w in stats.workers.values()) == 2
+    assert sum(sum(w.failures.values()) for w in stats.workers.values()) == 3
     got = [without_timing(r) for r in lines(out)]
     assert [r["input"] for r in got] == [str(f) for f in files]  # each file exactly once, in order
     expected = {r["input"]: without_timing(r) for r in lines(reference)}
