@@ -51,6 +51,11 @@ VARIANTS = {
     ],
     "prune": ["model.options.gradient_checkpointing=off", "model.prune_charset=true"],
     "ckpt_blocks+prune": ["model.options.gradient_checkpointing=blocks", "model.prune_charset=true"],
+    "ckpt_blocks+mmap1+prune": [
+        "model.options.gradient_checkpointing=blocks",
+        "malloc_mmap_mb=1",
+        "model.prune_charset=true",
+    ],
 }
 CHOSEN = [v for v in os.environ.get("BENCH_MEMORY_VARIANTS", ",".join(VARIANTS)).split(",") if v]
 
