@@ -20,15 +20,7 @@ def grow_head(model: torch.nn.Module, bases: Sequence[int | None], *, bias_offse
     mean_w, mean_b = weight[1:].mean(dim=0), bias[1:].mean()
     rows = [weight[b] if b is not None else mean_w for b in bases]
     biases = [(bias[b] if b is not None else mean_b) + bias_offset for b in bases]
-    new = torch.nn.Linear(
-        old.in_features, old.out_features + len(bases), device=weight.device, dtype=weight.dtype
-    )
-    new.weight.copy_(torch.cat([weight, torch.stack(rows)]))
-    new.bias.copy_(torch.cat([bias, torch.stack(biases)]))
-    new.weight.requires_grad_(old.weight.requires_grad)
-    new.bias.requires_grad_(old.bias.requires_grad)
-    model.head.head = new
-    model.config.head_out_channels = new.out_features
+    _replace_head(model, torch.cat([weight, torch.stack(rows)]), torch.cat([bias, torch.stack(biases)]))
 
 
 @torch.no_grad()
@@ -39,9 +31,16 @@ def select_head(model: torch.nn.Module, keep: Sequence[int]) -> None:
     """
     old: torch.nn.Linear = model.head.head
     index = torch.as_tensor(list(keep), dtype=torch.long, device=old.weight.device)
-    new = torch.nn.Linear(old.in_features, len(index), device=old.weight.device, dtype=old.weight.dtype)
-    new.weight.copy_(old.weight.index_select(0, index))
-    new.bias.copy_(old.bias.index_select(0, index))
+    _replace_head(model, old.weight.index_select(0, index), old.bias.index_select(0, index))
+
+
+@torch.no_grad()
+def _replace_head(model: torch.nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Swap ``model.head.head`` for a Linear holding ``weight``/``bias`` (same trainability as the old one)."""
+    old: torch.nn.Linear = model.head.head
+    new = torch.nn.Linear(old.in_features, weight.shape[0], device=weight.device, dtype=weight.dtype)
+    new.weight.copy_(weight)
+    new.bias.copy_(bias)
     new.weight.requires_grad_(old.weight.requires_grad)
     new.bias.requires_grad_(old.bias.requires_grad)
     model.head.head = new
