@@ -145,6 +145,19 @@ class ModelAdapter(ABC):
         """Drop output classes of scripts ``texts`` never use; returns how many (none by default)."""
         return 0
 
+    def fit_lm_decoder(
+        self,
+        texts: Sequence[str],
+        val_images: Sequence[Image.Image],
+        score: Callable[[list[str]], float],
+        settings: Any,
+        save_to: str | Path | None = None,
+    ) -> dict[str, Any] | None:
+        """Fit a language model to read with on ``texts``; choose its weights by ``score(val_hyps)`` (lower is
+        better) on ``val_images``, and write the choice into the model directory ``save_to``. Returns what was
+        tried and chosen, or None when the family reads without one (the default)."""
+        return None
+
     def prepare_for_training(self, cfg: Any = None) -> None:
         """Last preparation before the optimizer is built (k-bit preparation, gradient checkpointing)."""
         return None

@@ -25,6 +25,7 @@ class StepPlan:
     step_times: list[float] = field(default_factory=list)
     eval_s: float = 0.0  # duration of the last evaluation
     save_s: float = 5.0  # duration of a final-model save (measured once a checkpoint is written)
+    after_evals: float = 0.0  # work after the final save, in evaluations (fitting the LM reader: ~1.5)
     total: int | None = None  # current plan
 
     def __post_init__(self) -> None:
@@ -42,8 +43,9 @@ class StepPlan:
         return statistics.median(times[-30:]) if times else None
 
     def reserve_s(self) -> float:
-        """Seconds needed after the last step: final evaluation, the last checkpoint and the best/final models."""
-        return self.eval_s + 3 * self.save_s
+        """Seconds needed after the last step: final evaluation, the last checkpoint, the best/final models and
+        ``after_evals``."""
+        return self.eval_s * (1 + self.after_evals) + 3 * self.save_s
 
     def replan(self, step: int, evals_left: float = 0.0) -> int | None:
         """Update ``total`` from the budget left; returns the plan (``limit`` when there is no budget)."""

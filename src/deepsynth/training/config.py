@@ -144,6 +144,27 @@ class EMASettings:
 
 
 @dataclass
+class LMSettings:
+    """Reading with a character language model fitted on the training texts (models/ppocr/lm.py). After
+    training, its weights are chosen on the validation lines from ``alphas`` × ``betas``; plain greedy reading
+    stays when none of them lowers the validation CER. Families without LM reading ignore it."""
+
+    enabled: bool = False
+    order: int = 6  # characters of context + 1
+    alphas: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])  # LM weight candidates
+    betas: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # per-character bonus candidates
+    beam: int = 10
+
+    def __post_init__(self) -> None:
+        if self.order < 1 or self.beam < 1:
+            raise ConfigError(f"lm.order and lm.beam must be >= 1, got {self.order} and {self.beam}")
+        if not self.alphas or not self.betas or any(a < 0 for a in self.alphas):
+            raise ConfigError(
+                f"lm.alphas (>= 0) and lm.betas need a value each, got {self.alphas} and {self.betas}"
+            )
+
+
+@dataclass
 class TrainConfig:
     """One training run. Every field can be overridden as ``key=value`` (``optim.lr=5e-5``)."""
 
@@ -157,6 +178,7 @@ class TrainConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     augment: LineAugment = field(default_factory=LineAugment.off)  # seeded training-image augmentation
     ema: EMASettings = field(default_factory=EMASettings)  # moving average of the weights (off by default)
+    lm: LMSettings = field(default_factory=LMSettings)  # read with a character LM (off by default)
     batch_size: int = 8  # per process, per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     max_steps: int | None = None  # optimizer steps; the first of max_steps / epochs / max_minutes stops

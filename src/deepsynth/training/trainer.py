@@ -77,6 +77,7 @@ class TrainResult:
     skipped_samples: int = 0
     skipped_batches: int = 0
     wall_seconds: float = 0.0
+    lm: dict[str, Any] | None = None  # the LM reader's choice on validation (lm.enabled)
 
 
 class Trainer:
@@ -200,7 +201,9 @@ class Trainer:
             limits.append(max(1, math.ceil(epochs * steps_per_epoch)))
         self.total_steps = min(limits) if limits else None
         budget = cfg.max_minutes * 60 if cfg.max_minutes else None
-        self.planner = StepPlan(self.total_steps, budget, t_start=self.t_start)
+        self.planner = StepPlan(
+            self.total_steps, budget, t_start=self.t_start, after_evals=1.5 if cfg.lm.enabled else 0.0
+        )
         self.optimizer = build_optimizer(model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
         self._set_schedule_length(self.total_steps)
@@ -441,6 +444,43 @@ class Trainer:
                 log.info("early stopping: %s has not improved for %d evaluations", m, self.bad_evals)
         return self._any_process(stop)
 
+    def _fit_lm_decoder(self, model_dir: Path) -> dict[str, Any] | None:
+        """Fit the model's LM reader on the training texts and choose its weights on the validation lines, on
+        the saved model (best, else final); the choice is written into that directory."""
+        from deepsynth.evaluation.metrics import cer
+        from deepsynth.evaluation.normalize import get_normalizer
+        from deepsynth.models.registry import load_engine
+
+        if not self.eval_samples:
+            log.info("LM reader: no validation lines to choose its weights on; the model reads greedily")
+            return None
+        t0 = time.perf_counter()
+        norm = get_normalizer(self.cfg.eval.normalize)
+        val = [s for s in self.eval_samples if s.id not in self._skipped_ids]
+        refs = [norm(s.text) for s in val]
+        engine = ensure_trainable(load_engine(str(model_dir)), self.cfg.model.family)
+        report = engine.fit_lm_decoder(
+            [s.text for s in self.train_samples], [s.image for s in val],
+            lambda hyps: cer(refs, [norm(h) for h in hyps]), self.cfg.lm, save_to=model_dir,
+        )  # fmt: skip
+        if report is None:
+            log.info("LM reader: model family %s reads without one", self.cfg.model.family)
+            return None
+        report["seconds"] = round(time.perf_counter() - t0, 2)
+        greedy, chosen = report["tried"][0]["score"], report["chosen"]
+        if chosen["greedy"]:
+            log.info(
+                "LM reader: no weights beat greedy reading on validation (%.2f%%); kept greedy", 100 * greedy
+            )
+        else:
+            log.info(
+                "LM reader (%d-gram of %d training lines): validation %s %.2f%% -> %.2f%% with alpha %.2g, "
+                "beta %.2g (%.1f s)", report["order"], report["texts"], self.cfg.eval.metric, 100 * greedy,
+                100 * chosen["score"], chosen["alpha"], chosen["beta"], report["seconds"],
+            )  # fmt: skip
+        self.tracker.log_metrics({"lm/val_greedy": greedy, "lm/val_chosen": chosen["score"]}, self.step)
+        return report
+
     # ------------------------------------------------------------------ training
     def _train_mode(self) -> None:
         if self.cfg.freeze_batchnorm:
@@ -626,6 +666,8 @@ class Trainer:
                     "final", self.result.evals[-1] if self.result.evals else None
                 )
         model_dir = self.result.best_dir or self.result.final_dir
+        if cfg.lm.enabled and model_dir and self.is_main:
+            self.result.lm = self._fit_lm_decoder(Path(model_dir))
         if model_dir and self.is_main:
             self.tracker.log_model(Path(model_dir), "best" if self.result.best_dir else "final")
         if cfg.checkpoint.push_to_hub and self.is_main:

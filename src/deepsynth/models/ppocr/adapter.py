@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ from deepsynth.models.base import ModelAdapter, Prediction
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.models.ppocr import checkpointing
 from deepsynth.models.ppocr import lora as lora_utils
-from deepsynth.models.ppocr.batching import recognize_in_batches
+from deepsynth.models.ppocr.batching import line_probabilities, recognize_in_batches
 from deepsynth.models.ppocr.charset import Charset, normalize_text
 from deepsynth.models.ppocr.convert import (
     REC_ONNX,
@@ -32,6 +32,7 @@ from deepsynth.models.ppocr.convert import (
     shipped_model_path,
 )
 from deepsynth.models.ppocr.ctc import ctc_loss, min_frames, pack_targets
+from deepsynth.models.ppocr.lm import LMDecoder
 from deepsynth.models.ppocr.preprocess import (
     HEIGHT,
     MIN_WIDTH,
@@ -80,6 +81,7 @@ class PPOCRAdapter(ModelAdapter):
         self.added_chars: list[str] = list(added_chars)
         self.source = source
         self.lora_config: dict[str, Any] | None = None
+        self.lm_decoder: LMDecoder | None = None  # read with a character LM (fit_lm_decoder); None = greedy
         self.pruned_classes = 0  # output classes dropped by prune_charset (their head rows are gone)
         self.stretched_ids: set[str] = set()  # training lines widened to fit their text (logged once each)
         self.gradient_checkpointing = checkpointing.parse_mode(gradient_checkpointing)
@@ -151,6 +153,7 @@ class PPOCRAdapter(ModelAdapter):
                 adapter.model, path / LORA_DIR
             ).eval()  # peft leaves it in train
             adapter.lora_config = card.get("lora")
+        adapter.lm_decoder = LMDecoder.load(path)
         return adapter
 
     def save(self, path: str | Path) -> None:
@@ -164,6 +167,8 @@ class PPOCRAdapter(ModelAdapter):
         else:
             core.save_pretrained(str(path))
         self.charset.save(path)
+        if self.lm_decoder is not None:
+            self.lm_decoder.save(path)
         card = {
             "family": FAMILY,
             "architecture": "PPOCRV6SmallRecForTextRecognition",
@@ -204,6 +209,7 @@ class PPOCRAdapter(ModelAdapter):
         from deepsynth.models.ppocr.frozen_norm import identity_norms_as_bias
 
         identity_norms_as_bias(self.model)
+        self.lm_decoder = None  # validation during training reads greedily; fit_lm_decoder refits after
         options = getattr(getattr(cfg, "model", None), "options", None) or {}
         if "gradient_checkpointing" in options:
             self.gradient_checkpointing = checkpointing.parse_mode(options["gradient_checkpointing"])
@@ -296,7 +302,9 @@ class PPOCRAdapter(ModelAdapter):
         self, images: Sequence[Image.Image | np.ndarray], generation: GenerationConfig | None = None
     ) -> list[Prediction]:
         """Greedy CTC read of line images; batches by similar width (like rapidocr); confidence = mean max prob."""
-        return recognize_in_batches(images, self.probabilities, self.charset, self.batch_size, generation)
+        return recognize_in_batches(
+            images, self.probabilities, self.charset, self.batch_size, generation, self.lm_decoder
+        )
 
     # ------------------------------------------------------------------ trainer hooks
     def extend_charset(self, texts_or_chars: Iterable[str] | str, *, bias_offset: float = -4.0) -> list[str]:
@@ -338,6 +346,37 @@ class PPOCRAdapter(ModelAdapter):
         self.charset = Charset([self.charset.chars[i - 1] for i in keep[1:]])
         self.pruned_classes += dropped
         return dropped
+
+    def fit_lm_decoder(
+        self,
+        texts: Sequence[str],
+        val_images: Sequence[Image.Image],
+        score: Callable[[list[str]], float],
+        settings: Any,
+        save_to: str | Path | None = None,
+    ) -> dict[str, Any]:
+        """Fit a character LM on ``texts`` and keep the ``settings.alphas`` × ``settings.betas`` weights that
+        score best on the validation lines, or greedy reading when none beats it. The frames' probabilities
+        are computed once (only the columns beam search uses are kept)."""
+        decoder = LMDecoder.fit(texts, order=settings.order, beam=settings.beam)
+        greedy: list[str] = [""] * len(val_images)
+        reduced: list[tuple[np.ndarray, list[str]] | None] = [None] * len(val_images)
+        for i, probs in line_probabilities(val_images, self.probabilities, self.batch_size):
+            greedy[i] = "".join(ch for ch, _ in self.charset.emitted(probs[None])[0])
+            reduced[i] = decoder.reduce(probs, self.charset)
+        tried = [{"alpha": 0.0, "beta": 0.0, "greedy": True, "score": score(greedy)}]
+        for alpha in settings.alphas:
+            for beta in settings.betas:
+                d = decoder.with_weights(alpha, beta)
+                hyps = ["".join(ch for ch, _ in d.read(*r)) for r in reduced if r is not None]
+                tried.append({"alpha": alpha, "beta": beta, "greedy": False, "score": score(hyps)})
+        best = min(tried, key=lambda t: t["score"])  # the first of equals: greedy wins ties
+        self.lm_decoder = None if best["greedy"] else decoder.with_weights(best["alpha"], best["beta"])
+        if save_to is not None:
+            LMDecoder.remove(save_to)
+            if self.lm_decoder is not None:
+                self.lm_decoder.save(save_to)
+        return {"chosen": best, "tried": tried, "order": settings.order, "texts": len(decoder.texts)}
 
     def apply_lora(self, lora: Any) -> None:
         """Wrap the recogniser with peft LoRA (settings duck-typed: r, alpha, dropout, targets)."""

@@ -16,6 +16,7 @@ import torch
 
 from deepsynth.models.ppocr import lora as lora_utils
 from deepsynth.models.ppocr.charset import ONNX_CHARSET_KEY
+from deepsynth.models.ppocr.lm import ONNX_DECODER_KEY
 
 if TYPE_CHECKING:
     from deepsynth.models.ppocr.adapter import PPOCRAdapter
@@ -61,6 +62,8 @@ def export_onnx(
     proto = onnx.load(str(path))
     chars = adapter.charset.chars
     meta = {ONNX_CHARSET_KEY: json.dumps(chars, ensure_ascii=False), "deepsynth_family": "ppocr"}
+    if adapter.lm_decoder is not None:  # the exported model reads as the adapter does
+        meta[ONNX_DECODER_KEY] = adapter.lm_decoder.to_json()
     if chars and chars[-1] == " " and " " not in chars[:-1]:
         meta["character"] = "\n".join(chars[:-1])
     del proto.metadata_props[:]

@@ -20,6 +20,7 @@ from deepsynth.models.generation import GenerationConfig
 from deepsynth.models.ppocr.batching import recognize_in_batches
 from deepsynth.models.ppocr.charset import ONNX_CHARSET_KEY, Charset
 from deepsynth.models.ppocr.convert import REC_ONNX, shipped_model_path
+from deepsynth.models.ppocr.lm import ONNX_DECODER_KEY, LMDecoder
 from deepsynth.models.ppocr.preprocess import preprocess_batch
 
 
@@ -53,6 +54,8 @@ class PPOCROnnxEngine:
             self.charset = Charset.from_onnx_metadata(meta["character"])
         else:
             raise ValueError(f"{self.path}: no character list in the ONNX metadata")
+        decoder = meta.get(ONNX_DECODER_KEY)
+        self.lm_decoder = LMDecoder.from_json(decoder, str(self.path)) if decoder else None
         self.input_name = self.session.get_inputs()[0].name
         self.batch_size = batch_size
         self.name = "ppocr-onnx" if path is None else f"ppocr-onnx:{path}"
@@ -64,7 +67,9 @@ class PPOCROnnxEngine:
     def recognize(
         self, images: Sequence[Image.Image | np.ndarray], generation: GenerationConfig | None = None
     ) -> list[Prediction]:
-        return recognize_in_batches(images, self.probabilities, self.charset, self.batch_size, generation)
+        return recognize_in_batches(
+            images, self.probabilities, self.charset, self.batch_size, generation, self.lm_decoder
+        )
 
 
 def build(arg: str | None = None, **kwargs: Any) -> PPOCROnnxEngine:
