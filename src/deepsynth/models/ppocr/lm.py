@@ -124,6 +124,11 @@ class LMDecoder:
         for frame in probs:
             log_blank = math.log(max(float(frame[0]), 1e-30))
             cands = [(labels[i], float(frame[i])) for i in np.flatnonzero(frame > self.min_prob) if i]
+            if not cands:  # a blank frame (most of them): every prefix now ends in a blank
+                beams = {
+                    k: [_logaddexp(pb, pn) + log_blank, NEG, chars] for k, (pb, pn, chars) in beams.items()
+                }
+                continue
             nxt: dict[str, list[Any]] = {}
             for prefix, (pb, pn, chars) in beams.items():
                 total = _logaddexp(pb, pn)
