@@ -111,5 +111,7 @@ def finetune_and_score(
             "wall_seconds": result.wall_seconds,
         },
     }
+    if result.lm is not None:  # the LM reader's choice on validation
+        summary["train"]["lm"] = {"val_greedy": result.lm["tried"][0]["score"], **result.lm["chosen"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
