@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -210,9 +211,9 @@ def test_ocr_ray_same_records_bad_files_are_records(ray_runtime, ocr_inputs, tmp
     assert sum((kinds for _, kinds in workers.values()), Counter()) == {"empty_file": 1, "invalid_image": 2}
 
 
-def test_ocr_ray_decode_tasks_ship_images_encoded_and_render_pdfs(ocr_inputs):
-    """Image files leave the CPU task as their own bytes (the actor decodes them); PDF pages as RGB pixels;
-    files whose header does not open are error rows already."""
+def test_ocr_ray_decode_tasks_ship_image_paths_and_render_pdfs(ocr_inputs):
+    """Image files leave the CPU task as their path only (the actor reads and decodes them); PDF pages as RGB
+    pixels; files whose header does not open are error rows already."""
     import pyarrow as pa
 
     from deepsynth.inference.batch_files import OFFLINE_LIMITS
@@ -227,7 +228,8 @@ def test_ocr_ray_decode_tasks_ship_images_encoded_and_render_pdfs(ocr_inputs):
     assert [(r["unit"], r["part"], r["n_parts"]) for r in rows] == [(0, 0, 1), (1, 0, 2), (1, 1, 2),
                                                                      (2, 0, 1), (3, 0, 1), (4, 0, 1)]  # fmt: skip
     first, pdf, bad = rows[0], rows[1:3], rows[3:5]
-    assert first["encoded"] and first["pixels"] == line.read_bytes() and first["error"] is None
+    assert first["encoded"] and first["pixels"] == b"" and first["error"] is None
+    assert first["path"] == str(line)  # the actor reads the file itself
     assert not any(r["encoded"] for r in pdf) and all(
         len(r["pixels"]) == 3 * r["width"] * r["height"] for r in pdf
     )
@@ -292,6 +294,51 @@ def _actor_pids(name: str) -> list[int]:
             if name in " ".join(proc.cmdline()):
                 pids.append(proc.pid)
     return pids
+
+
+class CountingFiles(Sequence):
+    """A file list that counts how far each pass over it (``for p in files``) got."""
+
+    def __init__(self, files: list[Path]):
+        self.files, self.passes = files, []
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):  # noqa: ANN001, ANN204
+        return self.files[i]
+
+    def __iter__(self):  # noqa: ANN204
+        self.passes.append(0)
+        for f in self.files:
+            self.passes[-1] += 1
+            yield f
+
+
+def test_ocr_ray_reads_its_inputs_a_window_at_a_time(ray_runtime, ocr_inputs, tmp_path):
+    """The driver cuts shards from its inputs one window at a time: when the first shard is written, the
+    pass that feeds the shards has read one window of files, not all of them; records stay exactly once."""
+    from deepsynth.inference.batch_files import expand_paths, ocr_files
+    from deepsynth.inference.service import OCRService
+    from deepsynth.observability import Observability
+    from deepsynth.scale.ocr import ocr_on_ray
+    from deepsynth.scale.runtime import RayOptions
+
+    files = CountingFiles(expand_paths([str(ocr_inputs)]))
+    reference = tmp_path / "ref.jsonl"
+    service = OCRService("rapidocr", obs=Observability("rapidocr", metrics=False))
+    ocr_files(service.recognize, files.files, reference, model_id="rapidocr", progress=False)
+    opts = RayOptions(workers=1, cpus_per_worker=0.5, batch_size=4, shard_size=4, window=2)
+    read_when_written: list[int] = []
+    out = tmp_path / "windows.jsonl"
+    stats = ocr_on_ray("rapidocr", files, out, opts=opts, progress=False,
+                       on_shard=lambda _i, _r: read_when_written.append(files.passes[-1]))  # fmt: skip
+    assert stats.new == len(files) == 16
+    assert read_when_written[0] == 8  # one window: 2 shards of 4 files
+    assert read_when_written[-1] == 16 and len(read_when_written) == 4
+    got = [without_timing(r) for r in lines(out)]
+    expected = {r["input"]: without_timing(r) for r in lines(reference)}
+    assert got == [expected[str(f)] for f in files.files]  # each file exactly once, in order
 
 
 @pytest.mark.slow

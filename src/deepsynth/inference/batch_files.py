@@ -212,9 +212,12 @@ def decode_ahead(
             thread.join(0.01)
 
 
-def output_root(paths: Sequence[Path]) -> Path | None:
-    """The folder that --txt-dir / --md-dir names are relative to: the inputs' common parent."""
-    return Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else None
+def output_root(paths: Iterable[Path]) -> Path | None:
+    """The folder that --txt-dir / --md-dir names are relative to: the inputs' common parent (one pass)."""
+    root: str | None = None
+    for p in paths:
+        root = str(p.parent) if root is None else os.path.commonpath([root, str(p.parent)])
+    return None if root is None else Path(root)
 
 
 def output_name(path: Path, root: Path | None) -> Path:

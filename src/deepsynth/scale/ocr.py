@@ -1,8 +1,9 @@
 """``deepsynth ocr --ray``: batch OCR of files on a Ray cluster, with the same records as the in-process run.
 
-Files are cut into shards; CPU tasks read them and render PDFs per page; an image file travels as its own
-encoded bytes (a few hundred kB instead of 25 MB of RGB for a 2550x3300 page) and the actor decodes it with
-the same ``decode_file`` as ``deepsynth ocr``. Each actor holds one :class:`OCRService` built from the same
+Files are cut into shards; CPU tasks read them and render PDFs per page; a one-page image file travels as
+its path only (not 25 MB of RGB for a 2550x3300 page, nor its bytes, which would queue in the driver's memory
+while the actors are busy: Ray keeps task results under 100 KB in their owner's heap) and the actor reads and
+decodes it with the same ``read_path`` / ``decode_file`` as ``deepsynth ocr``. Each actor holds one :class:`OCRService` built from the same
 spec and reads page batches with ``OCRService.recognize``; two batches run at once in an actor, so one is
 decoded while the engine reads the other (as ``deepsynth ocr`` decodes ahead in a thread); the driver builds each file's record with the same
 ``file_record`` / ``error_record`` and writes it to a shard. ``--out`` is rewritten from the completed shards
@@ -74,8 +75,8 @@ def one_image(data: bytes) -> bool:
 def decode_files(batch: pa.Table, limits: dict[str, Any]) -> pa.Table:
     """Ray task: files → one row per page, or one error row naming the file.
 
-    A one-page image keeps its encoded bytes (``encoded``; :class:`OCRWorker` decodes it); PDF and
-    multi-frame pages are decoded here and travel as RGB pixels."""
+    A one-page image travels as its path (``encoded``, no pixels; :class:`OCRWorker` reads and decodes it);
+    PDF and multi-frame pages are decoded here and travel as RGB pixels."""
     lim = ServingLimits(**limits)
     rows: list[dict[str, Any]] = []
     for r in batch.select(["shard", "unit", "path"]).to_pylist():
@@ -83,7 +84,7 @@ def decode_files(batch: pa.Table, limits: dict[str, Any]) -> pa.Table:
         try:
             data = read_path(Path(r["path"]))
             if one_image(data):
-                rows.append({**r, "part": 0, "n_parts": 1, "page": 1, **NO_PIXELS, "pixels": data,
+                rows.append({**r, "part": 0, "n_parts": 1, "page": 1, **NO_PIXELS,
                              "encoded": True, "error": None, "kind": None,
                              "seconds": time.perf_counter() - t0})  # fmt: skip
                 continue
@@ -105,7 +106,7 @@ CALLS_PER_WORKER = 2  # batches at once in an OCRWorker: one decoding while the 
 class OCRWorker:
     """Ray actor: one :class:`OCRService` (built like ``deepsynth ocr`` builds it) reading page batches.
 
-    Runs ``CALLS_PER_WORKER`` batches at once: each decodes its encoded pages outside the engine lock, then
+    Runs ``CALLS_PER_WORKER`` batches at once: each reads and decodes its image files outside the engine lock, then
     reads them under it, so the engine reads one batch at a time and never waits for a decode."""
 
     def __init__(
@@ -121,9 +122,10 @@ class OCRWorker:
         self.engine_lock = threading.Lock()
 
     def _image(self, row: dict[str, Any]) -> Image.Image:
-        """A row's page: decoded here from the file's own bytes, or the RGB pixels of a rendered page."""
+        """A row's page: the image file read and decoded here, or the RGB pixels of a rendered page."""
         if row["encoded"]:
-            (page,) = decode_file(row["pixels"], Path(row["path"]).name, None, self.limits)
+            path = Path(row["path"])
+            (page,) = decode_file(read_path(path), path.name, None, self.limits)
             return page.image
         return from_pixels(row)
 
@@ -205,15 +207,20 @@ def ocr_on_ray(
     progress: bool = True,
     on_shard: Callable[[int, list[dict[str, Any]]], None] | None = None,
 ) -> JobStats:
-    """Run ``deepsynth ocr`` on Ray: every file of ``files`` gets exactly one record in ``out``."""
+    """Run ``deepsynth ocr`` on Ray: every file of ``files`` gets exactly one record in ``out``.
+
+    ``files`` is read in passes (digest and common folder, then the shards), never copied: a sequence that
+    makes its paths on demand keeps the driver's memory flat however many files there are."""
     generation = generation or GenerationConfig()
     limits = limits or OFFLINE_LIMITS
     shards = shard_dir(out)
     if out.exists() and not (shards / "job.json").is_file():
         raise ShardStoreError(f"{out} holds results of an in-process run; use another --out for --ray")
-    digest = hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest()
+    digest = hashlib.sha256()
+    for i, path in enumerate(files):  # the digest of the joined paths, without joining them
+        digest.update((f"\n{path}" if i else str(path)).encode())
     job = {"command": "ocr", "model": spec, "server_model": (engine_kwargs or {}).get("model"),
-           "inputs_sha256": digest, "n_inputs": len(files), "shard_size": opts.shard_size,
+           "inputs_sha256": digest.hexdigest(), "n_inputs": len(files), "shard_size": opts.shard_size,
            "limits": asdict(limits), "generation": generation.to_dict()}  # fmt: skip
     store = ShardStore(shards, job)
     dashboard = connect(opts.address)
@@ -232,6 +239,7 @@ def ocr_on_ray(
                                          "generation": generation.to_dict(), "limits": asdict(limits)},
         worker_calls=CALLS_PER_WORKER,
         assemble=assemble_file(spec, run_options(generation, limits)), opts=opts, on_shard=side_outputs, progress=progress,
+        total=len(files) - store.n_records,
     )  # fmt: skip
     store.merge(out)
     stats.dashboard = dashboard

@@ -1,6 +1,6 @@
 """The one Ray Data pipeline behind every ``--ray`` command.
 
-    driver: read inputs into numbered shards (Arrow tables in the object store)
+    driver: read inputs lazily into numbered shards (Arrow tables), a window of shards at a time
       → map_batches(decode)                CPU tasks: files → pages / samples → pixels, bad input → error row
       → map_batches(Worker, ActorPool)      one engine per actor, the library's own recognise/score code
       → driver: group rows by shard → ShardStore (completion manifest) → records
@@ -13,6 +13,7 @@ complete, and a job that ends with an incomplete shard fails (its shard is done 
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
 from collections import Counter
@@ -89,6 +90,37 @@ def shard_tables(rows: Iterable[dict[str, Any]], shard_size: int, schema: Any) -
         yield index, pa.Table.from_pylist(batch, schema=schema)
 
 
+def _todo(shards: Iterable[tuple[int, Any]], store: ShardStore, stats: JobStats) -> Iterator[tuple[int, Any]]:
+    """The shards not yet in ``store``, counting every shard's records into ``stats`` as they pass."""
+    for index, table in shards:
+        stats.units += table.num_rows
+        if index in store.done:
+            stats.resumed += store.done[index]
+        else:
+            yield index, table
+
+
+def shard_dataset(tables: list[Any], decode_cpus: float) -> Any:
+    """A Ray Data dataset with one block per shard table, read by small read tasks.
+
+    ``from_arrow_refs`` would start one metadata task per table (~50 KB of driver memory each, measured);
+    a read task costs about a quarter of that and runs with the decode tasks' CPU share."""
+    import ray.data
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class ShardTables(Datasource):
+        def estimate_inmemory_data_size(self) -> int | None:
+            return None  # unknown: Ray Data never splits a shard's block
+
+        def get_read_tasks(self, parallelism: int, **_: Any) -> list[ReadTask]:
+            return [ReadTask(lambda t=t: [t], BlockMetadata(num_rows=t.num_rows, size_bytes=t.nbytes,
+                                                               input_files=None, exec_stats=None))
+                    for t in tables]  # fmt: skip
+
+    return ray.data.read_datasource(ShardTables(), override_num_blocks=len(tables), num_cpus=decode_cpus)
+
+
 def run_sharded(
     shards: Iterable[tuple[int, Any]],
     store: ShardStore,
@@ -102,35 +134,52 @@ def run_sharded(
     opts: RayOptions,
     on_shard: Callable[[int, list[dict[str, Any]]], None] | None = None,
     progress: bool = True,
+    total: int | None = None,
 ) -> JobStats:
     """Run every shard not yet in ``store`` through decode → worker actors, writing finished shards.
 
-    ``shards`` yields ``(index, pyarrow.Table)`` with ``shard`` and ``unit`` columns; ``assemble(parts)``
-    turns a unit's result rows (sorted by part) into its record and a failure kind (None when it succeeded).
-    ``on_shard(index, records)`` runs after a shard is written (side outputs, tests). Without ``worker`` the
-    decode tasks' rows are the results. ``worker_calls`` batches run at once in each actor (see
-    ``RayOptions.actor_args``).
+    ``shards`` yields ``(index, pyarrow.Table)`` with ``shard`` and ``unit`` columns; it is read lazily, a
+    window of ``opts.window`` shards at a time, each window one Ray Data run (so the driver holds one
+    window, whatever the number of records; the actor pool starts again for each window).
+    ``assemble(parts)`` turns a unit's result rows (sorted by part) into its record and a failure kind (None
+    when it succeeded). ``on_shard(index, records)`` runs after a shard is written (side outputs, tests).
+    Without ``worker`` the decode tasks' rows are the results. ``worker_calls`` batches run at once in each
+    actor (see ``RayOptions.actor_args``). ``total``: records still to do, for the progress bar.
     """
-    import ray
     import ray.data
     from tqdm import tqdm
 
     stats = JobStats()
     t0 = time.perf_counter()
-    refs, expected = [], {}
-    for index, table in shards:
-        stats.units += table.num_rows
-        if index in store.done:
-            stats.resumed += store.done[index]
-            continue
-        expected[index] = table.num_rows
-        refs.append(ray.put(table))
-    if not refs:
-        stats.seconds = time.perf_counter() - t0
-        return stats
     # one progress bar (records, below); Ray's per-operator bars are in its dashboard
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = ray.data.from_arrow_refs(refs)
+    todo = _todo(shards, store, stats)
+    with tqdm(total=total, disable=not progress, unit="record", desc="ray") as bar:
+        while window := list(itertools.islice(todo, opts.window)):
+            _run_window(window, store, stats, bar, decode, decode_kwargs, worker, worker_kwargs, worker_calls,
+                        assemble, opts, on_shard)  # fmt: skip
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def _run_window(
+    window: list[tuple[int, Any]],
+    store: ShardStore,
+    stats: JobStats,
+    bar: Any,
+    decode: Callable[..., Any],
+    decode_kwargs: dict[str, Any],
+    worker: type | None,
+    worker_kwargs: dict[str, Any],
+    worker_calls: int,
+    assemble: Assemble,
+    opts: RayOptions,
+    on_shard: Callable[[int, list[dict[str, Any]]], None] | None,
+) -> None:
+    """One Ray Data run over a window of shards; every shard of it is written, or this raises."""
+    expected = {index: table.num_rows for index, table in window}
+    ds = shard_dataset([table for _, table in window], opts.decode_cpus)
+    del window  # the read tasks hold the tables now
     ds = ds.map_batches(decode, fn_kwargs=decode_kwargs, batch_format="pyarrow", batch_size=opts.batch_size,
                         num_cpus=opts.decode_cpus, zero_copy_batch=True)  # fmt: skip
     if worker is not None:  # jobs without a model (data prepare) stop after the CPU tasks
@@ -141,7 +190,6 @@ def run_sharded(
 
     pending: dict[int, dict[int, dict[int, dict[str, Any]]]] = {k: {} for k in expected}
     complete: Counter[int] = Counter()
-    bar = tqdm(total=sum(expected.values()), disable=not progress, unit="record", desc="ray")
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         for row in batch.to_pylist():
             shard, unit, part = row["shard"], row["unit"], row["part"]
@@ -171,10 +219,7 @@ def run_sharded(
                 stats.new += len(records)
                 if on_shard is not None:
                     on_shard(shard, records)
-    bar.close()
-    stats.seconds = time.perf_counter() - t0
     if pending:
         missing = sorted(pending)
         raise RuntimeError(f"Ray job ended with {len(missing)} incomplete shard(s) (first: {missing[0]}); "
                            "rerun the same command to finish them")  # fmt: skip
-    return stats

@@ -16,6 +16,10 @@ class RayOptions:
     ``max_restarts`` / ``max_task_retries`` are Ray's actor fault tolerance: a worker process that dies is
     restarted and its batch is run again on it (bounded, so a file that crashes the engine every time fails
     the job instead of looping forever).
+
+    ``window``: shards per Ray Data run. The driver reads its inputs lazily, one window at a time, so its
+    memory is bounded by a window (~12 KB per shard), not by the job; the actor pool, and so every engine, starts
+    again for each window (seconds for RapidOCR/PP-OCR, a minute for a large VLM: make windows big then).
     """
 
     address: str | None = LOCAL
@@ -24,6 +28,7 @@ class RayOptions:
     gpus_per_worker: float = 0.0
     batch_size: int = 8
     shard_size: int = 64
+    window: int = 1024
     decode_cpus: float = 0.5
     max_restarts: int = 3
     max_task_retries: int = 3
@@ -33,8 +38,8 @@ class RayOptions:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
         if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
             raise ValueError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
-        if self.batch_size < 1 or self.shard_size < 1:
-            raise ValueError("batch and shard sizes must be >= 1")
+        if self.batch_size < 1 or self.shard_size < 1 or self.window < 1:
+            raise ValueError("batch size, shard size and window must be >= 1")
         # a shard holds whole batches, so batches are the same consecutive groups as in the in-process run
         self.shard_size = max(self.batch_size, self.shard_size - self.shard_size % self.batch_size)
 
