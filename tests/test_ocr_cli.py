@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from deepsynth.cli.main import app
 from deepsynth.inference.api import create_app
-from deepsynth.inference.batch_files import expand_paths
+from deepsynth.inference.batch_files import expand_paths, output_root
 from deepsynth.inference.service import OCRService
 from deepsynth.models import registry
 from deepsynth.observability import Observability
@@ -54,6 +54,12 @@ def test_expand_paths_files_folders_globs(inputs: Path):
     assert [p.name for p in got] == ["a.png", "doc.pdf", "b.jpg"]  # sorted by path, duplicates dropped
     with pytest.raises(FileNotFoundError, match="nothing-here"):
         expand_paths([str(inputs / "nothing-here")])
+
+
+def test_output_root_is_the_common_folder_in_one_pass():
+    paths = [Path("/d/in/sub/b.png"), Path("/d/in/a.png"), Path("/d/in/sub/deep/c.pdf")]
+    assert output_root(iter(paths)) == Path("/d/in")  # a generator: read once
+    assert output_root([Path("/d/in/sub/b.png")]) == Path("/d/in/sub") and output_root([]) is None
 
 
 def test_ocr_folder_writes_jsonl_txt_md_and_resumes(inputs: Path, tmp_path: Path, colour_spec: str):

@@ -96,7 +96,7 @@ def test_eval_ray_same_predictions_and_metrics_then_resumes_per_shard(
 ):
     local, dist = tmp_path / "local", tmp_path / "ray"
     run_ok(eval_args(hostile_manifest, local))
-    out = run_ok(eval_args(hostile_manifest, dist, *RAY_POOL))
+    out = run_ok(eval_args(hostile_manifest, dist, *RAY_POOL, "--window", "2"))  # 3 shards: 2 Ray Data runs
     assert "ray: 11 new, 0 resumed of 11" in out and "failed: unreadable_image 1" in out
     a, b = (lines(d / "predictions.jsonl") for d in (local, dist))
     assert [without_timing(r) for r in a] == [without_timing(r) for r in b]

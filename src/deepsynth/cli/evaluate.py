@@ -12,7 +12,7 @@ import typer
 
 from deepsynth.cli.console import ProgressOpt, show_progress
 from deepsynth.cli.data import DocTypeOpt
-from deepsynth.cli.ray_options import CpusOpt, GpusOpt, RayOpt, ShardOpt, WorkersOpt
+from deepsynth.cli.ray_options import CpusOpt, GpusOpt, RayOpt, ShardOpt, WindowOpt, WorkersOpt
 
 eval_app = typer.Typer(
     help="Evaluate an OCR engine on datasets (CER/WER, breakdowns, HTML report) and compare runs.",
@@ -138,6 +138,7 @@ def evaluate(
     cpus_per_worker: CpusOpt = 1.0,
     gpus_per_worker: GpusOpt = 0.0,
     shard_size: ShardOpt = 64,
+    window: WindowOpt = 512,
 ) -> None:
     """Evaluate ENGINE on --data sources into --out: predictions.jsonl, metrics.json, report.html."""
     if ctx.invoked_subcommand is not None:
@@ -178,7 +179,7 @@ def evaluate(
     if ray:
         from deepsynth.cli.ray_options import fail_job, print_stats, ray_options
 
-        pool = ray_options(ray, workers, cpus_per_worker, gpus_per_worker, shard_size, batch_size)
+        pool = ray_options(ray, workers, cpus_per_worker, gpus_per_worker, shard_size, batch_size, window)
         from deepsynth.scale.evaluate import evaluate_on_ray
         from deepsynth.scale.shards import ShardStoreError
 

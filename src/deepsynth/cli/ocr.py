@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from deepsynth.cli.console import DEFAULT_ENGINE, ProgressOpt, show_progress
-from deepsynth.cli.ray_options import CpusOpt, GpusOpt, RayOpt, ShardOpt, WorkersOpt
+from deepsynth.cli.ray_options import CpusOpt, GpusOpt, RayOpt, ShardOpt, WindowOpt, WorkersOpt
 
 
 def ocr(
@@ -47,6 +47,7 @@ def ocr(
     cpus_per_worker: CpusOpt = 1.0,
     gpus_per_worker: GpusOpt = 0.0,
     shard_size: ShardOpt = 64,
+    window: WindowOpt = 512,
 ) -> None:
     """OCR every input into --out (one JSON record per file; inputs already done are skipped)."""
     import dataclasses
@@ -79,7 +80,7 @@ def ocr(
     limits = dataclasses.replace(OFFLINE_LIMITS, pdf_dpi=dpi)
     if ray is not None:
         _ocr_on_ray(ray, spec, files, out, kwargs, gen, limits, txt_dir, md_dir, progress,
-                    (workers, cpus_per_worker, gpus_per_worker, shard_size, batch_size), json_summary)  # fmt: skip
+                    (workers, cpus_per_worker, gpus_per_worker, shard_size, batch_size, window), json_summary)  # fmt: skip
         return
     try:
         service = OCRService(spec, obs=Observability(spec, metrics=False), engine_kwargs=kwargs)

@@ -31,10 +31,19 @@ ShardOpt = Annotated[
         "--shard-size", min=1, help="Records per result shard (the unit of resume).", rich_help_panel="Ray"
     ),
 ]
+WindowOpt = Annotated[
+    int,
+    typer.Option(
+        "--window",
+        min=1,
+        help="Shards per Ray Data run: the driver holds one window; the engine actors restart for each.",
+        rich_help_panel="Ray",
+    ),
+]
 
 
 def ray_options(
-    address: str, workers: int, cpus: float, gpus: float, shard_size: int, batch_size: int
+    address: str, workers: int, cpus: float, gpus: float, shard_size: int, batch_size: int, window: int = 512
 ) -> Any:
     """A :class:`deepsynth.scale.runtime.RayOptions`, or exit with a clear message when Ray is missing."""
     try:
@@ -48,7 +57,7 @@ def ray_options(
         raise typer.Exit(2) from exc
     try:
         return RayOptions(address=address, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus,
-                          shard_size=shard_size, batch_size=batch_size)  # fmt: skip
+                          shard_size=shard_size, batch_size=batch_size, window=window)  # fmt: skip
     except ValueError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc

@@ -18,8 +18,9 @@ class RayOptions:
     the job instead of looping forever).
 
     ``window``: shards per Ray Data run. The driver reads its inputs lazily, one window at a time, so its
-    memory is bounded by a window (~12 KB per shard), not by the job; the actor pool, and so every engine, starts
-    again for each window (seconds for RapidOCR/PP-OCR, a minute for a large VLM: make windows big then).
+    memory is bounded by a window (~20 KB per shard: its read task plus the queue before the actors), not by
+    the job; the actor pool, and so every engine, starts again for each window (~5 s for RapidOCR on a busy
+    2-core machine, a minute for a large VLM: raise it for those).
     """
 
     address: str | None = LOCAL
@@ -28,7 +29,7 @@ class RayOptions:
     gpus_per_worker: float = 0.0
     batch_size: int = 8
     shard_size: int = 64
-    window: int = 1024
+    window: int = 512
     decode_cpus: float = 0.5
     max_restarts: int = 3
     max_task_retries: int = 3
