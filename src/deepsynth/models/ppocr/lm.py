@@ -119,7 +119,7 @@ class LMDecoder:
         """Prefix beam search over ``[frames, columns]`` probabilities whose column j reads ``labels[j]``
         (column 0 is the blank)."""
         lm, alpha, beta = self.lm, self.alpha, self.beta
-        # prefix -> [log p(ending in blank), log p(ending in a character), probabilities of its characters]
+        # text -> [log p(ending in blank), log p(ending in a character), [(label, probability), ...] read]
         beams: dict[str, list[Any]] = {"": [0.0, NEG, []]}
         for frame in probs:
             log_blank = math.log(max(float(frame[0]), 1e-30))
@@ -134,12 +134,12 @@ class LMDecoder:
                 total = _logaddexp(pb, pn)
                 entry = nxt.setdefault(prefix, [NEG, NEG, chars])
                 entry[0] = _logaddexp(entry[0], total + log_blank)
-                last = prefix[-1] if prefix else None
+                last = chars[-1][0] if chars else None
                 for ch, p in cands:
                     lp = math.log(p)
                     if ch == last:  # the same character continues, or (after a blank) repeats
                         entry[1] = _logaddexp(entry[1], pn + lp)
-                        entry[2] = chars[:-1] + [max(chars[-1], p)]
+                        entry[2] = [*chars[:-1], (ch, max(chars[-1][1], p))]
                         grown = pb + lp
                     else:
                         grown = total + lp
@@ -148,12 +148,12 @@ class LMDecoder:
                     new = prefix + ch
                     target = nxt.get(new)
                     if target is None:
-                        target = nxt[new] = [NEG, NEG, [*chars, p]]
+                        target = nxt[new] = [NEG, NEG, [*chars, (ch, p)]]
                     target[1] = _logaddexp(target[1], grown + alpha * lm.logp(prefix, ch) + beta)
             ranked = sorted(nxt.items(), key=lambda kv: -_logaddexp(kv[1][0], kv[1][1]))
             beams = dict(ranked[: self.beam])
         best = max(beams.items(), key=lambda kv: _logaddexp(kv[1][0], kv[1][1]) + alpha * lm.logp(kv[0], EOS))
-        return list(zip(best[0], best[1][2], strict=True))
+        return list(best[1][2])
 
     # ------------------------------------------------------------------ persistence
     def to_json(self) -> str:
