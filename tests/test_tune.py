@@ -67,4 +67,8 @@ def test_tune_runs_trials_and_writes_the_best_recipe(tmp_path, monkeypatch):
     assert cfg["optim"]["lr"] == pytest.approx(best["params"]["optim.lr"])
     assert cfg["batch_size"] == best["params"]["batch_size"]
     assert cfg["max_minutes"] == 20  # the recipe's own budget, not the trial's
+    # the recipe keeps its LM reader; trials read greedily (it is fitted once, by the final run)
+    assert cfg["lm"]["enabled"] is True
+    trial_cfg = yaml.safe_load((next((out / "trials").glob("*")) / "run.yaml").read_text())
+    assert trial_cfg["config"]["lm"]["enabled"] is False
     assert "| trial |" in (out / "trials.md").read_text()

@@ -102,7 +102,9 @@ class TuneJob:
         from deepsynth.training.config import TrainConfig
 
         chosen = [f"{k}={v}" for k, v in values.items()]
-        base = [f"max_minutes={self.trial_minutes}", "progress=false", "eval.at_start=false"] if trial else []
+        # trials are scored on greedy validation CER: the LM reader is fitted once, by the final run
+        trial_only = ["progress=false", "eval.at_start=false", "lm.enabled=false"]
+        base = [f"max_minutes={self.trial_minutes}", *trial_only] if trial else []
         return load_config(
             TrainConfig, self.recipe, [*base, *self.overrides, *chosen, f"output_dir={output_dir}"]
         )
