@@ -7,6 +7,7 @@ under a wall-clock budget, evaluate the best model on the same test lines. Repor
 
     python -m bench.bench_hard_documents                      # every set, 20-minute budget each
     python -m bench.bench_hard_documents poilus --minutes 10 optim.lr=3e-4   # one set, recipe overrides
+    python -m bench.bench_hard_documents poilus --label X_lm --reread X        # run X's model + the LM reader
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from deepsynth.config import load_config
 from deepsynth.training.config import TrainConfig
-from deepsynth.training.experiment import finetune_and_score, held_out
+from deepsynth.training.experiment import finetune_and_score, held_out, reread_with_lm
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -36,7 +37,9 @@ SETS = {
 }
 
 
-def run_set(name: str, minutes: float, overrides: list[str], out_root: Path, label: str) -> dict:
+def run_set(
+    name: str, minutes: float, overrides: list[str], out_root: Path, label: str, reread: str | None = None
+) -> dict:
     folder, key = SETS[name]
     split = held_out([str(DATA / folder)], key=key, seed=0)
     out = out_root / name / label
@@ -46,6 +49,12 @@ def run_set(name: str, minutes: float, overrides: list[str], out_root: Path, lab
         [f"output_dir={out / 'train'}", f"max_minutes={minutes}", "progress=false", *overrides],
     )
     before = out_root / name / "eval_before"  # the shipped model's test run, shared by every recipe
+    if reread:  # a model trained by an earlier run, read with the LM reader fitted as training now does
+        trained = out_root / name / reread / "train"
+        model = trained / "best" if (trained / "best").is_dir() else trained / "final"
+        summary = reread_with_lm(cfg, split, model, out, before)
+        summary.update(set=name, folder=folder, label=label, minutes=minutes, overrides=overrides)
+        return summary
     summary = finetune_and_score(cfg, split, out, before_dir=before if before.is_dir() else None)
     if not before.is_dir():
         (out / "eval_before").rename(before)
@@ -82,6 +91,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--minutes", type=float, default=20.0)
     p.add_argument("--label", default="default")
     p.add_argument("--out", default=str(ROOT / "runs" / "hard_documents"))
+    p.add_argument(
+        "--reread",
+        metavar="LABEL",
+        help="no training: the model of run LABEL with the LM reader fitted "
+        "on its training texts and chosen on validation (as lm.enabled does after training)",
+    )
     p.add_argument("--table", action="store_true", help="print the stored results as Markdown and exit")
     args, overrides = p.parse_known_args(argv if argv is not None else [])
     if args.table:
@@ -89,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     results: dict = {"runs": []}
     for name in args.sets:
-        s = run_set(name, args.minutes, overrides, Path(args.out), args.label)
+        s = run_set(name, args.minutes, overrides, Path(args.out), args.label, args.reread)
         results = (
             json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}
         )  # others may have written

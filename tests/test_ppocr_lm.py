@@ -123,3 +123,30 @@ def test_training_chooses_the_reader_on_validation_and_the_saved_model_reads_wit
     hyps = [p.text for p in best.recognize([s.image for s in lines[8:]])]
     assert cer([s.text for s in lines[8:]], hyps) == pytest.approx(report["chosen"]["score"])
     assert trainer.adapter.lm_decoder is None  # the training adapter itself read greedily throughout
+
+
+def test_a_trained_model_is_reread_with_the_lm_as_training_would(tmp_path):
+    """``reread_with_lm`` (bench_hard_documents --reread) fits the reader on the train texts, chooses it on
+    validation like the trainer, and scores the copy against the starting model's test run."""
+    from deepsynth.evaluation.harness import evaluate_engine
+    from deepsynth.training.experiment import HeldOut, reread_with_lm
+
+    lines = real_lines(14)
+    result, _ = run(
+        tmp_path / "run", "max_steps=3", "optim.lr=3e-3", "eval.every_steps=3",
+        adapter=tiny_adapter(lines), samples=lines[:8], eval_samples=lines[8:11],
+    )  # fmt: skip
+    split = HeldOut(lines[:8], lines[8:11], lines[11:], key="page_id")
+    evaluate_engine(
+        load_engine(result.best_dir), split.test, tmp_path / "before", progress=False, report=False
+    )
+    cfg = load_config(TrainConfig, None, ["lm.enabled=true", "lm.alphas=[0.5]", "lm.betas=[0.5,1.0]"])
+    summary = reread_with_lm(cfg, split, result.best_dir, tmp_path / "lm", tmp_path / "before")
+    lm = summary["train"]["lm"]
+    assert summary["train"]["reread_from"] == result.best_dir and "val_greedy" in lm
+    copy = tmp_path / "lm" / "train" / "best"
+    assert (copy / DECODER_FILE).is_file() == (not lm["greedy"])
+    assert not (tmp_path / "run" / "best" / DECODER_FILE).exists()  # the source model is left as it was
+    reread = [p.text for p in load_engine(str(copy)).recognize([s.image for s in split.test])]
+    assert summary["after"]["cer"] == pytest.approx(cer([s.text for s in split.test], reread))
+    assert summary["cer_change"]["n"] == len(split.test)

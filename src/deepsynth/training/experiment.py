@@ -77,24 +77,74 @@ def finetune_and_score(
 
     ``before_dir`` reuses an evaluation of the starting model already run on the same test samples.
     """
-    from deepsynth.evaluation.harness import compare_runs, evaluate_engine
-    from deepsynth.models.registry import load_engine
     from deepsynth.training.runtime import build_adapter
     from deepsynth.training.trainer import Trainer
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     adapter = build_adapter(cfg)
+    before_run = _evaluate_before(adapter, split, out, before_dir)
+    t = time.perf_counter()
+    result = Trainer(cfg, adapter=adapter, train_samples=split.train, eval_samples=split.val).run()
+    train = {
+        "steps": result.steps,
+        "stopped": result.stopped,
+        "best_step": result.best_step,
+        "best_val_cer": result.best_metric,
+        "seconds": round(time.perf_counter() - t, 1),
+        "wall_seconds": result.wall_seconds,
+    }
+    if result.lm is not None:  # the LM reader's choice on validation
+        train["lm"] = {"val_greedy": result.lm["tried"][0]["score"], **result.lm["chosen"]}
+    return _score(str(result.best_dir or result.final_dir), split, out, before_run, train)
+
+
+def reread_with_lm(
+    cfg: TrainConfig, split: HeldOut, model_dir: str | Path, out: str | Path, before_dir: str | Path
+) -> dict[str, Any]:
+    """Copy a fine-tuned ``model_dir`` to ``out/train/best``, fit its LM reader as training with ``cfg.lm`` does
+    (``split.train`` texts, weights chosen on ``split.val``) and score it like :func:`finetune_and_score` against
+    the starting model's test run in ``before_dir``. The training facts are the source run's."""
+    import shutil
+
+    from deepsynth.training.lm_reader import fit_lm_reader
+
+    out, model_dir = Path(out), Path(model_dir)
+    best = out / "train" / "best"
+    shutil.rmtree(best, ignore_errors=True)
+    shutil.copytree(model_dir, best)
+    report = fit_lm_reader(best, cfg, split.train, split.val)
+    source = model_dir.parents[1] / "summary.json"
+    train = dict(json.loads(source.read_text())["train"]) if source.is_file() else {}
+    train["reread_from"] = str(model_dir)
+    if report is not None:
+        train["lm"] = {
+            "val_greedy": report["tried"][0]["score"],
+            **report["chosen"],
+            "seconds": report["seconds"],
+        }
+    return _score(str(best), split, out, Path(before_dir), train)
+
+
+def _evaluate_before(adapter: Any, split: HeldOut, out: Path, before_dir: str | Path | None) -> Path:
+    from deepsynth.evaluation.harness import evaluate_engine
+
     before_run = Path(before_dir) if before_dir else out / "eval_before"
     if not (before_run / "metrics.json").is_file():
         evaluate_engine(adapter, split.test, before_run, batch_size=16, progress=False, report=False)
+    return before_run
+
+
+def _score(
+    model_dir: str, split: HeldOut, out: Path, before_run: Path, train: dict[str, Any]
+) -> dict[str, Any]:
+    """Evaluate ``model_dir`` on ``split.test`` against the starting model's run; write ``out/summary.json``."""
+    from deepsynth.evaluation.harness import compare_runs, evaluate_engine
+    from deepsynth.models.registry import load_engine
+
     before = json.loads((before_run / "metrics.json").read_text())
-    t = time.perf_counter()
-    result = Trainer(cfg, adapter=adapter, train_samples=split.train, eval_samples=split.val).run()
-    train_s = time.perf_counter() - t
-    tuned = load_engine(str(result.best_dir or result.final_dir))
     after = evaluate_engine(
-        tuned, split.test, out / "eval_after", batch_size=16, progress=False, report=False
+        load_engine(model_dir), split.test, out / "eval_after", batch_size=16, progress=False, report=False
     )
     change = compare_runs(before_run, out / "eval_after")["metrics"]["cer"]
     summary = {
@@ -102,16 +152,7 @@ def finetune_and_score(
         "before": {"cer": before["cer"], "cer_ci": before.get("cer_ci"), "wer": before["wer"]},
         "after": {"cer": after["cer"], "cer_ci": after.get("cer_ci"), "wer": after["wer"]},
         "cer_change": change,
-        "train": {
-            "steps": result.steps,
-            "stopped": result.stopped,
-            "best_step": result.best_step,
-            "best_val_cer": result.best_metric,
-            "seconds": round(train_s, 1),
-            "wall_seconds": result.wall_seconds,
-        },
+        "train": train,
     }
-    if result.lm is not None:  # the LM reader's choice on validation
-        summary["train"]["lm"] = {"val_greedy": result.lm["tried"][0]["score"], **result.lm["chosen"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

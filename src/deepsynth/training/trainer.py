@@ -445,40 +445,17 @@ class Trainer:
         return self._any_process(stop)
 
     def _fit_lm_decoder(self, model_dir: Path) -> dict[str, Any] | None:
-        """Fit the model's LM reader on the training texts and choose its weights on the validation lines, on
-        the saved model (best, else final); the choice is written into that directory."""
-        from deepsynth.evaluation.metrics import cer
-        from deepsynth.evaluation.normalize import get_normalizer
-        from deepsynth.models.registry import load_engine
+        """The LM reader of the saved model (best, else final): training/lm_reader.py."""
+        from deepsynth.training.lm_reader import fit_lm_reader
 
-        if not self.eval_samples:
-            log.info("LM reader: no validation lines to choose its weights on; the model reads greedily")
-            return None
-        t0 = time.perf_counter()
-        norm = get_normalizer(self.cfg.eval.normalize)
         val = [s for s in self.eval_samples if s.id not in self._skipped_ids]
-        refs = [norm(s.text) for s in val]
-        engine = ensure_trainable(load_engine(str(model_dir)), self.cfg.model.family)
-        report = engine.fit_lm_decoder(
-            [s.text for s in self.train_samples], [s.image for s in val],
-            lambda hyps: cer(refs, [norm(h) for h in hyps]), self.cfg.lm, save_to=model_dir,
-        )  # fmt: skip
-        if report is None:
-            log.info("LM reader: model family %s reads without one", self.cfg.model.family)
-            return None
-        report["seconds"] = round(time.perf_counter() - t0, 2)
-        greedy, chosen = report["tried"][0]["score"], report["chosen"]
-        if chosen["greedy"]:
-            log.info(
-                "LM reader: no weights beat greedy reading on validation (%.2f%%); kept greedy", 100 * greedy
-            )
-        else:
-            log.info(
-                "LM reader (%d-gram of %d training lines): validation %s %.2f%% -> %.2f%% with alpha %.2g, "
-                "beta %.2g (%.1f s)", report["order"], report["texts"], self.cfg.eval.metric, 100 * greedy,
-                100 * chosen["score"], chosen["alpha"], chosen["beta"], report["seconds"],
-            )  # fmt: skip
-        self.tracker.log_metrics({"lm/val_greedy": greedy, "lm/val_chosen": chosen["score"]}, self.step)
+        report = fit_lm_reader(model_dir, self.cfg, self.train_samples, val)
+        if report is not None:
+            chosen = {
+                "lm/val_greedy": report["tried"][0]["score"],
+                "lm/val_chosen": report["chosen"]["score"],
+            }
+            self.tracker.log_metrics(chosen, self.step)
         return report
 
     # ------------------------------------------------------------------ training
