@@ -13,6 +13,7 @@ complete, and a job that ends with an incomplete shard fails (its shard is done 
 
 from __future__ import annotations
 
+import gc
 import itertools
 import time
 import warnings
@@ -219,6 +220,10 @@ def _run_window(
                 stats.new += len(records)
                 if on_shard is not None:
                     on_shard(shard, records)
+    # Ray Data's dataset and executor objects hold the window's object refs in reference cycles: collect them
+    # now, or the driver keeps finished windows until Python's cycle collector runs (measured: +1.5 MB a window)
+    del ds
+    gc.collect()
     if pending:
         missing = sorted(pending)
         raise RuntimeError(f"Ray job ended with {len(missing)} incomplete shard(s) (first: {missing[0]}); "
