@@ -54,7 +54,12 @@ def main(argv: list[str] | None = None) -> dict:
         "model": args.model_dir,
         "set": args.set,
         "lines": len(lines),
-        "decoder": {"order": decoder.order, "alpha": decoder.alpha, "beta": decoder.beta, "beam": decoder.beam},
+        "decoder": {
+            "order": decoder.order,
+            "alpha": decoder.alpha,
+            "beta": decoder.beta,
+            "beam": decoder.beam,
+        },
         "cpu_seconds_per_line": {k: round(min(v) / len(lines), 4) for k, v in cpu.items()},
         "cpu_ratio_lm_vs_greedy": ratio,
         "cer": {k: round(cer(refs, v), 4) for k, v in texts.items()},
