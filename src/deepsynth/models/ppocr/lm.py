@@ -17,7 +17,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -99,8 +99,8 @@ class LMDecoder:
 
     def with_weights(self, alpha: float, beta: float) -> LMDecoder:
         """The same fitted LM with other weights."""
-        other = LMDecoder(self.texts, self.order, alpha, beta, self.beam, self.min_prob)
-        other.__dict__["lm"] = self.lm
+        other = replace(self, alpha=alpha, beta=beta)
+        other.__dict__["lm"] = self.lm  # cached_property: the copy shares the fitted counts
         return other
 
     def emitted(self, probs: np.ndarray, charset: Charset) -> list[tuple[str, float]]:
