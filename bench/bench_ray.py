@@ -12,11 +12,12 @@ ROWS_BIG input files (hard links to a few line images, so the inputs are distinc
 given as a sequence that makes each path on demand: what is measured is the pipeline's memory, not the file
 list's (the CLI's ``expand_paths`` holds a sorted list of Paths, ~0.4 KB per file).
 
-With BENCH_RAY_INPUTS=pages the throughput part reads whole scanned pages instead (fondue_en_print20, 2550x3300 px:
-detection + recognition, seconds per page), which is what a user's million pages look like; line crops (tens of
-milliseconds each) show the pipeline's own per-file overhead.
+With BENCH_RAY_INPUTS=pages the throughput part reads whole scanned pages instead (fondue_en_print20, 2550x3300 px)
+with RapidOCR's page mode (``rapidocr:page``: detection + recognition, ~5 s of one core per page): what a user's
+million pages look like, and the CPU-bound engine the scaling goal is about. Line crops (tens of milliseconds each)
+show the pipeline's own per-file overhead.
 
-Environment: BENCH_RAY_INPUTS (lines | pages), BENCH_RAY_FILES (default 240), BENCH_RAY_ROUNDS (3),
+Environment: BENCH_RAY_INPUTS (lines | pages), BENCH_RAY_FILES (default 240 lines / 24 pages), BENCH_RAY_ROUNDS (3),
 BENCH_RAY_ROWS_SMALL (1000), BENCH_RAY_ROWS_BIG (100000; 0 skips the memory part; BENCH_RAY_ROUNDS=0 skips the throughput part). The memory part reads
 hard links to small real crops (the first word of a line, 64 px wide), so that 100k rows take minutes, not hours: the driver's memory depends on the number
 of rows, not on what the engines read.
@@ -37,13 +38,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DEEPSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data"))
 INPUTS = os.environ.get("BENCH_RAY_INPUTS", "lines")
-FILES = int(os.environ.get("BENCH_RAY_FILES", "240"))
+FILES = int(os.environ.get("BENCH_RAY_FILES", "24" if INPUTS == "pages" else "240"))
 # pages per engine call (in-process and per Ray batch); a shard is 2 batches
 BATCH = 2 if INPUTS == "pages" else 8
 ROUNDS = int(os.environ.get("BENCH_RAY_ROUNDS", "3"))
 ROWS_SMALL = int(os.environ.get("BENCH_RAY_ROWS_SMALL", "1000"))
 ROWS_BIG = int(os.environ.get("BENCH_RAY_ROWS_BIG", "100000"))
-ENGINE = "rapidocr"
+ENGINE = "rapidocr:page" if INPUTS == "pages" else "rapidocr"
 ENGINE_KWARGS = {"threads": 1}
 
 
