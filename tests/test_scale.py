@@ -215,18 +215,22 @@ def test_ocr_ray_decode_tasks_ship_image_paths_and_render_pdfs(ocr_inputs):
     """Image files leave the CPU task as their path only (the actor reads and decodes them); PDF pages as RGB
     pixels; files whose header does not open are error rows already."""
     import pyarrow as pa
+    from PIL import Image
 
     from deepsynth.inference.batch_files import OFFLINE_LIMITS
     from deepsynth.scale.ocr import FILE_SCHEMA, decode_files
 
-    names = ["two_pages.pdf", "corrupt.png", "empty.jpg", "truncated.png"]
+    names = ["two_pages.pdf", "corrupt.png", "empty.jpg", "truncated.png", "missing.png", "two_frames.tif"]
     line = next(p for p in sorted(ocr_inputs.glob("*.png")) if p.name not in names)
+    frames = [Image.open(line).convert("RGB")] * 2
+    frames[0].save(ocr_inputs / "two_frames.tif", save_all=True, append_images=frames[1:])
     paths = [line, *(ocr_inputs / n for n in names)]
     table = pa.Table.from_pylist([{"shard": 0, "unit": i, "path": str(p)} for i, p in enumerate(paths)],
                                  schema=FILE_SCHEMA)  # fmt: skip
     rows = decode_files(table, asdict(OFFLINE_LIMITS)).to_pylist()
-    assert [(r["unit"], r["part"], r["n_parts"]) for r in rows] == [(0, 0, 1), (1, 0, 2), (1, 1, 2),
-                                                                     (2, 0, 1), (3, 0, 1), (4, 0, 1)]  # fmt: skip
+    assert [(r["unit"], r["part"], r["n_parts"]) for r in rows] == [(0, 0, 1), (1, 0, 2), (1, 1, 2), (2, 0, 1),
+                                                                     (3, 0, 1), (4, 0, 1), (5, 0, 1), (6, 0, 2),
+                                                                     (6, 1, 2)]  # fmt: skip
     first, pdf, bad = rows[0], rows[1:3], rows[3:5]
     assert first["encoded"] and first["pixels"] == b"" and first["error"] is None
     assert first["path"] == str(line)  # the actor reads the file itself
@@ -235,6 +239,8 @@ def test_ocr_ray_decode_tasks_ship_image_paths_and_render_pdfs(ocr_inputs):
     )
     assert [r["kind"] for r in bad] == ["invalid_image", "empty_file"]
     assert rows[5]["encoded"] and rows[5]["error"] is None  # its header opens: the actor finds it corrupt
+    assert rows[6]["kind"] == "unreadable_file" and "missing.png" in rows[6]["error"]
+    assert not any(r["encoded"] for r in rows[7:]) and [r["page"] for r in rows[7:]] == [1, 2]  # TIFF frames
 
 
 def scrape_workers(port: int, names: set[str]) -> dict[str, tuple[int, dict[str, int]]]:

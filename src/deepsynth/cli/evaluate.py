@@ -13,6 +13,7 @@ import typer
 from deepsynth.cli.console import ProgressOpt, show_progress
 from deepsynth.cli.data import DocTypeOpt
 from deepsynth.cli.ray_options import CpusOpt, GpusOpt, RayOpt, ShardOpt, WindowOpt, WorkersOpt
+from deepsynth.scale.runtime import WINDOW
 
 eval_app = typer.Typer(
     help="Evaluate an OCR engine on datasets (CER/WER, breakdowns, HTML report) and compare runs.",
@@ -138,7 +139,7 @@ def evaluate(
     cpus_per_worker: CpusOpt = 1.0,
     gpus_per_worker: GpusOpt = 0.0,
     shard_size: ShardOpt = 64,
-    window: WindowOpt = 512,
+    window: WindowOpt = WINDOW,
 ) -> None:
     """Evaluate ENGINE on --data sources into --out: predictions.jsonl, metrics.json, report.html."""
     if ctx.invoked_subcommand is not None:

@@ -8,6 +8,7 @@ import typer
 
 from deepsynth.cli.console import DEFAULT_ENGINE, ProgressOpt, show_progress
 from deepsynth.cli.ray_options import CpusOpt, GpusOpt, RayOpt, ShardOpt, WindowOpt, WorkersOpt
+from deepsynth.scale.runtime import WINDOW
 
 
 def ocr(
@@ -47,7 +48,7 @@ def ocr(
     cpus_per_worker: CpusOpt = 1.0,
     gpus_per_worker: GpusOpt = 0.0,
     shard_size: ShardOpt = 64,
-    window: WindowOpt = 512,
+    window: WindowOpt = WINDOW,
 ) -> None:
     """OCR every input into --out (one JSON record per file; inputs already done are skipped)."""
     import dataclasses

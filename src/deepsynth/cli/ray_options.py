@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
+from deepsynth.scale.runtime import WINDOW
+
 RayOpt = Annotated[
     str | None,
     typer.Option(
@@ -43,7 +45,13 @@ WindowOpt = Annotated[
 
 
 def ray_options(
-    address: str, workers: int, cpus: float, gpus: float, shard_size: int, batch_size: int, window: int = 512
+    address: str,
+    workers: int,
+    cpus: float,
+    gpus: float,
+    shard_size: int,
+    batch_size: int,
+    window: int = WINDOW,
 ) -> Any:
     """A :class:`deepsynth.scale.runtime.RayOptions`, or exit with a clear message when Ray is missing."""
     try:

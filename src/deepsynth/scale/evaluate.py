@@ -32,7 +32,7 @@ from deepsynth.evaluation.harness import (
 )
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.scale.metrics import WORKER_FIELDS, WorkerMeter
-from deepsynth.scale.pipeline import JobStats, run_sharded, shard_tables
+from deepsynth.scale.pipeline import JobStats, Stages, run_sharded, shard_tables
 from deepsynth.scale.pixels import NO_PIXELS, from_pixels, to_pixels
 from deepsynth.scale.runtime import RayOptions, connect
 from deepsynth.scale.shards import ShardStore
@@ -178,10 +178,11 @@ def evaluate_on_ray(
         return rec, _failure_kind(rec)
 
     kept = (s for s in samples if not excluded.check(s))
-    stats = run_sharded(shard_tables(sample_rows(kept), opts.shard_size, SAMPLE_SCHEMA), store, decode=decode_samples, decode_kwargs={"cwd": os.getcwd()},
-                        worker=EvalWorker, worker_kwargs={"spec": spec, "engine_opts": engine_opts or {},
-                        "generation": None if generation is None else generation.to_dict()},
-                        assemble=assemble, opts=opts, on_shard=on_shard, progress=progress)  # fmt: skip
+    stages = Stages(decode=decode_samples, decode_kwargs={"cwd": os.getcwd()}, assemble=assemble, worker=EvalWorker,
+                    worker_kwargs={"spec": spec, "engine_opts": engine_opts or {},
+                                   "generation": None if generation is None else generation.to_dict()})  # fmt: skip
+    shards = shard_tables(sample_rows(kept), opts.shard_size, SAMPLE_SCHEMA)
+    stats = run_sharded(shards, store, stages, opts, on_shard=on_shard, progress=progress)
     stats.dashboard = dashboard
     if not names and (out / RUN_INFO).is_file():  # everything resumed: the engine name of the earlier run
         names.add(json.loads((out / RUN_INFO).read_text(encoding="utf-8"))["engine"])

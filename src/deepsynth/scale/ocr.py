@@ -13,7 +13,6 @@ decoded while the engine reads the other (as ``deepsynth ocr`` decodes ahead in 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import threading
 import time
@@ -41,7 +40,7 @@ from deepsynth.inference.limits import ServingLimits
 from deepsynth.inference.pdf import is_pdf
 from deepsynth.models.generation import GenerationConfig
 from deepsynth.scale.metrics import WORKER_FIELDS, WorkerMeter
-from deepsynth.scale.pipeline import JobStats, run_sharded, shard_tables
+from deepsynth.scale.pipeline import JobStats, Stages, run_sharded, shard_tables
 from deepsynth.scale.pixels import NO_PIXELS, from_pixels, to_pixels
 from deepsynth.scale.runtime import RayOptions, connect
 from deepsynth.scale.shards import ShardStore, ShardStoreError
@@ -61,14 +60,17 @@ def shard_dir(out: Path) -> Path:
     return out.with_name(out.name + ".shards")
 
 
-def one_image(data: bytes) -> bool:
-    """Whether ``data`` opens as a one-page image (its header only): such a file travels encoded."""
-    if not data or is_pdf(data):
-        return False
+def one_image(path: Path) -> bool:
+    """Whether the file at ``path`` is a one-page image, from its first bytes only (the actor reads the rest).
+    Anything else, an unreadable file included, is read whole by the task, which names what is wrong."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return image_frames(img) == 1
-    except Exception:  # noqa: BLE001 - decode_file names what is wrong with it, in the task
+        with path.open("rb") as f:
+            if is_pdf(f.read(1024)):
+                return False
+            f.seek(0)
+            with Image.open(f) as img:
+                return image_frames(img) == 1
+    except Exception:  # noqa: BLE001 - read_path / decode_file name what is wrong with it, in the task
         return False
 
 
@@ -82,13 +84,12 @@ def decode_files(batch: pa.Table, limits: dict[str, Any]) -> pa.Table:
     for r in batch.select(["shard", "unit", "path"]).to_pylist():
         t0 = time.perf_counter()
         try:
-            data = read_path(Path(r["path"]))
-            if one_image(data):
+            if one_image(Path(r["path"])):
                 rows.append({**r, "part": 0, "n_parts": 1, "page": 1, **NO_PIXELS,
                              "encoded": True, "error": None, "kind": None,
                              "seconds": time.perf_counter() - t0})  # fmt: skip
                 continue
-            pages = decode_file(data, Path(r["path"]).name, None, lim)
+            pages = decode_file(read_path(Path(r["path"])), Path(r["path"]).name, None, lim)
         except InputError as exc:
             rows.append({**r, "part": 0, "n_parts": 1, "page": 0, **NO_PIXELS, "encoded": False,
                          "error": str(exc), "kind": exc.kind, "seconds": time.perf_counter() - t0})  # fmt: skip
@@ -233,14 +234,14 @@ def ocr_on_ray(
         if on_shard is not None:
             on_shard(index, records)
 
-    stats = run_sharded(
-        shard_tables(({"path": str(p)} for p in files), opts.shard_size, FILE_SCHEMA), store, decode=decode_files, decode_kwargs={"limits": asdict(limits)},
-        worker=OCRWorker, worker_kwargs={"spec": spec, "engine_kwargs": engine_kwargs or {},
-                                         "generation": generation.to_dict(), "limits": asdict(limits)},
-        worker_calls=CALLS_PER_WORKER,
-        assemble=assemble_file(spec, run_options(generation, limits)), opts=opts, on_shard=side_outputs, progress=progress,
-        total=len(files) - store.n_records,
-    )  # fmt: skip
+    stages = Stages(decode=decode_files, decode_kwargs={"limits": asdict(limits)},
+                    assemble=assemble_file(spec, run_options(generation, limits)), worker=OCRWorker,
+                    worker_kwargs={"spec": spec, "engine_kwargs": engine_kwargs or {},
+                                   "generation": generation.to_dict(), "limits": asdict(limits)},
+                    worker_calls=CALLS_PER_WORKER)  # fmt: skip
+    shards = shard_tables(({"path": str(p)} for p in files), opts.shard_size, FILE_SCHEMA)
+    stats = run_sharded(shards, store, stages, opts, on_shard=side_outputs, progress=progress,
+                        total=len(files) - store.n_records)  # fmt: skip
     store.merge(out)
     stats.dashboard = dashboard
     return stats

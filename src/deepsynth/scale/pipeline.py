@@ -1,7 +1,7 @@
 """The one Ray Data pipeline behind every ``--ray`` command.
 
     driver: read inputs lazily into numbered shards (Arrow tables), a window of shards at a time
-      → map_batches(decode)                CPU tasks: files → pages / samples → pixels, bad input → error row
+      → read tasks: decode                 CPU tasks: files → pages / samples → pixels, bad input → error row
       → map_batches(Worker, ActorPool)      one engine per actor, the library's own recognise/score code
       → driver: group rows by shard → ShardStore (completion manifest) → records
 
@@ -101,51 +101,68 @@ def _todo(shards: Iterable[tuple[int, Any]], store: ShardStore, stats: JobStats)
             yield index, table
 
 
-def shard_dataset(tables: list[Any], decode_cpus: float) -> Any:
-    """A Ray Data dataset with one block per shard table, read by small read tasks.
+@dataclass
+class Stages:
+    """What a ``--ray`` job does to each shard.
 
+    ``decode(batch, **decode_kwargs)`` runs in CPU tasks on ``RayOptions.batch_size`` rows at a time;
+    ``worker(**worker_kwargs)`` is the engine actor class (None: the decoded rows are the results), running
+    ``worker_calls`` batches at once (see ``RayOptions.actor_args``); ``assemble(parts)`` turns a unit's result
+    rows (sorted by part) into its record and a failure kind (None when it succeeded), on the driver."""
+
+    decode: Callable[..., Any]
+    decode_kwargs: dict[str, Any]
+    assemble: Assemble
+    worker: type | None = None
+    worker_kwargs: dict[str, Any] = field(default_factory=dict)
+    worker_calls: int = 1
+
+
+def shard_dataset(tables: list[Any], stages: Stages, opts: RayOptions) -> Any:
+    """A Ray Data dataset of the decoded shards: one read task per shard table, decoding it a batch at a time.
+
+    Decoding in the read task (not in a ``map_batches`` after it) runs one task per shard instead of two.
     ``from_arrow_refs`` would start one metadata task per table (~50 KB of driver memory each, measured);
-    a read task costs about a quarter of that and runs with the decode tasks' CPU share."""
+    a read task costs about a quarter of that."""
     import ray.data
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
+
+    decode, kwargs, size = stages.decode, stages.decode_kwargs, opts.batch_size  # what the tasks carry
+
+    def decoded(table: Any) -> Iterator[Any]:
+        for start in range(0, table.num_rows, size):
+            yield decode(table.slice(start, size), **kwargs)
 
     class ShardTables(Datasource):
         def estimate_inmemory_data_size(self) -> int | None:
             return None  # unknown: Ray Data never splits a shard's block
 
         def get_read_tasks(self, parallelism: int, **_: Any) -> list[ReadTask]:
-            return [ReadTask(lambda t=t: [t], BlockMetadata(num_rows=t.num_rows, size_bytes=t.nbytes,
-                                                               input_files=None, exec_stats=None))
+            return [ReadTask(lambda t=t: decoded(t), BlockMetadata(num_rows=t.num_rows, size_bytes=t.nbytes,
+                                                                   input_files=None, exec_stats=None))
                     for t in tables]  # fmt: skip
 
-    return ray.data.read_datasource(ShardTables(), override_num_blocks=len(tables), num_cpus=decode_cpus)
+    return ray.data.read_datasource(ShardTables(), override_num_blocks=len(tables), num_cpus=opts.decode_cpus)
 
 
 def run_sharded(
     shards: Iterable[tuple[int, Any]],
     store: ShardStore,
-    *,
-    decode: Callable[..., Any],
-    decode_kwargs: dict[str, Any],
-    worker: type | None,
-    worker_kwargs: dict[str, Any],
-    worker_calls: int = 1,
-    assemble: Assemble,
+    stages: Stages,
     opts: RayOptions,
+    *,
     on_shard: Callable[[int, list[dict[str, Any]]], None] | None = None,
     progress: bool = True,
     total: int | None = None,
 ) -> JobStats:
-    """Run every shard not yet in ``store`` through decode → worker actors, writing finished shards.
+    """Run every shard not yet in ``store`` through ``stages``, writing finished shards.
 
     ``shards`` yields ``(index, pyarrow.Table)`` with ``shard`` and ``unit`` columns; it is read lazily, a
     window of ``opts.window`` shards at a time, each window one Ray Data run (so the driver holds one
     window, whatever the number of records; the actor pool starts again for each window).
-    ``assemble(parts)`` turns a unit's result rows (sorted by part) into its record and a failure kind (None
-    when it succeeded). ``on_shard(index, records)`` runs after a shard is written (side outputs, tests).
-    Without ``worker`` the decode tasks' rows are the results. ``worker_calls`` batches run at once in each
-    actor (see ``RayOptions.actor_args``). ``total``: records still to do, for the progress bar.
+    ``on_shard(index, records)`` runs after a shard is written (side outputs, tests).
+    ``total``: records still to do, for the progress bar.
     """
     import ray.data
     from tqdm import tqdm
@@ -157,8 +174,7 @@ def run_sharded(
     todo = _todo(shards, store, stats)
     with tqdm(total=total, disable=not progress, unit="record", desc="ray") as bar:
         while window := list(itertools.islice(todo, opts.window)):
-            _run_window(window, store, stats, bar, decode, decode_kwargs, worker, worker_kwargs, worker_calls,
-                        assemble, opts, on_shard)  # fmt: skip
+            _run_window(window, store, stats, bar, stages, opts, on_shard)
     stats.seconds = time.perf_counter() - t0
     return stats
 
@@ -168,26 +184,19 @@ def _run_window(
     store: ShardStore,
     stats: JobStats,
     bar: Any,
-    decode: Callable[..., Any],
-    decode_kwargs: dict[str, Any],
-    worker: type | None,
-    worker_kwargs: dict[str, Any],
-    worker_calls: int,
-    assemble: Assemble,
+    stages: Stages,
     opts: RayOptions,
     on_shard: Callable[[int, list[dict[str, Any]]], None] | None,
 ) -> None:
     """One Ray Data run over a window of shards; every shard of it is written, or this raises."""
     expected = {index: table.num_rows for index, table in window}
-    ds = shard_dataset([table for _, table in window], opts.decode_cpus)
+    ds = shard_dataset([table for _, table in window], stages, opts)
     del window  # the read tasks hold the tables now
-    ds = ds.map_batches(decode, fn_kwargs=decode_kwargs, batch_format="pyarrow", batch_size=opts.batch_size,
-                        num_cpus=opts.decode_cpus, zero_copy_batch=True)  # fmt: skip
-    if worker is not None:  # jobs without a model (data prepare) stop after the CPU tasks
+    if stages.worker is not None:  # jobs without a model (data prepare) stop after the CPU tasks
         with warnings.catch_warnings():  # max_restarts/max_task_retries: see RayOptions.actor_args
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-            ds = ds.map_batches(worker, fn_constructor_kwargs=worker_kwargs, batch_format="pyarrow",
-                                **opts.actor_args(worker_calls))  # fmt: skip
+            ds = ds.map_batches(stages.worker, fn_constructor_kwargs=stages.worker_kwargs, batch_format="pyarrow",
+                                **opts.actor_args(stages.worker_calls))  # fmt: skip
 
     pending: dict[int, dict[int, dict[int, dict[str, Any]]]] = {k: {} for k in expected}
     complete: Counter[int] = Counter()
@@ -211,7 +220,7 @@ def _run_window(
                 records = []
                 for u in range(expected[shard]):
                     rows = [units[u][p] for p in sorted(units[u])]
-                    record, failure = assemble(rows)
+                    record, failure = stages.assemble(rows)
                     records.append(record)
                     stats.pages += len(rows) if failure is None else 0
                     if failure is not None:

@@ -27,7 +27,7 @@ from deepsynth.data.open import image_problem, open_user_sources
 from deepsynth.data.prepare import prepare
 from deepsynth.data.report import DataReport
 from deepsynth.data.sample import Sample, SampleError
-from deepsynth.scale.pipeline import JobStats, run_sharded, shard_tables
+from deepsynth.scale.pipeline import JobStats, Stages, run_sharded, shard_tables
 from deepsynth.scale.runtime import RayOptions, connect
 from deepsynth.scale.shards import ShardStore
 
@@ -125,9 +125,9 @@ def prepare_on_ray(
     dashboard = connect(opts.address)
     candidates = open_user_sources(specs, filter=dataclasses.replace(flt, limit=None), decode=False,
                                    max_pixels=max_pixels)  # fmt: skip
-    stats = run_sharded(shard_tables(distinct_images(candidates), opts.shard_size, IMAGE_SCHEMA), store, decode=check_images,
-                        decode_kwargs={"cwd": os.getcwd()}, worker=None, worker_kwargs={}, assemble=_assemble,
-                        opts=opts, progress=progress)  # fmt: skip
+    stages = Stages(decode=check_images, decode_kwargs={"cwd": os.getcwd()}, assemble=_assemble)
+    shards = shard_tables(distinct_images(candidates), opts.shard_size, IMAGE_SCHEMA)
+    stats = run_sharded(shards, store, stages, opts, progress=progress)
     stats.dashboard = dashboard
     report, info = prepare(specs, out_dir, max_pixels=max_pixels, filter=flt, progress=progress,
                            image_check=checked_images(store), **prepare_kwargs)  # fmt: skip

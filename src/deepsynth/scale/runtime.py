@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 LOCAL = "local"  # `--ray` without an address: RAY_ADDRESS when set, else a runtime on this machine
+WINDOW = 128  # shards per Ray Data run (RayOptions.window, --window)
 
 
 @dataclass
@@ -29,7 +30,7 @@ class RayOptions:
     gpus_per_worker: float = 0.0
     batch_size: int = 8
     shard_size: int = 64
-    window: int = 512
+    window: int = WINDOW
     decode_cpus: float = 0.5
     max_restarts: int = 3
     max_task_retries: int = 3
@@ -47,14 +48,15 @@ class RayOptions:
     def actor_args(self, calls: int = 1) -> dict[str, Any]:
         """Keyword arguments of ``Dataset.map_batches`` for the engine actor pool.
 
-        ``calls`` > 1 runs that many batches at once in each actor (threads; the actor guards its engine)."""
+        ``calls`` > 1 runs that many batches at once in each actor (threads; the actor guards its engine).
+        An actor holds at most ``max(2, calls)`` tasks (Ray Data's default is twice ``calls``): tasks queued in
+        one actor while another runs out of work stretch the job's end (measured: 24 pages on 2 actors in
+        127 s with 16 pages on one actor, vs ~80 s evenly)."""
         import ray.data
 
-        pool = (
-            {"max_concurrent_calls_per_actor": calls, "enable_true_multi_threading": True}
-            if calls > 1
-            else {}
-        )
+        pool: dict[str, Any] = {"max_tasks_in_flight_per_actor": max(2, calls)}
+        if calls > 1:
+            pool |= {"max_concurrent_calls_per_actor": calls, "enable_true_multi_threading": True}
         args: dict[str, Any] = {
             "compute": ray.data.ActorPoolStrategy(size=self.workers, **pool),
             "batch_size": self.batch_size,
