@@ -168,6 +168,9 @@ def test_worker_stats_sum_kept_rows_and_print_one_line_per_worker():
     }
     out = "\n".join(f"ray {line}" for line in stats.worker_lines())
     assert printed_workers(out) == {"aa": (2, Counter(invalid_image=1)), "bb": (1, Counter())}
+    assert stats.worker_lines(most=1) == [  # many windows, many actors: one line
+        "2 engine actors: 3 pages in 2.2 busy s; pages per actor 1-2-2 (min-median-max); failed: invalid_image 1"
+    ]
 
 
 @pytest.fixture

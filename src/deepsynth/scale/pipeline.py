@@ -64,8 +64,17 @@ class JobStats:
             text += "; failed: " + ", ".join(f"{k} {v}" for k, v in self.failures.most_common())
         return text
 
-    def worker_lines(self) -> list[str]:
-        """One human line per engine actor: pages, failures by kind, busy seconds."""
+    def worker_lines(self, most: int = 16) -> list[str]:
+        """One human line per engine actor (pages, failures by kind, busy seconds); past ``most`` actors (a new
+        pool starts for each window of shards) one line for all of them: pages per actor, failures, busy seconds.
+        """
+        if len(self.workers) > most:
+            pages = sorted(w.pages for w in self.workers.values())
+            failures = sum((w.failures for w in self.workers.values()), Counter())
+            busy = sum(w.seconds for w in self.workers.values())
+            return [f"{len(pages)} engine actors: {sum(pages)} pages in {busy:.1f} busy s; pages per actor "
+                    f"{pages[0]}-{pages[len(pages) // 2]}-{pages[-1]} (min-median-max)"
+                    + ("; failed: " + ", ".join(f"{k} {v}" for k, v in failures.most_common()) if failures else "")]  # fmt: skip
         lines = []
         for name, w in sorted(self.workers.items()):
             failed = ", ".join(f"{k} {v}" for k, v in w.failures.most_common())
