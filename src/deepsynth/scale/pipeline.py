@@ -58,31 +58,25 @@ class JobStats:
     def summary(self) -> str:
         """One human line: counts, pages/s, failures by kind."""
         rate = f"{self.pages / self.seconds:.2f} pages/s" if self.seconds and self.pages else "no new pages"
-        text = (f"{self.new} new, {self.resumed} resumed of {self.units}; {self.pages} pages in "
-                f"{self.seconds:.1f} s ({rate})")  # fmt: skip
-        if self.failures:
-            text += "; failed: " + ", ".join(f"{k} {v}" for k, v in self.failures.most_common())
-        return text
+        return (f"{self.new} new, {self.resumed} resumed of {self.units}; {self.pages} pages in "
+                f"{self.seconds:.1f} s ({rate})" + _failed(self.failures))  # fmt: skip
 
     def worker_lines(self, most: int = 16) -> list[str]:
-        """One human line per engine actor (pages, failures by kind, busy seconds); past ``most`` actors (a new
-        pool starts for each window of shards) one line for all of them: pages per actor, failures, busy seconds.
-        """
+        """One human line per engine actor (pages, busy seconds, failures by kind); past ``most`` actors (a new
+        pool starts for each window of shards) one line for them all, with pages per actor min-median-max."""
         if len(self.workers) > most:
             pages = sorted(w.pages for w in self.workers.values())
-            failures = sum((w.failures for w in self.workers.values()), Counter())
             busy = sum(w.seconds for w in self.workers.values())
+            failures = sum((w.failures for w in self.workers.values()), Counter())
             return [f"{len(pages)} engine actors: {sum(pages)} pages in {busy:.1f} busy s; pages per actor "
-                    f"{pages[0]}-{pages[len(pages) // 2]}-{pages[-1]} (min-median-max)"
-                    + ("; failed: " + ", ".join(f"{k} {v}" for k, v in failures.most_common()) if failures else "")]  # fmt: skip
-        lines = []
-        for name, w in sorted(self.workers.items()):
-            failed = ", ".join(f"{k} {v}" for k, v in w.failures.most_common())
-            lines.append(
-                f"worker {name}: {w.pages} pages in {w.seconds:.1f} s"
-                + (f"; failed: {failed}" if failed else "")
-            )
-        return lines
+                    f"{pages[0]}-{pages[len(pages) // 2]}-{pages[-1]} (min-median-max)" + _failed(failures)]  # fmt: skip
+        return [f"worker {name}: {w.pages} pages in {w.seconds:.1f} s" + _failed(w.failures)
+                for name, w in sorted(self.workers.items())]  # fmt: skip
+
+
+def _failed(failures: Counter[str]) -> str:
+    """``"; failed: kind n, ..."`` (most common first), or nothing when there are none."""
+    return "; failed: " + ", ".join(f"{k} {v}" for k, v in failures.most_common()) if failures else ""
 
 
 def shard_tables(rows: Iterable[dict[str, Any]], shard_size: int, schema: Any) -> Iterator[tuple[int, Any]]:
