@@ -18,7 +18,8 @@ million pages look like, and the CPU-bound engine the scaling goal is about. Lin
 show the pipeline's own per-file overhead.
 
 Environment: BENCH_RAY_INPUTS (lines | pages), BENCH_RAY_FILES (default 240 lines / 24 pages), BENCH_RAY_ROUNDS (3),
-BENCH_RAY_ROWS_SMALL (1000), BENCH_RAY_ROWS_BIG (100000; 0 skips the memory part; BENCH_RAY_ROUNDS=0 skips the throughput part). The memory part reads
+BENCH_RAY_ROWS_SMALL (1000), BENCH_RAY_ROWS_BIG (100000; 0 skips the memory part; BENCH_RAY_ROUNDS=0 skips the throughput part),
+BENCH_RAY_MEM_SHARD (64, the CLI's default --shard-size; the window is RayOptions' default). The memory part reads
 hard links to small real crops (the first word of a line, 64 px wide), so that 100k rows take minutes, not hours: the driver's memory depends on the number
 of rows, not on what the engines read.
 """
@@ -46,6 +47,7 @@ SHARD = BATCH if INPUTS == "pages" else 2 * BATCH
 ROUNDS = int(os.environ.get("BENCH_RAY_ROUNDS", "3"))
 ROWS_SMALL = int(os.environ.get("BENCH_RAY_ROWS_SMALL", "1000"))
 ROWS_BIG = int(os.environ.get("BENCH_RAY_ROWS_BIG", "100000"))
+MEM_SHARD = int(os.environ.get("BENCH_RAY_MEM_SHARD", "64"))  # the CLI's default --shard-size
 ENGINE = "rapidocr:page" if INPUTS == "pages" else "rapidocr"
 ENGINE_KWARGS = {"threads": 1}
 
@@ -207,7 +209,7 @@ def _driver_memory(images: list[Path], work: Path) -> dict:
         "driver_peak_rss_mb": {str(n): round(v / 2**20, 1) for n, v in peaks.items()},
         "driver_rss_big_vs_small": round(peaks[ROWS_BIG] / peaks[ROWS_SMALL], 3),
         "goal_rss": "within 10% (<= 1.10)",
-        "setup": f"rapidocr (line mode), 2 workers, batch 8, shard 16, window {RayOptions().window} shards; "
+        "setup": f"rapidocr (line mode), 2 workers, batch 8, shard {MEM_SHARD}, window {RayOptions().window} shards; "
         "inputs: a sequence making each path on demand",
     }
 
