@@ -201,7 +201,7 @@ def _driver_memory(images: list[Path], work: Path) -> dict:
         many = NumberedFiles(work / f"rows{n}", n)  # a list of 100k Paths alone is ~38 MB
         with PeakRSS() as rss:
             _on_ray(
-                many, _fresh(work / f"rows{n}.jsonl"), 2, "rapidocr", 8, 16
+                many, _fresh(work / f"rows{n}.jsonl"), 2, "rapidocr", 8, MEM_SHARD
             )  # line engine, whatever INPUTS
         peaks[n] = rss.peak
         shutil.rmtree(work / f"rows{n}", ignore_errors=True)
