@@ -13,8 +13,11 @@ complete, and a job that ends with an incomplete shard fails (its shard is done 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import itertools
+import sys
 import time
 import warnings
 from collections import Counter
@@ -236,7 +239,17 @@ def _run_window(
     # now, or the driver keeps finished windows until Python's cycle collector runs (measured: +1.5 MB a window)
     del ds
     gc.collect()
+    _give_back_freed_heap()
     if pending:
         missing = sorted(pending)
         raise RuntimeError(f"Ray job ended with {len(missing)} incomplete shard(s) (first: {missing[0]}); "
                            "rerun the same command to finish them")  # fmt: skip
+
+
+def _give_back_freed_heap() -> None:
+    """Return the heap glibc keeps after a window's objects are freed (``malloc_trim``; a no-op elsewhere):
+    without it the driver's RSS crept up ~1 MB a window (measured over 8 windows of 2,048 files: 7.8 MB of
+    growth, 3.8 MB with it)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl)
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
