@@ -19,8 +19,8 @@ class RayOptions:
     the job instead of looping forever).
 
     ``window``: shards per Ray Data run. The driver reads its inputs lazily, one window at a time, so its
-    memory is bounded by a window (~45 KB per shard: its read task, block metadata and stats), not by the
-    job; but each run leaves ~0.6 MB behind in the driver (the task function and actor class Ray exports for
+    memory is bounded by a window (tens of KB per shard: its read task, block metadata and stats), not by the
+    job; but each run leaves up to ~1 MB behind in the driver (the task function and actor class Ray exports for
     it, freed heap), and the actor pool, and so every engine, starts again for each window (2-5 s for
     RapidOCR, a minute for a large VLM: raise it for those).
     """
