@@ -200,9 +200,8 @@ def _driver_memory(images: list[Path], work: Path) -> dict:
         _linked_inputs(words, n, work / f"rows{n}")
         many = NumberedFiles(work / f"rows{n}", n)  # a list of 100k Paths alone is ~38 MB
         with PeakRSS() as rss:
-            _on_ray(
-                many, _fresh(work / f"rows{n}.jsonl"), 2, "rapidocr", 8, MEM_SHARD
-            )  # line engine, whatever INPUTS
+            # the line engine, whatever BENCH_RAY_INPUTS says
+            _on_ray(many, _fresh(work / f"rows{n}.jsonl"), 2, engine="rapidocr", batch=8, shard=MEM_SHARD)
         peaks[n] = rss.peak
         shutil.rmtree(work / f"rows{n}", ignore_errors=True)
     return {

@@ -3,7 +3,7 @@
 Files are cut into shards; CPU tasks read them and render PDFs per page; a one-page image file travels as
 its path only (not 25 MB of RGB for a 2550x3300 page, nor its bytes, which would queue in the driver's memory
 while the actors are busy: Ray keeps task results under 100 KB in their owner's heap) and the actor reads and
-decodes it with the same ``read_path`` / ``decode_file`` as ``deepsynth ocr``. Each actor holds one :class:`OCRService` built from the same
+decodes it with the same ``decode_path`` as ``deepsynth ocr``. Each actor holds one :class:`OCRService` built from the same
 spec and reads page batches with ``OCRService.recognize``; two batches run at once in an actor, so one is
 decoded while the engine reads the other (as ``deepsynth ocr`` decodes ahead in a thread); the driver builds each file's record with the same
 ``file_record`` / ``error_record`` and writes it to a shard. ``--out`` is rewritten from the completed shards
@@ -26,16 +26,16 @@ from PIL import Image
 
 from deepsynth.inference.batch_files import (
     OFFLINE_LIMITS,
+    decode_path,
     error_record,
     file_record,
     output_name,
     output_root,
     page_record,
-    read_path,
     run_options,
     write_side_outputs,
 )
-from deepsynth.inference.inputs import InputError, decode_file, image_frames
+from deepsynth.inference.inputs import InputError, image_frames
 from deepsynth.inference.limits import ServingLimits
 from deepsynth.inference.pdf import is_pdf
 from deepsynth.models.generation import GenerationConfig
@@ -70,7 +70,7 @@ def one_image(path: Path) -> bool:
             f.seek(0)
             with Image.open(f) as img:
                 return image_frames(img) == 1
-    except Exception:  # noqa: BLE001 - read_path / decode_file name what is wrong with it, in the task
+    except Exception:  # noqa: BLE001 - decode_path names what is wrong with it, in the task
         return False
 
 
@@ -89,7 +89,7 @@ def decode_files(batch: pa.Table, limits: dict[str, Any]) -> pa.Table:
                              "encoded": True, "error": None, "kind": None,
                              "seconds": time.perf_counter() - t0})  # fmt: skip
                 continue
-            pages = decode_file(read_path(Path(r["path"])), Path(r["path"]).name, None, lim)
+            pages = decode_path(Path(r["path"]), lim)
         except InputError as exc:
             rows.append({**r, "part": 0, "n_parts": 1, "page": 0, **NO_PIXELS, "encoded": False,
                          "error": str(exc), "kind": exc.kind, "seconds": time.perf_counter() - t0})  # fmt: skip
@@ -126,7 +126,7 @@ class OCRWorker:
         """A row's page: the image file read and decoded here, or the RGB pixels of a rendered page."""
         if row["encoded"]:
             path = Path(row["path"])
-            (page,) = decode_file(read_path(path), path.name, None, self.limits)
+            (page,) = decode_path(path, self.limits)
             return page.image
         return from_pixels(row)
 
